@@ -1,0 +1,43 @@
+"""Shared helpers: tiny configs composed like the CLI does, and the CLI as a subprocess."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+from hydra.core.global_hydra import GlobalHydra
+
+import unroll_cli.cli  # noqa: F401  (registers the schemas and the run_uid resolver)
+
+# A problem small enough for a CLI run in a few seconds on 2 CPU cores.
+TINY = [
+    "data.m=20", "data.n=40", "data.n_val=64", "data.n_test=64", "data.batch_size=32",
+    "model.layers=4", "trainer.max_epochs=2", "trainer.steps_per_epoch=5", "trainer.progress=false",
+]
+
+
+def compose_cfg(overrides: list[str]):
+    """The composed config of ``unroll-train <overrides>`` (without the hydra node)."""
+    GlobalHydra.instance().clear()
+    with initialize_config_module(config_module="unroll_cli.conf", version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``unroll-train ARGS`` in ``cwd``, as a user would type it."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+    return subprocess.run([sys.executable, "-m", "unroll_cli.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def read_metrics(run_dir: Path) -> dict:
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+@pytest.fixture
+def tiny_cfg():
+    return lambda *extra: compose_cfg([*TINY, *extra])

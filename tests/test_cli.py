@@ -1,0 +1,151 @@
+"""The CLI as a user runs it: the output contract, multirun, --help, --cfg, bad input, signals."""
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import TINY, read_metrics, run_cli
+from unroll_cli.data.synthetic import measure, sample_codes
+
+CONTRACT = ["metrics.json", "history.csv", "layers.csv", "results.md", "A.npy",
+            "figures/nmse_per_layer.png", "figures/thresholds.png", "figures/training_curve.png",
+            "checkpoints/last.pt", "checkpoints/best.pt",
+            ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"]
+
+
+def numpy_ista_nmse(A: np.ndarray, y: np.ndarray, x: np.ndarray, lam: float, layers: int) -> list[float]:
+    """Plain ISTA written out in numpy (step 1/L, L = 1.001 ||A||_2^2) and pooled NMSE per layer."""
+    L = 1.001 * np.linalg.norm(A, 2) ** 2
+    x_hat = np.zeros_like(x)
+    out = [0.0]
+    for _ in range(layers):
+        v = x_hat + (y - x_hat @ A.T) @ A / L
+        x_hat = np.sign(v) * np.maximum(np.abs(v) - lam / L, 0)
+        out.append(10 * np.log10(((x_hat - x) ** 2).sum() / (x ** 2).sum()))
+    return out
+
+
+def test_run_writes_every_file_of_the_contract(tmp_path):
+    run_dir = tmp_path / "run"
+    result = run_cli([*TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert f"results: {run_dir}" in result.stdout
+    for name in CONTRACT:
+        assert (run_dir / name).is_file(), name
+
+    record = read_metrics(run_dir)
+    assert record["status"] == "completed"
+    metrics = record["metrics"]
+    for key in ("test/nmse_db", "baseline/ista/test/nmse_db", "baseline/fista/test/nmse_db",
+                "test/support_f1"):
+        assert np.isfinite(metrics[key]), key
+    assert record["params"] == sum(  # lista_cpss, tied: W (m x n) + one threshold per layer
+        [20 * 40, 4])
+    assert record["device"] == "cpu" and record["wall_s"] > 0 and "torch" in record["versions"]
+
+    history = pd.read_csv(run_dir / "history.csv")
+    assert list(history["epoch"]) == [1, 2]
+    layers = pd.read_csv(run_dir / "layers.csv")
+    assert list(layers["layer"]) == [0, 1, 2, 3, 4]
+    assert layers["test/nmse_db"].iloc[-1] == pytest.approx(metrics["test/nmse_db"])
+
+    # The ISTA baseline, recomputed independently from the saved A and the test set's seed.
+    A = np.load(run_dir / "A.npy").astype(np.float64)
+    gen = torch.Generator().manual_seed(2)
+    x = sample_codes(64, 40, 0.1, gen, "cpu")
+    y = measure(x, torch.as_tensor(A, dtype=torch.float32), None, gen)
+    expected = numpy_ista_nmse(A, y.double().numpy(), x.double().numpy(), 0.4, 4)
+    np.testing.assert_allclose(layers["baseline/ista/test/nmse_db"], expected, atol=1e-3)
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tb"))
+    events.Reload()
+    assert {"train/loss", "val/nmse_db"} <= set(events.Tags()["scalars"])
+    val = [e.value for e in events.Scalars("val/nmse_db")]
+    np.testing.assert_allclose(val, history["val/nmse_db"], rtol=1e-5)
+
+    checkpoint = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert checkpoint["epoch"] == 2
+    assert "| layer |" in (run_dir / "results.md").read_text()
+
+
+def test_multirun_writes_one_directory_per_job(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", *TINY, "model=ista,lista", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
+    assert [p.name for p in jobs] == ["0", "1"]
+    models = [read_metrics(job)["model"] for job in jobs]
+    assert models == ["ista", "lista"]
+    assert all(read_metrics(job)["status"] == "completed" for job in jobs)
+
+
+def test_runs_started_together_never_share_a_directory(tmp_path):
+    args = [sys.executable, "-m", "unroll_cli.cli", *TINY, "model=ista"]
+    env = {"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin"}
+    procs = [subprocess.Popen(args, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+             for _ in range(2)]
+    for proc in procs:
+        assert proc.wait(timeout=300) == 0, proc.stderr.read()
+    run_dirs = list((tmp_path / "outputs" / "runs").glob("*/*"))
+    assert len(run_dirs) == 2
+    assert all(read_metrics(d)["status"] == "completed" for d in run_dirs)
+
+
+def test_help_lists_groups_and_cfg_prints_the_composed_config(tmp_path):
+    help_text = run_cli(["--help"], cwd=tmp_path).stdout
+    assert "model: alista, fista, ista, lista, lista_cp, lista_cpss, lista_ss, tilista" in help_text
+    for group in ("data:", "optim:", "sched:", "trainer:", "eval:", "experiment:"):
+        assert f"\n{group}" in help_text
+    job = yaml.safe_load(run_cli(["--cfg", "job", "model=alista", "data.m=30"], cwd=tmp_path).stdout)
+    assert job["model"]["_target_"] == "unroll_cli.models.lista.ALISTA"
+    assert job["data"]["m"] == 30 and job["trainer"]["max_epochs"] >= 1
+
+
+@pytest.mark.parametrize("override, named", [
+    ("model.layerz=3", "model.layerz"),
+    ("+model.layerz=3", "model.layerz"),
+    ("+trainer.max_epoch=3", "trainer.max_epoch"),
+    ("data.m=abc", "data.m"),
+    ("data.m=0", "data.m"),
+    ("data.p=1.5", "data.p"),
+    ("data.p=0", "data.p"),
+    ("model.layers=0", "model.layers"),
+    ("model=foo", "lista_cpss"),  # the error lists the available models
+    ("device=tpu", "device"),
+    ("optim._target_=os.system", "optim._target_"),
+])
+def test_bad_input_fails_before_training_naming_the_key(tmp_path, override, named):
+    result = run_cli([*TINY, override, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert named in result.stderr + result.stdout
+    assert not (tmp_path / "run" / "metrics.json").exists()
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_sigterm_marks_the_run_interrupted_and_keeps_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "run"
+    args = [*TINY, "trainer.max_epochs=100000", f"hydra.run.dir={run_dir}"]
+    env = {"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *args], cwd=tmp_path, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while not (run_dir / "history.csv").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) != 0
+    record = json.loads((run_dir / "metrics.json").read_text())
+    assert record["status"] == "interrupted" and "resume=" in record["error"]
+    checkpoint = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    assert checkpoint["epoch"] >= 1

@@ -1,0 +1,74 @@
+"""The run flow in-process: learning beats ISTA, NaN handling, resume, the stage-wise schedule."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from conftest import read_metrics
+from unroll_cli.run import build_model, build_task, run
+from unroll_cli.train.layerwise import LayerwiseTrainer
+from unroll_cli.train.trainer import NonFiniteLossError
+
+
+def test_short_training_of_lista_cpss_beats_ista_at_the_same_depth(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("model=lista_cpss", "data.m=64", "data.n=128", "data.n_test=500", "data.batch_size=64",
+                   "model.layers=6", "trainer.max_epochs=4", "trainer.steps_per_epoch=50", "optim.lr=2e-3",
+                   "tensorboard=false")
+    value = run(cfg, tmp_path)
+    metrics = read_metrics(tmp_path)["metrics"]
+    assert value == metrics["test/nmse_db"]
+    assert metrics["test/nmse_db"] < metrics["baseline/ista/test/nmse_db"] - 3.0
+    assert metrics["test/nmse_db"] < metrics["baseline/fista/test/nmse_db"] - 3.0
+
+
+def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("model=lista", "optim.lr=1e30", "tensorboard=false")
+    with pytest.raises(NonFiniteLossError):
+        run(cfg, tmp_path)
+    record = read_metrics(tmp_path)
+    assert record["status"] == "failed" and "loss" in record["error"]
+    state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.isfinite(v).all() for v in state.values())
+
+
+def test_resume_continues_to_the_same_result(tiny_cfg, tmp_path):
+    common = ("model=lista_cp", "model.tied=false", "trainer.steps_per_epoch=10", "tensorboard=false")
+    straight = run(tiny_cfg(*common, "trainer.max_epochs=4"), tmp_path / "straight")
+    run(tiny_cfg(*common, "trainer.max_epochs=2"), tmp_path / "first")
+    resumed = run(tiny_cfg(*common, "trainer.max_epochs=4", f"resume={tmp_path / 'first'}"),
+                  tmp_path / "resumed")
+    assert resumed == straight
+    a = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert read_metrics(tmp_path / "resumed")["epochs"] == 4  # the history carries over
+
+
+def test_layerwise_learning_rates_follow_the_stage_schedule(tiny_cfg):
+    cfg = tiny_cfg("model=lista", "model.tied=false", "trainer=layerwise", "optim.lr=1.0")
+    task = build_task(cfg, torch.device("cpu"))
+    model = build_model(cfg.model, task)
+    trainer = LayerwiseTrainer(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder=None)
+    # Stage (a) of layer 3: only the new layer's variables, at lr0.
+    (group,) = trainer.stage_groups(2, 0, 1.0)
+    assert {id(p) for p in group["params"]} == {id(p) for p in model.layer_parameters(2)}
+    assert group["lr"] == 1.0
+    # Stage (b) of layer 3: every layer <= 3, at lr0 * 0.2 * 0.3^(3 - s) for layer s.
+    lrs = [g["lr"] for g in trainer.stage_groups(2, 1, 1.0)]
+    assert lrs == pytest.approx([0.2 * 0.3 ** 2, 0.2 * 0.3, 0.2])
+
+
+def test_layerwise_run_trains_every_stage_and_resumes_after_the_last_one(tiny_cfg, tmp_path):
+    common = ("model=lista_cpss", "model.layers=2", "trainer=layerwise", "trainer.val_every_steps=2",
+              "trainer.stage_patience_steps=4", "trainer.stage_max_steps=12", "tensorboard=false")
+    run(tiny_cfg(*common), tmp_path / "full")
+    history = read_metrics(tmp_path / "full")["epochs"]
+    assert history == 2 * 3  # layers x stages
+    # A checkpoint after stage (a) of layer 2 resumes with the two remaining stages.
+    state = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)
+    state["position"] = [1, 0]
+    state["history"] = state["history"][:4]
+    (tmp_path / "part/checkpoints").mkdir(parents=True)
+    torch.save(state, tmp_path / "part/checkpoints/last.pt")
+    run(tiny_cfg(*common, f"resume={tmp_path / 'part'}"), tmp_path / "resumed")
+    assert read_metrics(tmp_path / "resumed")["epochs"] == 6

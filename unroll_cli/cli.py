@@ -1,0 +1,39 @@
+"""The ``unroll-train`` entrypoint: a thin ``@hydra.main`` around :func:`unroll_cli.run.run`."""
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from unroll_cli.config import ConfigError, register_configs
+
+log = logging.getLogger("unroll_cli")
+
+# One value per process, so every use of ${run_uid:} in a run names the same directory, and two
+# runs started in the same microsecond (or in two processes) never share one.
+_RUN_UID = f"{os.getpid()}{secrets.token_hex(2)}"
+OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID, replace=True)
+register_configs()
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def train_main(cfg: DictConfig) -> float:
+    from unroll_cli.run import run  # torch is imported only when a job really runs
+
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        value = run(cfg, run_dir)
+    except ConfigError as error:
+        log.error("configuration error: %s", error)
+        sys.exit(2)
+    print(f"results: {run_dir}")
+    return value
+
+
+if __name__ == "__main__":
+    train_main()

@@ -1,0 +1,235 @@
+"""Structured-config schemas: every YAML file under ``conf/`` extends one of these.
+
+Hydra checks keys and types against them while composing, so ``model.layerz=3`` or
+``data.m=abc`` fails before anything runs, with a message naming the key.  Value ranges
+(m > 0, p in (0, 1], ...) and the ``_target_`` allow-list are checked by :func:`validate`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields, is_dataclass
+from typing import Any, List, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, DictConfig, OmegaConf
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot work; raised before any training."""
+
+
+# ----------------------------------------------------------------------------- data
+@dataclass
+class SyntheticSparseCodingConfig:
+    """y = A x + noise with Bernoulli(p) x N(0,1) codes (Chen et al. 2018, Sec. 4.1)."""
+
+    _target_: str = "unroll_cli.data.synthetic.SyntheticSparseCoding"
+    m: int = 250
+    n: int = 500
+    p: float = 0.1
+    snr_db: Optional[float] = None  # null: noiseless
+    kappa: Optional[float] = None  # condition number of A; null: plain Gaussian A
+    col_normalized: bool = True
+    online: bool = True  # fresh batches every step (TF code) or a fixed set (HyperLISTA)
+    n_train: int = 51200  # size of the fixed training set when online is false
+    n_val: int = 1000
+    n_test: int = 1000
+    batch_size: int = 64
+    matrix_seed: int = 0
+    val_seed: int = 1
+    test_seed: int = 2
+    A_path: Optional[str] = None  # .npy or .mat file holding the user's own A
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class ClassicalModelConfig:
+    """ISTA / FISTA: no learning; the baselines at the same depth."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    layers: int = 16
+    lam: float = 0.4
+
+
+@dataclass
+class LearnedModelConfig(ClassicalModelConfig):
+    """Step/threshold-learning models with optional support selection (TiLISTA, ALISTA)."""
+
+    ss_p_per_layer: float = 0.0  # percent of entries added to the selected support per layer
+    ss_p_max: float = 0.0  # cap on that percent
+
+
+@dataclass
+class LISTAModelConfig(LearnedModelConfig):
+    """LISTA / LISTA-CP (and their support-selection variants): weights tied or per layer."""
+
+    tied: bool = True
+
+
+# ----------------------------------------------------------------------------- optim / sched
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    lr: float = 5e-4
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    nesterov: bool = False
+
+
+@dataclass
+class ConstantSchedConfig:
+    _target_: str = "torch.optim.lr_scheduler.ConstantLR"
+    factor: float = 1.0
+    total_iters: int = 0
+
+
+@dataclass
+class StepSchedConfig:
+    _target_: str = "torch.optim.lr_scheduler.StepLR"
+    step_size: int = 30
+    gamma: float = 0.1
+
+
+@dataclass
+class CosineSchedConfig:
+    _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
+    T_max: int = 100
+    eta_min: float = 0.0
+
+
+# ----------------------------------------------------------------------------- trainer / eval
+@dataclass
+class TrainerConfig:
+    """End-to-end training: every parameter, the loss on the last layer's estimate."""
+
+    _target_: str = "unroll_cli.train.trainer.Trainer"
+    max_epochs: int = 10
+    steps_per_epoch: int = 50  # online data: batches per epoch; fixed data: one pass if null-like 0
+    patience: Optional[int] = None  # early stopping: epochs without validation improvement
+    loss: str = "supervised"  # supervised (MSE to the true code) | lasso (unsupervised)
+    grad_clip: Optional[float] = None
+    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    compile: bool = False
+    checkpoint: bool = True
+    progress: bool = True
+
+
+@dataclass
+class LayerwiseTrainerConfig(TrainerConfig):
+    """Stage-wise schedule of Chen et al. 2018 (Supp. E): 3 stages per layer."""
+
+    _target_: str = "unroll_cli.train.layerwise.LayerwiseTrainer"
+    stage_lr_factors: List[float] = field(default_factory=lambda: [1.0, 0.2, 0.02])
+    layer_decay: float = 0.3
+    val_every_steps: int = 10
+    stage_patience_steps: int = 4000
+    stage_max_steps: int = 200000
+
+
+@dataclass
+class EvalConfig:
+    nmse: str = "pooled"  # pooled (LISTA-CPSS/ALISTA code) | per_sample (Open-L2O)
+    support_tol: float = 0.0  # |x_hat_i| > tol counts as a detected nonzero
+    baselines: List[str] = field(default_factory=lambda: ["ista", "fista"])
+
+
+# ----------------------------------------------------------------------------- top level
+@dataclass
+class TrainConfig:
+    data: Any = MISSING
+    model: Any = MISSING
+    optim: Any = MISSING
+    sched: Any = MISSING
+    trainer: Any = MISSING
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    paper: Optional[Any] = None  # published numbers of the experiment, with their source
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    deterministic: bool = False
+    resume: Optional[str] = None  # a run directory or a checkpoint file to continue from
+    optimized_metric: str = "test/nmse_db"
+    tensorboard: bool = True
+
+
+def register_configs() -> None:
+    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="train", node=TrainConfig)
+    for group, name, node in [
+        ("data", "synthetic_sc", SyntheticSparseCodingConfig),
+        ("model", "classical", ClassicalModelConfig),
+        ("model", "learned", LearnedModelConfig),
+        ("model", "lista", LISTAModelConfig),
+        ("optim", "adam", AdamConfig),
+        ("optim", "sgd", SGDConfig),
+        ("sched", "constant", ConstantSchedConfig),
+        ("sched", "step", StepSchedConfig),
+        ("sched", "cosine", CosineSchedConfig),
+        ("trainer", "end_to_end", TrainerConfig),
+        ("trainer", "layerwise", LayerwiseTrainerConfig),
+    ]:
+        cs.store(group=f"schema/{group}", name=name, node=node)
+
+
+# ----------------------------------------------------------------------------- value checks
+_ALLOWED_TARGET_PREFIXES = ("unroll_cli.", "torch.optim.")
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check value ranges and choices that a type alone cannot express.
+
+    Raises :class:`ConfigError` naming the key and the allowed values.
+    """
+    for key in ("data", "model", "optim", "sched", "trainer", "eval"):
+        schema = OmegaConf.get_type(cfg[key])
+        if is_dataclass(schema):  # keys added with +key=value bypass Hydra's own check
+            known = {f.name for f in fields(schema)}
+            for extra in sorted(set(cfg[key].keys()) - known):
+                raise ConfigError(f"{key}.{extra} is not a key of {key} ({schema.__name__}); "
+                                  f"allowed: {', '.join(sorted(known))}")
+    for key in ("data", "model", "optim", "sched", "trainer"):
+        target = cfg[key].get("_target_")
+        _require(
+            isinstance(target, str) and target.startswith(_ALLOWED_TARGET_PREFIXES),
+            f"{key}._target_", target, "only the project's classes (unroll_cli.*) and torch.optim.*",
+        )
+    _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
+    data, model, trainer = cfg.data, cfg.model, cfg.trainer
+    if "m" in data:
+        _require(data.m > 0, "data.m", data.m, "an integer > 0")
+        _require(data.n > 0, "data.n", data.n, "an integer > 0")
+        _require(0 < data.p <= 1, "data.p", data.p, "a probability in (0, 1]")
+        _require(data.kappa is None or data.kappa >= 1, "data.kappa", data.kappa, "null or >= 1")
+        for k in ("n_val", "n_test", "batch_size", "n_train"):
+            _require(data[k] > 0, f"data.{k}", data[k], "an integer > 0")
+    _require(model.layers >= 1, "model.layers", model.layers, "an integer >= 1")
+    _require(model.lam >= 0, "model.lam", model.lam, "a number >= 0")
+    for k in ("ss_p_per_layer", "ss_p_max"):
+        if k in model:
+            _require(0 <= model[k] <= 100, f"model.{k}", model[k], "a percentage in [0, 100]")
+    _require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "a number > 0")
+    _require(trainer.max_epochs >= 0, "trainer.max_epochs", trainer.max_epochs, "an integer >= 0")
+    _require(trainer.steps_per_epoch >= 1, "trainer.steps_per_epoch", trainer.steps_per_epoch,
+             "an integer >= 1")
+    _require(trainer.loss in ("supervised", "lasso"), "trainer.loss", trainer.loss,
+             "supervised or lasso")
+    _require(trainer.precision in ("fp32", "bf16"), "trainer.precision", trainer.precision,
+             "fp32 or bf16")
+    _require(cfg.eval.nmse in ("pooled", "per_sample"), "eval.nmse", cfg.eval.nmse,
+             "pooled or per_sample")
+    for name in cfg.eval.baselines:
+        _require(name in ("ista", "fista"), "eval.baselines", name, "ista and/or fista")

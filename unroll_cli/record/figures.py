@@ -1,0 +1,51 @@
+"""The run's figures: a metric per unrolled layer, learned thresholds/steps, training curves."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+
+def per_layer_figure(layers: pd.DataFrame, ylabel: str, title: str):
+    """Every column but ``layer`` as one curve against the layer index (dashed: published)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for column in layers.columns.drop("layer"):
+        style = "--" if column.startswith("published") else "-"
+        ax.plot(layers["layer"], layers[column], style, marker="o", markersize=3, label=column)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def parameters_figure(curves: dict[str, list[float]], title: str):
+    """Learned per-layer scalars (thresholds, step sizes), one panel each."""
+    fig, axes = plt.subplots(1, len(curves), figsize=(4 * len(curves), 3.5), squeeze=False)
+    for ax, (name, values) in zip(axes[0], curves.items()):
+        ax.plot(range(1, len(values) + 1), values, marker="o", markersize=3)
+        ax.set_xlabel("layer")
+        ax.set_ylabel(name)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves(history: pd.DataFrame, x: str, title: str):
+    """Each numeric ``train/`` or ``val/`` column of the history against ``x``."""
+    columns = [c for c in history.columns if c.startswith(("train/", "val/"))]
+    fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(4 * max(1, len(columns)), 3.5),
+                             squeeze=False)
+    for ax, column in zip(axes[0], columns):
+        ax.plot(history[x], history[column], marker=".")
+        ax.set_xlabel(x)
+        ax.set_ylabel(column)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,138 @@
+"""The run directory writer: the output contract of DESIGN.md section 4.
+
+Everything a run writes goes through :class:`RunRecorder`: ``metrics.json`` (status, final metrics,
+wall time, device, versions, parameter count), ``history.csv``, ``layers.csv``, ``results.md``,
+``figures/``, ``tb/`` (TensorBoard) and arrays. Every file is written atomically (a temporary file
+in the same directory, then ``os.replace``), so a reader never sees half a file and a crash never
+destroys the last good one.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+STATUSES = ("running", "completed", "failed", "interrupted")
+
+
+def atomic_write(path: Path, write: Callable[[str], None]) -> None:
+    """Call ``write(tmp_path)`` then move the result onto ``path`` in one step."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _finite_or_none(value: Any) -> Any:
+    """JSON has no NaN/Inf: store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def versions() -> dict[str, str]:
+    import hydra
+    import torch
+
+    from unroll_cli import __version__
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "hydra": hydra.__version__, "unroll_cli": __version__}
+
+
+class RunRecorder:
+    """Writes one run's files; ``tensorboard=False`` skips the event files."""
+
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+        self.dir = Path(run_dir)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.started = time.time()
+        self.info: dict[str, Any] = {"versions": versions()}
+        self.history: list[dict[str, Any]] = []
+        self._writer = None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(log_dir=str(self.dir / "tb"))
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.dir / "checkpoints"
+
+    # ------------------------------------------------------------------ status
+    def start(self, **info: Any) -> None:
+        """Mark the run as running, with what is known at the start (device, params, ...)."""
+        self.info.update(info)
+        self._write_metrics("running", {})
+
+    def finish(self, metrics: dict[str, float], **info: Any) -> None:
+        self.info.update(info)
+        self._write_metrics("completed", metrics)
+        self.close()
+
+    def fail(self, status: str, error: str, metrics: dict[str, float] | None = None) -> None:
+        """Record a failed or interrupted run (its last good checkpoint stays in checkpoints/)."""
+        self.info["error"] = error
+        self._write_metrics(status, metrics or {})
+        self.close()
+
+    def _write_metrics(self, status: str, metrics: dict[str, float]) -> None:
+        assert status in STATUSES
+        record = {"status": status, "metrics": {k: _finite_or_none(v) for k, v in metrics.items()},
+                  "wall_s": round(time.time() - self.started, 3), **self.info}
+        atomic_write_text(self.dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
+
+    # ------------------------------------------------------------------ logs
+    def log_row(self, row: dict[str, Any], step: int) -> None:
+        """One row of history.csv (an epoch or an evaluation step) and its TensorBoard scalars."""
+        self.history.append(row)
+        atomic_write(self.dir / "history.csv", lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
+        for key, value in row.items():
+            if "/" in key and isinstance(value, (int, float)) and math.isfinite(value):
+                self.scalar(key, value, step)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self._writer is not None:
+            self._writer.add_scalar(tag, value, step)
+
+    def close(self) -> None:
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+    # ------------------------------------------------------------------ files
+    def write_table(self, name: str, table: pd.DataFrame) -> None:
+        atomic_write(self.dir / name, lambda tmp: table.to_csv(tmp, index=False))
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.dir / name, text)
+
+    def write_array(self, name: str, array: np.ndarray) -> None:
+        def save(tmp: str) -> None:
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+
+        atomic_write(self.dir / name, save)
+
+    def write_figure(self, name: str, figure) -> None:
+        import matplotlib.pyplot as plt
+
+        atomic_write(self.dir / "figures" / name, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
+        plt.close(figure)

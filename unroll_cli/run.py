@@ -1,0 +1,105 @@
+"""One run, start to end: validate, build data and model, train, evaluate, record.
+
+``run(cfg)`` is the whole flow of DESIGN.md section 1 and is callable from tests without the CLI.
+It returns the optimized metric (``cfg.optimized_metric``) so Hydra sweepers can minimise it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+from hydra.utils import get_class, instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from unroll_cli.config import ConfigError, validate
+from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.record.results import evaluate_sparse_coding
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("device=cuda but no CUDA device is visible: use device=auto or device=cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+
+
+def build_task(cfg: DictConfig, device: torch.device):
+    return instantiate(cfg.data, seed=cfg.seed, device=device,
+                       steps_per_epoch=cfg.trainer.steps_per_epoch,
+                       nmse=cfg.eval.nmse, support_tol=cfg.eval.support_tol)
+
+
+def build_model(model_cfg: DictConfig, task) -> torch.nn.Module:
+    """Instantiate ``model._target_`` with the sizes the task provides (e.g. the matrix A)."""
+    kwargs = OmegaConf.to_container(model_cfg, resolve=True)
+    kwargs.pop("name")
+    return instantiate(kwargs, **task.model_kwargs())
+
+
+@contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM (a cluster's pre-emption, ``kill``) is handled like Ctrl-C."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run(cfg: DictConfig, run_dir: str | Path) -> float:
+    """Train and evaluate the configured model; write the run directory; return the optimized metric."""
+    validate(cfg)
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    task = build_task(cfg, device)
+    model = build_model(cfg.model, task).to(device)
+    params = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    trainer_class = get_class(cfg.trainer._target_)
+
+    recorder = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
+    recorder.start(model=cfg.model.name, device=str(device), params=params, seed=cfg.seed)
+    for name, array in task.artifacts().items():
+        recorder.write_array(name, array)
+    log.info("%s: %d parameters on %s; run directory %s", cfg.model.name, params, device, recorder.dir)
+    metrics: dict[str, float] = {}
+    try:
+        with sigterm_as_interrupt():
+            trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder, resume=cfg.resume)
+            trainer.fit()
+            model.eval()
+            metrics = evaluate_sparse_coding(cfg, model, task, recorder)
+    except KeyboardInterrupt:
+        recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM); continue with "
+                      f"resume={recorder.dir}", metrics)
+        log.error("interrupted: checkpoint in %s", recorder.checkpoints)
+        raise
+    except Exception as error:
+        recorder.fail("failed", f"{type(error).__name__}: {error}", metrics)
+        raise
+    recorder.finish(metrics, epochs=len(recorder.history))
+    log.info("%s = %.4f", cfg.optimized_metric, metrics[cfg.optimized_metric])
+    return float(metrics[cfg.optimized_metric])

@@ -1,0 +1,173 @@
+"""End-to-end training: every parameter at once, the loss on the last layer's estimate.
+
+The same class holds what the stage-wise trainer shares with it: the optimizer built from the
+``optim`` config, one guarded training step (autocast, NaN/Inf check, gradient clipping), and
+checkpoints that hold model, optimizer, scheduler, RNG and data-stream state so that ``resume``
+continues to the same result. A non-finite loss raises :class:`NonFiniteLossError` before anything
+is saved, so ``checkpoints/last.pt`` stays the last good state.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any, Iterable
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import DictConfig
+from tqdm.auto import tqdm
+
+from unroll_cli.record.recorder import RunRecorder, atomic_write
+
+log = logging.getLogger(__name__)
+
+CHECK_EVERY = 20  # steps between loss read-backs (each one synchronises with the device)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite."""
+
+
+def checkpoint_path(resume: str) -> Path:
+    """A checkpoint file, or a run directory whose checkpoints/last.pt is meant."""
+    path = Path(resume)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no checkpoint at {path}")
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+class Trainer:
+    """Fits ``model`` on ``task`` for ``settings.max_epochs`` epochs (the ``trainer`` config)."""
+
+    def __init__(self, settings: DictConfig, model: torch.nn.Module, task, optim_cfg: DictConfig,
+                 sched_cfg: DictConfig, recorder: RunRecorder, resume: str | None = None):
+        self.s, self.model, self.task, self.recorder = settings, model, task, recorder
+        self.optim_cfg, self.sched_cfg = optim_cfg, sched_cfg
+        self.device = task.device
+        self.resume_state = load_checkpoint(checkpoint_path(resume)) if resume else None
+        self.forward = torch.compile(model) if settings.compile else model
+        self.autocast_dtype = torch.bfloat16 if settings.precision == "bf16" else None
+        self.global_step = 0
+
+    # ------------------------------------------------------------------ shared pieces
+    def trainable(self, params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
+        return [p for p in params if p.requires_grad]
+
+    def make_optimizer(self, param_groups) -> torch.optim.Optimizer:
+        return instantiate(self.optim_cfg, params=param_groups)
+
+    def train_step(self, optimizer: torch.optim.Optimizer, batch, depth: int | None = None) -> torch.Tensor:
+        """One optimizer step; returns the detached loss (not read back, to keep the device busy)."""
+        with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
+                            enabled=self.autocast_dtype is not None):
+            estimates = self.forward(batch[0], depth)
+            loss = self.task.loss(estimates, batch, self.s.loss, self.model.lam)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.s.grad_clip:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
+        optimizer.step()
+        self.global_step += 1
+        return loss.detach()
+
+    @staticmethod
+    def check_finite(loss_sum: torch.Tensor, count: int) -> float:
+        """Read back the mean loss; raise if it is NaN or infinite."""
+        mean = loss_sum.item() / max(count, 1)
+        if not math.isfinite(mean):
+            raise NonFiniteLossError(
+                f"training loss became {mean}: stopped; the last good checkpoint is kept "
+                "(try a smaller optim.lr or trainer.grad_clip)")
+        return mean
+
+    def rng_state(self) -> dict[str, Any]:
+        state = {"torch": torch.get_rng_state(), "task": self.task.state_dict()}
+        if torch.cuda.is_available():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        return state
+
+    def set_rng_state(self, state: dict[str, Any]) -> None:
+        torch.set_rng_state(state["torch"])
+        self.task.load_state_dict(state["task"])
+        if "cuda" in state and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(state["cuda"])
+
+    def save(self, name: str, **state: Any) -> None:
+        if not self.s.checkpoint:
+            return
+        full = {"model": self.model.state_dict(), "rng": self.rng_state(),
+                "history": self.recorder.history, "global_step": self.global_step, **state}
+        atomic_write(self.recorder.checkpoints / name, lambda tmp: torch.save(full, tmp))
+
+    def progress(self, total: int, initial: int = 0, unit: str = "step") -> tqdm:
+        return tqdm(total=total, initial=initial, unit=unit, disable=not self.s.progress,
+                    dynamic_ncols=True, leave=False)
+
+    # ------------------------------------------------------------------ end-to-end fit
+    def fit(self) -> None:
+        params = self.trainable(self.model.parameters())
+        if not params or self.s.max_epochs == 0:
+            log.info("nothing to train (%d trainable parameters, %d epochs)", len(params), self.s.max_epochs)
+            return
+        optimizer = self.make_optimizer(params)
+        scheduler = instantiate(self.sched_cfg, optimizer=optimizer)
+        epoch, best, stale = 0, math.inf, 0
+        if self.resume_state is not None:
+            state = self.resume_state
+            self.model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            self.set_rng_state(state["rng"])
+            self.recorder.history = list(state["history"])
+            epoch, best, stale = state["epoch"], state["best"], state["stale"]
+            self.global_step = state["global_step"]
+            log.info("resumed at epoch %d", epoch)
+
+        def save(name: str) -> None:
+            self.save(name, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+                      epoch=epoch, best=best, stale=stale)
+
+        if epoch == 0:
+            save("last.pt")  # an interruption in the first epoch still leaves a checkpoint
+        steps = self.task.steps_per_epoch
+        bar = self.progress(self.s.max_epochs * steps, epoch * steps)
+        with bar:
+            while epoch < self.s.max_epochs:
+                started, loss_sum, count = time.time(), torch.zeros((), device=self.device), 0
+                for batch in self.task.train_batches():
+                    loss_sum += self.train_step(optimizer, batch)
+                    count += 1
+                    bar.update(1)
+                    if count % CHECK_EVERY == 0:
+                        bar.set_postfix(epoch=epoch + 1, loss=f"{self.check_finite(loss_sum, count):.4g}")
+                train_loss = self.check_finite(loss_sum, count)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                val = self.task.validate(self.model)
+                epoch += 1
+                monitored = val[self.task.monitor]
+                improved = monitored < best
+                best, stale = (monitored, 0) if improved else (best, stale + 1)
+                row = {"epoch": epoch, "step": self.global_step, "lr": lr, "train/loss": train_loss,
+                       **val, "seconds": round(time.time() - started, 3)}
+                self.recorder.log_row(row, step=epoch)
+                bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4g}", val=f"{monitored:.4g}")
+                log.info("epoch %d/%d  loss %.5g  %s %.4f", epoch, self.s.max_epochs, train_loss,
+                         self.task.monitor, monitored)
+                save("last.pt")
+                if improved:
+                    save("best.pt")
+                if self.s.patience is not None and stale >= self.s.patience:
+                    log.info("early stop: %s has not improved for %d epochs", self.task.monitor, stale)
+                    break
+        best_file = self.recorder.checkpoints / "best.pt"
+        if best_file.is_file():  # the test metrics are those of the best validation epoch
+            self.model.load_state_dict(load_checkpoint(best_file)["model"])
