@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -77,7 +78,7 @@ def test_run_writes_every_file_of_the_contract(tmp_path):
 
     checkpoint = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert checkpoint["epoch"] == 2
-    assert "| layer |" in (run_dir / "results.md").read_text()
+    assert re.search(r"^\|\s+4 \|\s+-?\d+\.\d\d \|", (run_dir / "results.md").read_text(), re.M)
 
 
 def test_multirun_writes_one_directory_per_job(tmp_path):

@@ -72,3 +72,14 @@ def test_layerwise_run_trains_every_stage_and_resumes_after_the_last_one(tiny_cf
     torch.save(state, tmp_path / "part/checkpoints/last.pt")
     run(tiny_cfg(*common, f"resume={tmp_path / 'part'}"), tmp_path / "resumed")
     assert read_metrics(tmp_path / "resumed")["epochs"] == 6
+
+
+@pytest.mark.parametrize("option", ["trainer.precision=bf16",
+                                    pytest.param("trainer.compile=true", marks=pytest.mark.slow)])
+def test_bf16_autocast_and_compile_train_and_improve_on_the_initialisation(tiny_cfg, tmp_path, option):
+    cfg = tiny_cfg("model=lista_cp", option, "trainer.max_epochs=3", "trainer.steps_per_epoch=30",
+                   "optim.lr=2e-3", "tensorboard=false")
+    run(cfg, tmp_path)
+    metrics = read_metrics(tmp_path)["metrics"]
+    # at its ISTA initialisation the model equals ISTA; training must have moved it below
+    assert metrics["test/nmse_db"] < metrics["baseline/ista/test/nmse_db"] - 0.5

@@ -112,8 +112,8 @@ class TrainerConfig:
     """End-to-end training: every parameter, the loss on the last layer's estimate."""
 
     _target_: str = "unroll_cli.train.trainer.Trainer"
-    max_epochs: int = 10
-    steps_per_epoch: int = 50  # online data: batches per epoch; fixed data: one pass if null-like 0
+    max_epochs: int = 20
+    steps_per_epoch: int = 100  # batches per epoch of online data (a fixed set: one pass per epoch)
     patience: Optional[int] = None  # early stopping: epochs without validation improvement
     loss: str = "supervised"  # supervised (MSE to the true code) | lasso (unsupervised)
     grad_clip: Optional[float] = None

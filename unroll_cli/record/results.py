@@ -66,7 +66,7 @@ def results_markdown(cfg: DictConfig, metrics: dict, layers: pd.DataFrame, title
     published = f"published/{METRIC}"
     if published in table:
         table["difference"] = table[METRIC] - table[published]
-    lines += [table.to_markdown(index=False, floatfmt=".2f"), ""]
+    lines += [table.to_markdown(index=False, floatfmt=[".0f"] + [".2f"] * (table.shape[1] - 1)), ""]
     if cfg.paper is not None:
         lines += [f"Published values: {cfg.paper.source} (reading error +-{cfg.paper.tolerance_db} dB).", ""]
     lines += [f"NMSE convention: {cfg.eval.nmse}; baselines run at the model's depth and lam.", ""]

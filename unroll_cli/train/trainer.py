@@ -62,7 +62,8 @@ class Trainer:
         return [p for p in params if p.requires_grad]
 
     def make_optimizer(self, param_groups) -> torch.optim.Optimizer:
-        return instantiate(self.optim_cfg, params=param_groups)
+        # partial: a call-site list of param-group dicts would otherwise be turned into a config
+        return instantiate(self.optim_cfg, _partial_=True)(param_groups)
 
     def train_step(self, optimizer: torch.optim.Optimizer, batch, depth: int | None = None) -> torch.Tensor:
         """One optimizer step; returns the detached loss (not read back, to keep the device busy)."""
