@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from scipy.io import savemat
 
 from unroll_cli.data.synthetic import SyntheticSparseCoding, gaussian_matrix, measure, sample_codes
@@ -15,7 +17,8 @@ from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 def make_task(**overrides) -> SyntheticSparseCoding:
     settings = dict(m=30, n=60, p=0.1, snr_db=None, kappa=None, col_normalized=True, online=True,
                     n_train=256, n_val=100, n_test=100, batch_size=32, matrix_seed=0, val_seed=1,
-                    test_seed=2, A_path=None, seed=0, steps_per_epoch=3)
+                    test_seed=2, A_path=None, seed=0,
+                    trainer=OmegaConf.create({"steps_per_epoch": 3, "loss": "supervised"}))
     settings.update(overrides)
     return SyntheticSparseCoding(**settings)
 
@@ -104,9 +107,11 @@ def test_losses_match_their_formulas():
     task = make_task()
     y, x = next(task.train_batches())
     x_hat = x + 0.1
-    supervised = task.loss([x_hat], (y, x), "supervised", lam=0.4)
+    model = SimpleNamespace(lam=0.4)
+    supervised = task.loss([x_hat], (y, x), model)
     assert supervised.item() == pytest.approx(0.01 * 60, rel=1e-5)
-    lasso = task.loss([x_hat], (y, x), "lasso", lam=0.4)
+    task.loss_kind = "lasso"
+    lasso = task.loss([x_hat], (y, x), model)
     r = (y - x_hat @ task.A.T).double()
     expected = (0.5 * (r ** 2).sum(1) + 0.4 * x_hat.double().abs().sum(1)).mean()
     assert lasso.item() == pytest.approx(expected.item(), rel=1e-5)

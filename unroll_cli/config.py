@@ -40,6 +40,25 @@ class SyntheticSparseCodingConfig:
     A_path: Optional[str] = None  # .npy or .mat file holding the user's own A
 
 
+@dataclass
+class ImageDataConfig:
+    """Image classification through torchvision's dataset classes, held as tensors on the device."""
+
+    _target_: str = "unroll_cli.data.images.ImageClassification"
+    name: str = MISSING  # mnist | fashion_mnist | cifar10 | svhn
+    root: str = "./data"
+    download: bool = True
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10
+    normalize_mean: Optional[List[float]] = None
+    normalize_std: Optional[List[float]] = None
+    random_crop_padding: int = 0
+    hflip: bool = False
+    val_size: int = 0  # 0: evaluate on the test set every epoch, as the paper's notebooks
+    n_train: Optional[int] = None  # a random subset of the training set, for quick runs
+
+
 # ----------------------------------------------------------------------------- models
 @dataclass
 class ClassicalModelConfig:
@@ -47,6 +66,7 @@ class ClassicalModelConfig:
 
     _target_: str = MISSING
     name: str = MISSING
+    task: str = "sparse_coding"  # the kind of data the model fits
     layers: int = 16
     lam: float = 0.4
 
@@ -64,6 +84,16 @@ class LISTAModelConfig(LearnedModelConfig):
     """LISTA / LISTA-CP (and their support-selection variants): weights tied or per layer."""
 
     tied: bool = True
+
+
+@dataclass
+class MultiLayerModelConfig:
+    """Multi-layer ISTA family (Sulam et al. 2020): architecture from the data, T unfoldings."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "classification"
+    unfoldings: int = 6
 
 
 # ----------------------------------------------------------------------------- optim / sched
@@ -121,6 +151,8 @@ class TrainerConfig:
     compile: bool = False
     checkpoint: bool = True
     progress: bool = True
+    # step the scheduler at the start of each epoch, as pre-1.1 PyTorch code did (one epoch earlier)
+    scheduler_step_at_start: bool = False
 
 
 @dataclass
@@ -140,6 +172,9 @@ class EvalConfig:
     nmse: str = "pooled"  # pooled (LISTA-CPSS/ALISTA code) | per_sample (Open-L2O)
     support_tol: float = 0.0  # |x_hat_i| > tol counts as a detected nonzero
     baselines: List[str] = field(default_factory=lambda: ["ista", "fista"])
+    # classification: first and last epoch (1-based, inclusive) of the reported mean accuracy;
+    # null: the last 10 epochs
+    acc_mean_epochs: Optional[List[int]] = None
 
 
 # ----------------------------------------------------------------------------- top level
@@ -166,6 +201,8 @@ def register_configs() -> None:
     cs.store(group="schema", name="train", node=TrainConfig)
     for group, name, node in [
         ("data", "synthetic_sc", SyntheticSparseCodingConfig),
+        ("data", "image", ImageDataConfig),
+        ("model", "multilayer", MultiLayerModelConfig),
         ("model", "classical", ClassicalModelConfig),
         ("model", "learned", LearnedModelConfig),
         ("model", "lista", LISTAModelConfig),
@@ -216,8 +253,19 @@ def validate(cfg: DictConfig) -> None:
         _require(data.kappa is None or data.kappa >= 1, "data.kappa", data.kappa, "null or >= 1")
         for k in ("n_val", "n_test", "batch_size", "n_train"):
             _require(data[k] > 0, f"data.{k}", data[k], "an integer > 0")
-    _require(model.layers >= 1, "model.layers", model.layers, "an integer >= 1")
-    _require(model.lam >= 0, "model.lam", model.lam, "a number >= 0")
+    if "layers" in model:
+        _require(model.layers >= 1, "model.layers", model.layers, "an integer >= 1")
+        _require(model.lam >= 0, "model.lam", model.lam, "a number >= 0")
+    if "unfoldings" in model:
+        _require(model.unfoldings >= 0, "model.unfoldings", model.unfoldings, "an integer >= 0")
+    if "arch" in data:
+        _require(data.arch in ("mnist", "cifar10"), "data.arch", data.arch, "mnist or cifar10")
+        _require(data.batch_size > 0, "data.batch_size", data.batch_size, "an integer > 0")
+    acc_epochs = cfg.eval.acc_mean_epochs
+    if acc_epochs is not None:
+        _require(len(acc_epochs) == 2 and 1 <= acc_epochs[0] <= acc_epochs[1] <= trainer.max_epochs,
+                 "eval.acc_mean_epochs", list(acc_epochs),
+                 f"[first, last] with 1 <= first <= last <= trainer.max_epochs ({trainer.max_epochs})")
     for k in ("ss_p_per_layer", "ss_p_max"):
         if k in model:
             _require(0 <= model[k] <= 100, f"model.{k}", model[k], "a percentage in [0, 100]")

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unroll_cli.config import ConfigError, validate
 from unroll_cli.record.recorder import RunRecorder
-from unroll_cli.record.results import evaluate_sparse_coding
+from unroll_cli.record.results import evaluate_classification, evaluate_sparse_coding
 
 log = logging.getLogger(__name__)
 
@@ -41,15 +41,19 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def build_task(cfg: DictConfig, device: torch.device):
-    return instantiate(cfg.data, seed=cfg.seed, device=device,
-                       steps_per_epoch=cfg.trainer.steps_per_epoch,
-                       nmse=cfg.eval.nmse, support_tol=cfg.eval.support_tol)
+    """Instantiate ``data._target_``; every task also gets the run's seed, device, trainer and eval
+    settings, and takes from them what it needs (batches per epoch, loss, metric conventions)."""
+    return instantiate(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer, eval=cfg.eval,
+                       _recursive_=False)
 
 
 def build_model(model_cfg: DictConfig, task) -> torch.nn.Module:
     """Instantiate ``model._target_`` with the sizes the task provides (e.g. the matrix A)."""
     kwargs = OmegaConf.to_container(model_cfg, resolve=True)
     kwargs.pop("name")
+    if kwargs.pop("task") != task.kind:
+        raise ConfigError(f"model={model_cfg.name} is for {model_cfg.task} data, but the data is "
+                          f"{task.kind}: choose a {model_cfg.task} dataset or another model")
     return instantiate(kwargs, **task.model_kwargs())
 
 
@@ -91,7 +95,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
             trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder, resume=cfg.resume)
             trainer.fit()
             model.eval()
-            metrics = evaluate_sparse_coding(cfg, model, task, recorder)
+            evaluate = {"sparse_coding": evaluate_sparse_coding,
+                        "classification": evaluate_classification}[task.kind]
+            metrics = evaluate(cfg, model, task, recorder)
     except KeyboardInterrupt:
         recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM); continue with "
                       f"resume={recorder.dir}", metrics)
@@ -101,5 +107,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
         recorder.fail("failed", f"{type(error).__name__}: {error}", metrics)
         raise
     recorder.finish(metrics, epochs=len(recorder.history))
+    if cfg.optimized_metric not in metrics:
+        log.error("optimized_metric=%s is not among this run's metrics: %s", cfg.optimized_metric,
+                  ", ".join(metrics))
+        return float("nan")
     log.info("%s = %.4f", cfg.optimized_metric, metrics[cfg.optimized_metric])
     return float(metrics[cfg.optimized_metric])

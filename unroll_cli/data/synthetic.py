@@ -14,6 +14,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 
@@ -78,13 +79,13 @@ class SyntheticSparseCoding:
     """The sparse-coding Task: data, the training loss and the per-layer evaluation."""
 
     kind = "sparse_coding"
-    monitor = "val/nmse_db"  # lower is better
+    monitor, monitor_mode = "val/nmse_db", "min"
 
     def __init__(self, m: int, n: int, p: float, snr_db: float | None, kappa: float | None,
                  col_normalized: bool, online: bool, n_train: int, n_val: int, n_test: int,
                  batch_size: int, matrix_seed: int, val_seed: int, test_seed: int,
                  A_path: str | None, seed: int = 0, device: str | torch.device = "cpu",
-                 steps_per_epoch: int = 1, nmse: str = "pooled", support_tol: float = 0.0):
+                 trainer: DictConfig | None = None, eval: DictConfig | None = None):
         if A_path:
             A = load_matrix(A_path)
             if A.shape != (m, n):
@@ -94,14 +95,17 @@ class SyntheticSparseCoding:
             A = gaussian_matrix(m, n, matrix_seed, kappa, col_normalized)
         self.p, self.snr_db, self.online = p, snr_db, online
         self._kappa = None if A_path else kappa
-        self.batch_size, self.nmse, self.support_tol = batch_size, nmse, support_tol
+        self.batch_size = batch_size
+        self.nmse = eval.nmse if eval is not None else "pooled"
+        self.support_tol = eval.support_tol if eval is not None else 0.0
+        self.loss_kind = trainer.loss if trainer is not None else "supervised"
         self.device = torch.device(device)
         self.A = A.to(self.device)
         self.val = self._fixed_set(A, n_val, val_seed)
         self.test = self._fixed_set(A, n_test, test_seed)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         if online:
-            self.steps_per_epoch = steps_per_epoch
+            self.steps_per_epoch = trainer.steps_per_epoch if trainer is not None else 1
             self.train_set = None
         else:
             self.train_set = self._fixed_set(A, n_train, seed + 1_000_003)
@@ -131,14 +135,15 @@ class SyntheticSparseCoding:
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size]
                 yield y_all[idx], x_all[idx]
 
-    def loss(self, estimates: list[torch.Tensor], batch: Batch, kind: str, lam: float) -> torch.Tensor:
-        """Supervised: mean over samples of ||x_hat - x||^2; lasso: 0.5||y - A x_hat||^2 + lam||x_hat||_1."""
+    def loss(self, estimates: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
+        """``trainer.loss``: supervised, the mean over samples of ||x_hat - x||^2; lasso (unsupervised),
+        0.5||y - A x_hat||^2 + lam ||x_hat||_1 with the model's lam."""
         y, x = batch
         x_hat = estimates[-1]
-        if kind == "supervised":
+        if self.loss_kind == "supervised":
             return (x_hat - x).pow(2).sum(dim=1).mean()
         residual = y - x_hat @ self.A.T
-        return (0.5 * residual.pow(2).sum(dim=1) + lam * x_hat.abs().sum(dim=1)).mean()
+        return (0.5 * residual.pow(2).sum(dim=1) + model.lam * x_hat.abs().sum(dim=1)).mean()
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state()}

@@ -1,20 +1,23 @@
 """The run's figures: a metric per unrolled layer, learned thresholds/steps, training curves."""
 from __future__ import annotations
 
+import math
+
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
 
-def per_layer_figure(layers: pd.DataFrame, ylabel: str, title: str):
-    """Every column but ``layer`` as one curve against the layer index (dashed: published)."""
+def per_layer_figure(layers: pd.DataFrame, x: str, ylabel: str, title: str):
+    """Every column but ``x`` as one curve against ``x`` (the layer index; dashed: published)."""
     fig, ax = plt.subplots(figsize=(6, 4))
-    for column in layers.columns.drop("layer"):
+    for column in layers.columns.drop(x):
         style = "--" if column.startswith("published") else "-"
-        ax.plot(layers["layer"], layers[column], style, marker="o", markersize=3, label=column)
-    ax.set_xlabel("layer")
+        ax.plot(layers[x], layers[column], style, marker="o", markersize=3, label=column)
+    ax.set_xlabel(x)
     ax.set_ylabel(ylabel)
     ax.set_title(title)
     ax.grid(alpha=0.3)
@@ -48,4 +51,22 @@ def training_curves(history: pd.DataFrame, x: str, title: str):
         ax.grid(alpha=0.3)
     fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def atoms_figure(filters: torch.Tensor, title: str, max_atoms: int = 64):
+    """Dictionary atoms / first-layer filters (atoms, channels, h, w) as a grid of images, each
+    scaled to its own range; one or three channels (grey or colour)."""
+    atoms = filters.detach().float().cpu()[:max_atoms]
+    lo = atoms.flatten(1).min(dim=1).values[:, None, None, None]
+    hi = atoms.flatten(1).max(dim=1).values[:, None, None, None]
+    atoms = ((atoms - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1)
+    cols = int(math.ceil(math.sqrt(len(atoms))))
+    rows = int(math.ceil(len(atoms) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, atom in zip(axes.flat, atoms):
+        ax.imshow(atom.squeeze(-1) if atom.shape[-1] == 1 else atom, cmap="gray", interpolation="nearest")
+    fig.suptitle(title, fontsize=9)
     return fig

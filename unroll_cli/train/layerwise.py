@@ -69,7 +69,7 @@ class LayerwiseTrainer(Trainer):
     def run_stage(self, layer: int, stage: int, groups: list[dict], batches: Iterator) -> dict:
         depth, started = layer + 1, time.time()
         optimizer = self.make_optimizer(groups)
-        best, best_step, step = math.inf, 0, 0
+        best, best_step, step = self.worst(), 0, 0
         loss_sum, count = torch.zeros((), device=self.device), 0
         while step < self.s.stage_max_steps:
             loss_sum += self.train_step(optimizer, next(batches), depth)
@@ -78,7 +78,7 @@ class LayerwiseTrainer(Trainer):
             if step % self.s.val_every_steps == 0:
                 self.check_finite(loss_sum, count)
                 value = self.task.validate(self.model, depth)[self.task.monitor]
-                if value < best:
+                if self.better(value, best):
                     best, best_step = value, step
                 elif step - best_step >= self.s.stage_patience_steps:
                     break

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -70,7 +71,7 @@ class Trainer:
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
                             enabled=self.autocast_dtype is not None):
             estimates = self.forward(batch[0], depth)
-            loss = self.task.loss(estimates, batch, self.s.loss, self.model.lam)
+            loss = self.task.loss(estimates, batch, self.model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.s.grad_clip:
@@ -88,6 +89,13 @@ class Trainer:
                 f"training loss became {mean}: stopped; the last good checkpoint is kept "
                 "(try a smaller optim.lr or trainer.grad_clip)")
         return mean
+
+    def better(self, value: float, best: float) -> bool:
+        """Whether ``value`` improves on ``best`` for the task's monitored metric."""
+        return value < best if self.task.monitor_mode == "min" else value > best
+
+    def worst(self) -> float:
+        return math.inf if self.task.monitor_mode == "min" else -math.inf
 
     def rng_state(self) -> dict[str, Any]:
         state = {"torch": torch.get_rng_state(), "task": self.task.state_dict()}
@@ -120,7 +128,7 @@ class Trainer:
             return
         optimizer = self.make_optimizer(params)
         scheduler = instantiate(self.sched_cfg, optimizer=optimizer)
-        epoch, best, stale = 0, math.inf, 0
+        epoch, best, stale = 0, self.worst(), 0
         if self.resume_state is not None:
             state = self.resume_state
             self.model.load_state_dict(state["model"])
@@ -143,6 +151,11 @@ class Trainer:
         with bar:
             while epoch < self.s.max_epochs:
                 started, loss_sum, count = time.time(), torch.zeros((), device=self.device), 0
+                if self.s.scheduler_step_at_start:
+                    with warnings.catch_warnings():  # the order is deliberate here
+                        warnings.simplefilter("ignore", UserWarning)
+                        scheduler.step()
+                lr = optimizer.param_groups[0]["lr"]
                 for batch in self.task.train_batches():
                     loss_sum += self.train_step(optimizer, batch)
                     count += 1
@@ -150,12 +163,12 @@ class Trainer:
                     if count % CHECK_EVERY == 0:
                         bar.set_postfix(epoch=epoch + 1, loss=f"{self.check_finite(loss_sum, count):.4g}")
                 train_loss = self.check_finite(loss_sum, count)
-                lr = optimizer.param_groups[0]["lr"]
-                scheduler.step()
+                if not self.s.scheduler_step_at_start:
+                    scheduler.step()
                 val = self.task.validate(self.model)
                 epoch += 1
                 monitored = val[self.task.monitor]
-                improved = monitored < best
+                improved = self.better(monitored, best)
                 best, stale = (monitored, 0) if improved else (best, stale + 1)
                 row = {"epoch": epoch, "step": self.global_step, "lr": lr, "train/loss": train_loss,
                        **val, "seconds": round(time.time() - started, 3)}
@@ -170,5 +183,6 @@ class Trainer:
                     log.info("early stop: %s has not improved for %d epochs", self.task.monitor, stale)
                     break
         best_file = self.recorder.checkpoints / "best.pt"
-        if best_file.is_file():  # the test metrics are those of the best validation epoch
+        if best_file.is_file() and self.task.monitor.startswith("val/"):
+            # the test metrics are those of the best validation epoch (never selected on test data)
             self.model.load_state_dict(load_checkpoint(best_file)["model"])

@@ -1,0 +1,321 @@
+"""ISTA, FISTA and the LISTA family, unrolled for ``y = A x (+ noise)``.
+
+Batches are rows: ``y`` is (batch, m), ``x`` is (batch, n), ``A`` is (m, n).  Every
+model uses the Lipschitz constant ``L = 1.001 ||A||_2^2`` of the LISTA-CPSS code,
+the ISTA step ``1/L`` and the initial threshold ``lam / L``, and starts from
+``x0 = 0``.
+
+* ``ISTA`` / ``FISTA``: Daubechies et al. 2004 / Beck & Teboulle 2009 (eq. 4.1-4.3).
+* ``LISTA``: Gregor & LeCun, ICML 2010, eq. 3 (``x <- eta(W x + B y)``).
+* ``LISTACP``: coupled weights, Chen et al., NeurIPS 2018, eq. 8.
+* ``TiLISTA``: tied coupled weight with per-layer step, Liu et al., ICLR 2019, eq. 17.
+* ``ALISTA``: analytic weight, learned steps and thresholds, Liu et al. 2019, eq. 18.
+
+Support selection (LISTA-SS / -CPSS, Chen et al. 2018, eq. 12): layer ``t``
+(1-based) keeps the top ``min(ss_p_per_layer * t, ss_p_max)`` % of entries.
+"""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+from torch import Tensor, nn
+
+from unroll_cli.models.analytic import analytic_weight
+from unroll_cli.models.prox import soft_threshold, support_selection_threshold
+
+
+def lipschitz_constant(A: Tensor) -> float:
+    """``1.001 * ||A||_2^2``, computed in float64."""
+    return 1.001 * torch.linalg.matrix_norm(A.detach().double(), ord=2).item() ** 2
+
+
+def _addmm(bias, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
+    """``bias + alpha * a @ b`` with one GEMM; ``bias`` None stands for zero."""
+    if bias is None:
+        return torch.mm(a, b) if alpha == 1.0 else torch.mm(a, b).mul_(alpha)
+    return torch.addmm(bias, a, b, alpha=alpha)
+
+
+class UnrolledISTA(nn.Module):
+    """Common loop and interface of the unrolled ISTA-type models.
+
+    Layer ``t`` (0-based) maps the current point ``v`` (``None`` for ``x0 = 0``) to
+    ``x_{t+1} = shrink_t(affine_t(v))``; ``v`` is then ``x_{t+1}`` or, for FISTA, an
+    extrapolation.  Subclasses supply ``_prepare`` (per-forward precomputation),
+    ``_affine``, ``_theta`` and ``layer_parameters``.
+    """
+
+    def __init__(self, A: Tensor, layers: int, lam: float,
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
+        super().__init__()
+        if not isinstance(A, Tensor) or A.dim() != 2 or not A.is_floating_point() or A.numel() == 0:
+            raise ValueError("A must be a non-empty 2-D floating-point tensor (m, n)")
+        if isinstance(layers, bool) or not isinstance(layers, Integral) or layers < 1:
+            raise ValueError(f"layers must be an integer >= 1, got {layers!r}")
+        if isinstance(lam, bool) or not isinstance(lam, Real) or not lam >= 0:
+            raise ValueError(f"lam must be a real number >= 0, got {lam!r}")
+        if not isinstance(ss_p_per_layer, Real) or not ss_p_per_layer >= 0:
+            raise ValueError(f"ss_p_per_layer must be >= 0, got {ss_p_per_layer!r}")
+        if not isinstance(ss_p_max, Real) or not 0 <= ss_p_max <= 100:
+            raise ValueError(f"ss_p_max must lie in [0, 100], got {ss_p_max!r}")
+        self.register_buffer("A", A.detach().clone())
+        self.layers = int(layers)
+        self.lam = float(lam)
+        self.L = lipschitz_constant(A)
+        self.ss_percents = [min(ss_p_per_layer * (t + 1), ss_p_max) for t in range(self.layers)]
+
+    # -- interface ---------------------------------------------------------
+    def forward(self, y: Tensor, depth: int | None = None) -> list[Tensor]:
+        """Estimates after layers 1..depth (default: all ``layers``)."""
+        depth = self.layers if depth is None else depth
+        if isinstance(depth, bool) or not isinstance(depth, Integral) or not 1 <= depth <= self.layers:
+            raise ValueError(f"depth must be an integer in [1, {self.layers}], got {depth!r}")
+        if y.dim() != 2 or y.shape[1] != self.A.shape[0]:
+            raise ValueError(f"y must have shape (batch, {self.A.shape[0]}), got {tuple(y.shape)}")
+        cache = self._prepare(y)
+        estimates, v = [], None
+        for t in range(depth):
+            x = self._shrink(t, self._affine(t, v, cache))
+            v = self._extrapolate(t, x, estimates[-1] if estimates else None)
+            estimates.append(x)
+        return estimates
+
+    def layer_parameters(self, t: int) -> list[nn.Parameter]:
+        """Parameters first used in layer ``t`` (shared ones belong to layer 0)."""
+        self._check_layer(t)
+        return []
+
+    def thresholds(self) -> Tensor:
+        """Threshold applied in each layer, shape (layers,), detached."""
+        return torch.stack([torch.as_tensor(self._theta(t), dtype=self.A.dtype, device=self.A.device)
+                            for t in range(self.layers)]).detach()
+
+    def step_sizes(self) -> Tensor | None:
+        """Learned per-layer step sizes, or None for models without them."""
+        return None
+
+    def dictionary(self) -> Tensor:
+        return self.A
+
+    # -- hooks -------------------------------------------------------------
+    def _prepare(self, y: Tensor):
+        raise NotImplementedError
+
+    def _affine(self, t: int, v: Tensor | None, cache) -> Tensor:
+        raise NotImplementedError
+
+    def _theta(self, t: int):
+        raise NotImplementedError
+
+    def _extrapolate(self, t: int, x: Tensor, x_prev: Tensor | None) -> Tensor:
+        return x
+
+    # -- helpers -----------------------------------------------------------
+    def _shrink(self, t: int, z: Tensor) -> Tensor:
+        percent = self.ss_percents[t]
+        if percent > 0:
+            return support_selection_threshold(z, self._theta(t), percent)
+        return soft_threshold(z, self._theta(t))
+
+    def _check_layer(self, t: int) -> None:
+        if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t < self.layers:
+            raise ValueError(f"t must be an integer in [0, {self.layers - 1}], got {t!r}")
+
+    def _threshold_parameters(self) -> nn.ParameterList:
+        theta = self.lam / self.L
+        return nn.ParameterList(nn.Parameter(torch.tensor(theta, dtype=self.A.dtype, device=self.A.device))
+                                for _ in range(self.layers))
+
+
+class CoupledUnrolledISTA(UnrolledISTA):
+    """Models updating ``x <- eta(x + step_t * W_t^T (y - A x))`` (W_t is (m, n)).
+
+    In rows: ``z = x + step_t * (y - x A^T) W_t``, two GEMMs per layer with the
+    additions fused into them (``addmm`` with ``-A^T`` precomputed once per
+    forward).  A tensor step multiplies the (batch, m) residual; a Python number
+    step is folded into the second GEMM.  Subclasses supply ``_coupling(t)``.
+    """
+
+    def _prepare(self, y: Tensor):
+        return y, (-self.A).t()
+
+    def _affine(self, t, v, cache):
+        y, minus_At = cache
+        residual = y if v is None else torch.addmm(y, v, minus_At)
+        weight, step = self._coupling(t)
+        if isinstance(step, Tensor):
+            residual, step = residual * step, 1.0
+        return _addmm(v, residual, weight, alpha=step)
+
+    def _coupling(self, t: int) -> tuple[Tensor, Tensor | float]:
+        raise NotImplementedError
+
+
+class ISTA(CoupledUnrolledISTA):
+    """ISTA (Daubechies et al. 2004): ``x <- eta_{lam/L}(x + A^T (y - A x) / L)``; no parameters."""
+
+    def __init__(self, A: Tensor, layers: int, lam: float):
+        super().__init__(A, layers, lam)
+
+    def _coupling(self, t):
+        return self.A, 1.0 / self.L
+
+    def _theta(self, t):
+        return self.lam / self.L
+
+
+class FISTA(ISTA):
+    """FISTA (Beck & Teboulle 2009, eq. 4.1-4.3): ISTA steps taken at the extrapolated
+    point ``v_{k+1} = x_k + (t_k - 1)/t_{k+1} (x_k - x_{k-1})``, ``t_1 = 1``,
+    ``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2``; no parameters."""
+
+    def __init__(self, A: Tensor, layers: int, lam: float):
+        super().__init__(A, layers, lam)
+        tk, self._momentum = 1.0, []
+        for _ in range(self.layers):
+            tk_next = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
+            self._momentum.append((tk - 1.0) / tk_next)
+            tk = tk_next
+
+    def _extrapolate(self, t, x, x_prev):
+        if x_prev is None:
+            return x
+        return torch.add(x, x - x_prev, alpha=self._momentum[t])
+
+
+class LISTA(UnrolledISTA):
+    """LISTA (Gregor & LeCun 2010, eq. 3): ``x <- eta_{theta_t}(W_t x + B y)``.
+
+    ``B`` (n, m) is shared; ``W`` (n, n) is one tied matrix or, untied, one per
+    layer 1..T-1 (layer 0 sees ``x0 = 0``, where a ``W_0`` would have no effect and
+    no gradient).  Initialised from ISTA: ``B = A^T / L``, ``W = I - A^T A / L``,
+    ``theta_t = lam / L``.  ``B y`` is computed once per forward and fused into the
+    ``W x`` GEMM.  With ``ss_p_per_layer > 0`` this is LISTA-SS (Chen et al. 2018).
+    """
+
+    def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
+        super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
+        if not isinstance(tied, bool):
+            raise ValueError(f"tied must be a bool, got {tied!r}")
+        self.tied = tied
+        A64 = self.A.double()
+        B = (A64.t() / self.L).to(self.A.dtype)
+        W = (torch.eye(A64.shape[1], dtype=torch.float64, device=A64.device)
+             - A64.t() @ A64 / self.L).to(self.A.dtype)
+        self.B = nn.Parameter(B)
+        if tied:
+            self.W = nn.Parameter(W)
+        else:
+            self.W = nn.ParameterList(nn.Parameter(W.clone()) for _ in range(self.layers - 1))
+        self.theta = self._threshold_parameters()
+
+    def _prepare(self, y):
+        return y @ self.B.t()
+
+    def _affine(self, t, v, By):
+        if v is None:
+            return By
+        W = self.W if self.tied else self.W[t - 1]
+        return torch.addmm(By, v, W.t())
+
+    def _theta(self, t):
+        return self.theta[t]
+
+    def layer_parameters(self, t):
+        self._check_layer(t)
+        if t == 0:
+            return [self.B] + ([self.W] if self.tied else []) + [self.theta[0]]
+        return ([] if self.tied else [self.W[t - 1]]) + [self.theta[t]]
+
+
+class LISTACP(CoupledUnrolledISTA):
+    """LISTA-CP (Chen et al. 2018, eq. 8): ``x <- eta_{theta_t}(x + W_t^T (y - A x))``.
+
+    ``W`` (m, n), tied or one per layer, initialised to ``A / L``; ``theta_t = lam / L``.
+    With ``ss_p_per_layer > 0`` this is LISTA-CPSS.
+    """
+
+    def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
+        super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
+        if not isinstance(tied, bool):
+            raise ValueError(f"tied must be a bool, got {tied!r}")
+        self.tied = tied
+        W = (self.A.double() / self.L).to(self.A.dtype)
+        if tied:
+            self.W = nn.Parameter(W)
+        else:
+            self.W = nn.ParameterList(nn.Parameter(W.clone()) for _ in range(self.layers))
+        self.theta = self._threshold_parameters()
+
+    def _coupling(self, t):
+        return (self.W if self.tied else self.W[t]), 1.0
+
+    def _theta(self, t):
+        return self.theta[t]
+
+    def layer_parameters(self, t):
+        self._check_layer(t)
+        if self.tied:
+            return ([self.W] if t == 0 else []) + [self.theta[t]]
+        return [self.W[t], self.theta[t]]
+
+
+class _SteppedCoupled(CoupledUnrolledISTA):
+    """Coupled update with a learned step per layer: ``x <- eta(x + gamma_t W^T (y - A x))``."""
+
+    def _init_steps(self, gamma: float) -> None:
+        self.gamma = nn.ParameterList(nn.Parameter(torch.tensor(gamma, dtype=self.A.dtype, device=self.A.device))
+                                      for _ in range(self.layers))
+        self.theta = self._threshold_parameters()
+
+    def _coupling(self, t):
+        return self.W, self.gamma[t]
+
+    def _theta(self, t):
+        return self.theta[t]
+
+    def step_sizes(self):
+        return torch.stack(list(self.gamma)).detach()
+
+
+class TiLISTA(_SteppedCoupled):
+    """TiLISTA (Liu et al. 2019, eq. 17): one tied learned ``W`` (m, n), per-layer step
+    ``gamma_t`` and threshold ``theta_t``.  Initialised to reproduce ISTA exactly:
+    ``W = A``, ``gamma_t = 1/L``, ``theta_t = lam/L``."""
+
+    def __init__(self, A: Tensor, layers: int, lam: float,
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
+        super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
+        self.W = nn.Parameter(self.A.clone())
+        self._init_steps(1.0 / self.L)
+
+    def layer_parameters(self, t):
+        self._check_layer(t)
+        return ([self.W] if t == 0 else []) + [self.gamma[t], self.theta[t]]
+
+
+class ALISTA(_SteppedCoupled):
+    """ALISTA (Liu et al. 2019, eq. 18): the analytic weight ``W = analytic_weight(A)``
+    (eq. 16, a fixed buffer) with learned per-layer ``gamma_t`` and ``theta_t`` only
+    (2T parameters).
+
+    Initialisation as in the authors' code: ``gamma_t = 1.0`` and
+    ``theta_t = lam / L``.  Since ``diag(W^T A) = 1`` the step 1 is the natural
+    scale of ``W`` (it plays the role ``1/L`` plays for ``W = A``); the model is
+    therefore not ISTA at initialisation.
+    """
+
+    def __init__(self, A: Tensor, layers: int, lam: float,
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
+        super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
+        self.register_buffer("W", analytic_weight(self.A))
+        self._init_steps(1.0)
+
+    def layer_parameters(self, t):
+        self._check_layer(t)
+        return [self.gamma[t], self.theta[t]]
