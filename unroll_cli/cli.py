@@ -1,4 +1,5 @@
-"""The ``unroll-train`` entrypoint: a thin ``@hydra.main`` around :func:`unroll_cli.run.run`."""
+"""The entrypoints: ``unroll-train`` (a thin ``@hydra.main`` around :func:`unroll_cli.run.run`)
+and ``unroll-report`` (sweep tables, :mod:`unroll_cli.report.aggregate`)."""
 from __future__ import annotations
 
 import logging
@@ -28,11 +29,17 @@ def train_main(cfg: DictConfig) -> float:
     run_dir = HydraConfig.get().runtime.output_dir
     try:
         value = run(cfg, run_dir)
-    except ConfigError as error:
-        log.error("configuration error: %s", error)
+    except (ConfigError, FileNotFoundError) as error:  # bad input found before any training
+        log.error("%s", error)
         sys.exit(2)
     print(f"results: {run_dir}")
     return value
+
+
+def report_main() -> None:
+    from unroll_cli.report.aggregate import main
+
+    sys.exit(main())
 
 
 if __name__ == "__main__":

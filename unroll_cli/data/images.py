@@ -1,0 +1,414 @@
+"""Image classification (MNIST, Fashion-MNIST, CIFAR-10, SVHN), held as tensors on the device.
+
+Files are read by torchvision's own dataset classes, so a user's files and the tests' tiny files go
+through the same parsing code. Differences from plain ``torchvision.datasets.X(root, download=...)``:
+
+* Gzipped IDX files (``*-ubyte.gz``) are read as they are: the four files are gunzipped into a
+  temporary ``<tmp>/MNIST/raw`` (or ``FashionMNIST/raw``) folder that torchvision's class then
+  reads; nothing is written next to the user's files.
+* Fashion-MNIST is first looked for in :data:`FASHION_MNIST_SYSTEM_DIRS`, where the Debian package
+  ``dataset-fashion-mnist`` installs it, then under ``<root>/FashionMNIST/raw``.
+* Files already on disk are not MD5-checked (CIFAR-10 batches, SVHN ``.mat``): re-packed copies
+  (another pickle protocol, a re-saved ``.mat``, Debian's re-compressed ``.gz``) hold the same data
+  under other checksums. Their structure is checked instead (dtype, shape, labels in 0..9). What
+  torchvision downloads is still MD5-checked by torchvision (archive / ``.mat`` checksums).
+* Missing files raise one :class:`DatasetNotFoundError` naming the folder, the files and the fix.
+
+Preprocessing runs on the device per batch, in torchvision's order for the paper's transforms
+(``RandomCrop(padding) -> RandomHorizontalFlip -> ToTensor -> Normalize``): crop and flip act on
+the uint8 images (the padding is black, pixel value 0, as torchvision pads PIL images), then
+scaling to [0, 1] and normalisation.
+"""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import pickle
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torchvision.datasets import CIFAR10, MNIST, SVHN, FashionMNIST
+from torchvision.datasets.utils import download_url
+
+from unroll_cli.config import ConfigError
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
+
+#: Where the Debian package ``dataset-fashion-mnist`` puts the four gzipped IDX files; searched
+#: before ``<root>/FashionMNIST/raw``.
+FASHION_MNIST_SYSTEM_DIRS: tuple[str, ...] = ("/usr/share/datasets/fashion-mnist",)
+
+IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte",
+             "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
+SPLIT_SEED = 0  # the validation split and the n_train subset do not depend on the run's seed
+
+# name -> (channels, image size, classes)
+DATASETS = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "svhn": (3, 32, 10)}
+ARCHS = ("mnist", "cifar10")
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """The dataset's files are not on disk and could not be downloaded."""
+
+
+class _CIFAR10(CIFAR10):
+    """torchvision's CIFAR10 with existence checks instead of MD5 checks on the extracted batches
+    (the downloaded archive keeps its MD5 check, ``tgz_md5``)."""
+
+    train_list = [[name, None] for name, _ in CIFAR10.train_list]
+    test_list = [[name, None] for name, _ in CIFAR10.test_list]
+    meta = {**CIFAR10.meta, "md5": None}
+
+
+class _SVHN(SVHN):
+    """torchvision's SVHN with an existence check instead of an MD5 check on the ``.mat`` file;
+    a download is still MD5-checked."""
+
+    split_list = {split: [url, name, None] for split, (url, name, _) in SVHN.split_list.items()}
+
+    def download(self) -> None:
+        url, name, md5 = SVHN.split_list[self.split]
+        download_url(url, self.root, name, md5)
+
+
+# ----------------------------------------------------------------------------- loading
+def _reason(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
+
+
+def _missing(name: str, root: str, download: bool, error: BaseException | None = None) -> DatasetNotFoundError:
+    root_path = Path(root).expanduser().resolve()
+    if name in ("mnist", "fashion_mnist"):
+        folder = root_path / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+        files = ", ".join(f"{f}.gz" for f in IDX_FILES) + " (gzipped or not)"
+        where = f"in {folder}"
+    elif name == "cifar10":
+        folder = root_path / CIFAR10.base_folder
+        files = ", ".join([n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]])
+        files += f" (the python version, {CIFAR10.filename} extracted)"
+        where = f"in {folder}"
+    else:
+        folder = root_path
+        files = ", ".join(SVHN.split_list[s][1] for s in ("train", "test"))
+        where = f"directly in {folder}"
+    message = f"data.name={name}: dataset files missing in {folder}; expected {files}."
+    if name == "fashion_mnist":
+        message += (f" Also searched {', '.join(FASHION_MNIST_SYSTEM_DIRS)} (Debian package "
+                    "dataset-fashion-mnist).")
+    if error is not None:
+        message += f" Downloading them failed ({_reason(error)})."
+    else:
+        message += " data.download=false, so nothing was downloaded."
+    message += f" Put the files {where}, or set data.download=true on a machine with network access"
+    if name == "fashion_mnist":
+        message += ", or install the package: apt-get install dataset-fashion-mnist"
+    return DatasetNotFoundError(message + ".")
+
+
+def _find_idx(folder: Path) -> dict[str, Path] | None:
+    """The four IDX files in ``folder``, each plain or ``.gz`` (plain preferred); None if incomplete."""
+    found = {}
+    for base in IDX_FILES:
+        for candidate in (folder / base, folder / f"{base}.gz"):
+            if candidate.is_file():
+                found[base] = candidate
+                break
+        else:
+            return None
+    return found
+
+
+def _stage_idx(found: dict[str, Path], target: Path) -> None:
+    """Lay the files out as torchvision expects: gunzip ``.gz`` files, link (or copy) plain ones."""
+    target.mkdir(parents=True)
+    for base, source in found.items():
+        if source.suffix == ".gz":
+            with gzip.open(source, "rb") as src, open(target / base, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+        else:
+            try:
+                os.symlink(source.resolve(), target / base)
+            except OSError:
+                shutil.copyfile(source, target / base)
+
+
+def _read_idx(cls: type[MNIST], root: str | Path, name: str, source: Path) -> tuple[torch.Tensor, ...]:
+    try:
+        train, test = cls(str(root), train=True), cls(str(root), train=False)
+    except (AssertionError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"data.name={name}: could not parse the IDX files in {source} "
+                         f"({_reason(error) or 'bad header'})") from None
+    return train.data.unsqueeze(1), train.targets, test.data.unsqueeze(1), test.targets
+
+
+def _load_idx(name: str, root: str, download: bool) -> tuple[torch.Tensor, ...]:
+    cls = MNIST if name == "mnist" else FashionMNIST
+    raw = Path(root).expanduser() / cls.__name__ / "raw"
+    folders = [Path(d) for d in FASHION_MNIST_SYSTEM_DIRS] if name == "fashion_mnist" else []
+    for folder in folders + [raw]:
+        found = _find_idx(folder)
+        if found is None:
+            continue
+        if all(path == raw / base for base, path in found.items()):
+            return _read_idx(cls, Path(root).expanduser(), name, folder)  # torchvision's own layout
+        with tempfile.TemporaryDirectory(prefix="unroll-idx-") as tmp:
+            _stage_idx(found, Path(tmp) / cls.__name__ / "raw")
+            return _read_idx(cls, tmp, name, folder)
+    if not download:
+        raise _missing(name, root, download)
+    try:
+        cls(root, train=True, download=True)
+    except (RuntimeError, OSError) as error:
+        raise _missing(name, root, download, error) from None
+    return _read_idx(cls, Path(root).expanduser(), name, raw)
+
+
+def _load_cifar10(root: str, download: bool) -> tuple[torch.Tensor, ...]:
+    folder = Path(root).expanduser() / CIFAR10.base_folder
+    needed = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    if not all((folder / n).is_file() for n in needed):
+        if not download:
+            raise _missing("cifar10", root, download)
+        try:
+            _CIFAR10(root, train=True, download=True)
+        except (RuntimeError, OSError) as error:
+            raise _missing("cifar10", root, download, error) from None
+    try:
+        train, test = _CIFAR10(root, train=True), _CIFAR10(root, train=False)
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, RuntimeError) as error:
+        raise ValueError(f"data.name=cifar10: could not parse the CIFAR-10 batches in {folder} "
+                         f"({_reason(error)})") from None
+    # torchvision keeps HWC numpy arrays; the task holds NCHW tensors
+    return (torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(train.targets),
+            torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets))
+
+
+def _load_svhn(root: str, download: bool) -> tuple[torch.Tensor, ...]:
+    folder = Path(root).expanduser()
+    if not all((folder / SVHN.split_list[s][1]).is_file() for s in ("train", "test")):
+        if not download:
+            raise _missing("svhn", root, download)
+        try:
+            for split in ("train", "test"):
+                _SVHN(root, split=split, download=True)
+        except (RuntimeError, OSError) as error:
+            raise _missing("svhn", root, download, error) from None
+    try:
+        train, test = _SVHN(root, split="train"), _SVHN(root, split="test")
+    except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:
+        raise ValueError(f"data.name=svhn: could not parse the .mat files in {folder} ({_reason(error)})") from None
+    # torchvision: X (32, 32, 3, N) -> (N, 3, 32, 32); label 10 (digit 0) -> 0
+    return (torch.from_numpy(train.data).contiguous(), torch.from_numpy(train.labels),
+            torch.from_numpy(test.data).contiguous(), torch.from_numpy(test.labels))
+
+
+def load_dataset(name: str, root: str, download: bool) -> tuple[torch.Tensor, ...]:
+    """(train images, train labels, test images, test labels): uint8 (N, C, H, W) and int64 (N,), on the CPU."""
+    if name in ("mnist", "fashion_mnist"):
+        arrays = _load_idx(name, root, download)
+    elif name == "cifar10":
+        arrays = _load_cifar10(root, download)
+    else:
+        arrays = _load_svhn(root, download)
+    channels, size, classes = DATASETS[name]
+    for split, (images, labels) in (("train", arrays[:2]), ("test", arrays[2:])):
+        if images.dtype != torch.uint8 or tuple(images.shape[1:]) != (channels, size, size):
+            raise ValueError(f"data.name={name}: {split} images are {images.dtype} {tuple(images.shape)}, "
+                             f"expected uint8 (N, {channels}, {size}, {size})")
+        if len(labels) != len(images):
+            raise ValueError(f"data.name={name}: {len(images)} {split} images but {len(labels)} labels")
+        if len(labels) and (labels.min() < 0 or labels.max() >= classes):
+            raise ValueError(f"data.name={name}: {split} labels outside 0..{classes - 1}")
+    return tuple(a.long() if a.dtype != torch.uint8 else a for a in arrays)
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def random_crop(images: torch.Tensor, padding: int, gen: torch.Generator) -> torch.Tensor:
+    """Per-sample random H x W windows of the zero-padded images (torchvision's RandomCrop(size,
+    padding)), vectorised: offsets uniform in 0..2*padding, drawn row offset first."""
+    if padding <= 0:
+        return images
+    n, c, h, w = images.shape
+    padded = images.new_zeros(n, c, h + 2 * padding, w + 2 * padding)
+    padded[:, :, padding:padding + h, padding:padding + w] = images
+    top = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=images.device)
+    left = torch.randint(0, 2 * padding + 1, (n,), generator=gen, device=images.device)
+    rows = top[:, None] + torch.arange(h, device=images.device)  # (n, h)
+    cols = left[:, None] + torch.arange(w, device=images.device)  # (n, w)
+    batch = torch.arange(n, device=images.device)[:, None, None]
+    return padded[batch, :, rows[:, :, None], cols[:, None, :]].permute(0, 3, 1, 2)  # (n,h,w,c) -> nchw
+
+
+def random_hflip(images: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Mirror each image left-right with probability 1/2."""
+    flip = torch.rand(images.shape[0], generator=gen, device=images.device) < 0.5
+    return torch.where(flip[:, None, None, None], images.flip(-1), images)
+
+
+def to_float(images: torch.Tensor, mean: torch.Tensor | None, std: torch.Tensor | None) -> torch.Tensor:
+    """ToTensor's scaling of uint8 to [0, 1], then Normalize((x - mean) / std) per channel."""
+    x = images.float().div_(255.0)
+    if mean is not None:
+        x = x.sub_(mean).div_(std)
+    return x
+
+
+# ----------------------------------------------------------------------------- the task
+class ImageClassification:
+    """The classification Task: images on the device, per-batch augmentation, accuracy metrics.
+
+    An epoch visits every training image once in a fresh random order, in ``ceil(n / batch_size)``
+    batches (the last one smaller, like a DataLoader without ``drop_last``, as in the paper's
+    notebooks). ``val_size > 0`` holds out that many training images (a fixed random subset, seed
+    :data:`SPLIT_SEED`, the same for every run seed); ``n_train`` then takes a fixed random subset of
+    the rest. Shuffling and augmentation draw from one generator seeded by ``seed``, on the device.
+    """
+
+    kind = "classification"
+    monitor_mode = "max"
+
+    def __init__(self, name: str, root: str = "./data", download: bool = True, batch_size: int = 128,
+                 eval_batch_size: int = 1000, arch: str = "mnist",
+                 normalize_mean: Sequence[float] | None = None, normalize_std: Sequence[float] | None = None,
+                 random_crop_padding: int = 0, hflip: bool = False, val_size: int = 0,
+                 n_train: int | None = None, seed: int = 0, device: str | torch.device = "cpu",
+                 trainer=None, eval=None):
+        self._check(name, batch_size, eval_batch_size, arch, normalize_mean, normalize_std,
+                    random_crop_padding, val_size, n_train)
+        self.name, self.arch = name, arch
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.padding, self.hflip = int(random_crop_padding), bool(hflip)
+        self.device = torch.device(device)
+        self.in_channels, _, self.num_classes = DATASETS[name]
+        self.monitor = "val/acc" if val_size > 0 else "test/acc"
+
+        train_x, train_y, test_x, test_y = load_dataset(name, root, download)
+        if val_size + (n_train or 0) > len(train_x):
+            raise ConfigError(f"data.val_size={val_size} + data.n_train={n_train} exceed the "
+                              f"{len(train_x)} training images of {name}")
+        val_x = val_y = None
+        if val_size > 0 or n_train is not None:
+            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+            val_idx, rest = order[:val_size], order[val_size:]
+            if n_train is not None:
+                rest = rest[:n_train]
+            if val_size > 0:
+                val_x, val_y = train_x[val_idx], train_y[val_idx]
+            train_x, train_y = train_x[rest], train_y[rest]
+
+        on = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        self.train_images, self.train_labels = on(train_x), on(train_y)
+        self.val_images, self.val_labels = on(val_x), on(val_y)
+        self.test_images, self.test_labels = on(test_x), on(test_y)
+        self.mean = self.std = None
+        if normalize_mean is not None:
+            shape = (1, self.in_channels, 1, 1)
+            self.mean = torch.tensor(list(normalize_mean), dtype=torch.float32, device=self.device).view(shape)
+            self.std = torch.tensor(list(normalize_std), dtype=torch.float32, device=self.device).view(shape)
+        self.steps_per_epoch = math.ceil(len(self.train_images) / self.batch_size)
+        self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
+
+    @staticmethod
+    def _check(name, batch_size, eval_batch_size, arch, mean, std, padding, val_size, n_train) -> None:
+        if name not in DATASETS:
+            raise ConfigError(f"data.name={name!r}: expected one of {', '.join(DATASETS)}")
+        if arch not in ARCHS:
+            raise ConfigError(f"data.arch={arch!r}: expected one of {', '.join(ARCHS)}")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{key}={value!r}: expected a positive integer")
+        if not isinstance(padding, int) or padding < 0:
+            raise ConfigError(f"data.random_crop_padding={padding!r}: expected an integer >= 0 (0 = no crop)")
+        if not isinstance(val_size, int) or val_size < 0:
+            raise ConfigError(f"data.val_size={val_size!r}: expected an integer >= 0 (0 = the test set)")
+        if n_train is not None and (not isinstance(n_train, int) or n_train < 1):
+            raise ConfigError(f"data.n_train={n_train!r}: expected a positive integer or null (all)")
+        if (mean is None) != (std is None):
+            raise ConfigError("data.normalize_mean and data.normalize_std: set both or neither")
+        channels = DATASETS[name][0]
+        for key, values in (("normalize_mean", mean), ("normalize_std", std)):
+            if values is not None and len(values) != channels:
+                raise ConfigError(f"data.{key}={list(values)}: {name} has {channels} channel(s), "
+                                  f"give {channels} value(s)")
+        if std is not None and any(not s > 0 for s in std):
+            raise ConfigError(f"data.normalize_std={list(std)}: every value must be > 0")
+
+    # ------------------------------------------------------------------ training
+    def model_kwargs(self) -> dict:
+        """What a model needs from the data to be built."""
+        return {"arch": self.arch, "in_channels": self.in_channels, "num_classes": self.num_classes}
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Training preprocessing of a uint8 batch: random crop, flip, scaling, normalisation."""
+        images = random_crop(images, self.padding, self.gen)
+        if self.hflip:
+            images = random_hflip(images, self.gen)
+        return to_float(images, self.mean, self.std)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Evaluation preprocessing of a uint8 batch: scaling and normalisation only."""
+        return to_float(images, self.mean, self.std)
+
+    def train_batches(self) -> Iterator[Batch]:
+        """One epoch of augmented (images, labels) batches on the task's device."""
+        order = torch.randperm(len(self.train_images), generator=self.gen, device=self.device)
+        for i in range(self.steps_per_epoch):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.augment(self.train_images[idx]), self.train_labels[idx]
+
+    def loss(self, outputs: torch.Tensor, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Negative log-likelihood of the labels; ``outputs`` are log-probabilities."""
+        return F.nll_loss(outputs.float(), batch[1])
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _score(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               unfoldings: int | None = None) -> tuple[float, float]:
+        """(accuracy in %, mean NLL) over a held set, in eval mode and eval batches."""
+        was_training = model.training
+        model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        nll = torch.zeros((), dtype=torch.float64, device=self.device)
+        try:
+            for start in range(0, len(images), self.eval_batch_size):
+                x = self.preprocess(images[start:start + self.eval_batch_size])
+                y = labels[start:start + self.eval_batch_size]
+                out = model(x, unfoldings).float()
+                nll += F.nll_loss(out, y, reduction="sum").double()
+                correct += (out.argmax(dim=1) == y).sum()
+        finally:
+            model.train(was_training)
+        n = max(len(images), 1)
+        return 100.0 * correct.item() / n, nll.item() / n
+
+    def validate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
+        """The monitored accuracy (%) and mean loss: on the validation set, or the test set if val_size=0."""
+        split = self.monitor.split("/")[0]
+        images, labels = ((self.val_images, self.val_labels) if split == "val"
+                          else (self.test_images, self.test_labels))
+        acc, loss = self._score(model, images, labels, unfoldings)
+        return {self.monitor: acc, f"{split}/loss": loss}
+
+    def evaluate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
+        """Test accuracy (%) and mean loss, with ``unfoldings`` iterations (None = the model's default)."""
+        acc, loss = self._score(model, self.test_images, self.test_labels, unfoldings)
+        return {"acc": acc, "loss": loss}
+
+    def artifacts(self) -> dict:
+        return {}
+
+    def setting(self) -> str:
+        """The published-table key: the dataset name."""
+        return self.name
