@@ -191,7 +191,7 @@ class TrainConfig:
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = False
     resume: Optional[str] = None  # a run directory or a checkpoint file to continue from
-    optimized_metric: str = "test/nmse_db"
+    optimized_metric: Optional[str] = None  # null: test/nmse_db (sparse coding), test/acc (classification)
     tensorboard: bool = True
 
 

@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -21,6 +22,8 @@ from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.results import evaluate_classification, evaluate_sparse_coding
 
 log = logging.getLogger(__name__)
+
+PRIMARY_METRIC = {"sparse_coding": "test/nmse_db", "classification": "test/acc"}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -40,11 +43,25 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+def instantiate_checked(config, **kwargs):
+    """``hydra.utils.instantiate``, with a bad value or missing file found by the class raised as
+    itself (a one-line message) rather than wrapped in Hydra's InstantiationException."""
+    try:
+        return instantiate(config, **kwargs)
+    except InstantiationException as error:
+        cause = error.__cause__
+        if isinstance(cause, FileNotFoundError):
+            raise cause from None
+        if isinstance(cause, ValueError):
+            raise ConfigError(str(cause)) from None
+        raise
+
+
 def build_task(cfg: DictConfig, device: torch.device):
     """Instantiate ``data._target_``; every task also gets the run's seed, device, trainer and eval
     settings, and takes from them what it needs (batches per epoch, loss, metric conventions)."""
-    return instantiate(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer, eval=cfg.eval,
-                       _recursive_=False)
+    return instantiate_checked(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer,
+                               eval=cfg.eval, _recursive_=False)
 
 
 def build_model(model_cfg: DictConfig, task) -> torch.nn.Module:
@@ -54,7 +71,7 @@ def build_model(model_cfg: DictConfig, task) -> torch.nn.Module:
     if kwargs.pop("task") != task.kind:
         raise ConfigError(f"model={model_cfg.name} is for {model_cfg.task} data, but the data is "
                           f"{task.kind}: choose a {model_cfg.task} dataset or another model")
-    return instantiate(kwargs, **task.model_kwargs())
+    return instantiate_checked(kwargs, **task.model_kwargs())
 
 
 @contextmanager
@@ -107,9 +124,9 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
         recorder.fail("failed", f"{type(error).__name__}: {error}", metrics)
         raise
     recorder.finish(metrics, epochs=len(recorder.history))
-    if cfg.optimized_metric not in metrics:
-        log.error("optimized_metric=%s is not among this run's metrics: %s", cfg.optimized_metric,
-                  ", ".join(metrics))
+    optimized = cfg.optimized_metric or PRIMARY_METRIC[task.kind]
+    if optimized not in metrics:
+        log.error("optimized_metric=%s is not among this run's metrics: %s", optimized, ", ".join(metrics))
         return float("nan")
-    log.info("%s = %.4f", cfg.optimized_metric, metrics[cfg.optimized_metric])
-    return float(metrics[cfg.optimized_metric])
+    log.info("%s = %.4f", optimized, metrics[optimized])
+    return float(metrics[optimized])
