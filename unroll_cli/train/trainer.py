@@ -117,7 +117,8 @@ class Trainer:
         atomic_write(self.recorder.checkpoints / name, lambda tmp: torch.save(full, tmp))
 
     def progress(self, total: int, initial: int = 0, unit: str = "step") -> tqdm:
-        return tqdm(total=total, initial=initial, unit=unit, disable=not self.s.progress,
+        # disable=None: a bar on a terminal, none in a log file (epoch lines are logged anyway)
+        return tqdm(total=total, initial=initial, unit=unit, disable=None if self.s.progress else True,
                     dynamic_ncols=True, leave=False)
 
     # ------------------------------------------------------------------ end-to-end fit
