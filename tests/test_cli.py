@@ -106,7 +106,9 @@ def test_runs_started_together_never_share_a_directory(tmp_path):
 
 def test_help_lists_groups_and_cfg_prints_the_composed_config(tmp_path):
     help_text = run_cli(["--help"], cwd=tmp_path).stdout
-    assert "model: alista, fista, ista, lista, lista_cp, lista_cpss, lista_ss, tilista" in help_text
+    models = next(line for line in help_text.splitlines() if line.startswith("model: "))
+    assert models == ("model: alista, all_free, cnn, fista, ista, lbp, lista, lista_cp, lista_cpss, "
+                      "lista_ss, ml_fista, ml_ista, ml_lista, tilista")
     for group in ("data:", "optim:", "sched:", "trainer:", "eval:", "experiment:"):
         assert f"\n{group}" in help_text
     job = yaml.safe_load(run_cli(["--cfg", "job", "model=alista", "data.m=30"], cwd=tmp_path).stdout)
