@@ -65,3 +65,19 @@ def test_configs_ship_with_a_non_editable_install(tmp_path):
                             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "unroll_cli.models.lista.ALISTA" in result.stdout
+
+
+@pytest.mark.parametrize("dataset, lr, epochs, window", [("mnist", 0.002, 100, [81, 99]),
+                                                         ("cifar10", 0.005, 150, [141, 149])])
+def test_sulam2020_sets_the_notebooks_settings(dataset, lr, epochs, window):
+    cfg = compose_cfg([f"+experiment=sulam2020_{dataset}"])
+    assert cfg.data.name == dataset and cfg.data.batch_size == 128 and cfg.data.arch == dataset
+    assert cfg.model.name == "ml_ista" and cfg.model.unfoldings == 6
+    assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == lr and cfg.optim.momentum == 0.9
+    assert cfg.sched._target_ == "torch.optim.lr_scheduler.StepLR" and cfg.sched.gamma == 0.2
+    assert cfg.trainer.max_epochs == epochs and list(cfg.eval.acc_mean_epochs) == window
+    # the experiment must not turn the CNN baseline into an unfolded model
+    assert compose_cfg([f"+experiment=sulam2020_{dataset}", "model=cnn"]).model.unfoldings == 0
+    assert compose_cfg([f"+experiment=sulam2020_{dataset}", "model=lbp"]).model.unfoldings == 6
+    # Sulam et al.'s notebooks: ML-ISTA 99.11 % (MNIST) and 82.93 % (CIFAR-10)
+    assert cfg.paper.acc[dataset].ml_ista == {"mnist": 99.11, "cifar10": 82.93}[dataset]
