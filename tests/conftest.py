@@ -41,3 +41,14 @@ def read_metrics(run_dir: Path) -> dict:
 @pytest.fixture
 def tiny_cfg():
     return lambda *extra: compose_cfg([*TINY, *extra])
+
+
+@pytest.fixture
+def one_thread():
+    """Small problems run on one thread: no OpenMP overhead, no contention on a busy machine."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

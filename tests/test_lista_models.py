@@ -13,13 +13,7 @@ from unroll_cli.models.prox import soft_threshold
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: one thread avoids OpenMP overhead (and contention on busy machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: see conftest
 LAM = 0.4
 
 

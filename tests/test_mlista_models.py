@@ -16,13 +16,7 @@ ARCHS = list(GEOMETRY)
 CLASSES = [MLISTA, MLFISTA, MLLISTA, LBP, AllFree]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small batches: one thread avoids OpenMP overhead (and contention on busy machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: see conftest
 
 
 def randomize(model, seed=0):

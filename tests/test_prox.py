@@ -17,13 +17,7 @@ from unroll_cli.models.prox import (
 D = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small problems: one thread avoids OpenMP overhead (and contention on busy machines)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: see conftest
 
 
 def gen(seed=0):
