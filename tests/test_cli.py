@@ -128,6 +128,7 @@ def test_help_lists_groups_and_cfg_prints_the_composed_config(tmp_path):
     ("model=foo", "lista_cpss"),  # the error lists the available models
     ("device=tpu", "device"),
     ("optim._target_=os.system", "optim._target_"),
+    ("resume=no/such/run", "no/such/run"),
 ])
 def test_bad_input_fails_before_training_naming_the_key(tmp_path, override, named):
     result = run_cli([*TINY, override, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)

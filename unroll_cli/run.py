@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from unroll_cli.config import ConfigError, validate
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.results import evaluate_classification, evaluate_sparse_coding
+from unroll_cli.train.trainer import checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +95,8 @@ def sigterm_as_interrupt():
 def run(cfg: DictConfig, run_dir: str | Path) -> float:
     """Train and evaluate the configured model; write the run directory; return the optimized metric."""
     validate(cfg)
+    if cfg.resume:
+        checkpoint_path(cfg.resume)  # a wrong path is an input error, found before any work
     device = resolve_device(cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
     task = build_task(cfg, device)
