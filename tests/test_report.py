@@ -17,6 +17,7 @@ def test_report_of_a_2x2_sweep_with_one_failing_job(tmp_path):
     # lista at lr 1e30 diverges: its two jobs fail, the ista jobs complete, the sweep goes on.
     result = run_cli(["-m", *TINY, "model=ista,lista", "seed=0,1", "optim.lr=1e30", "tensorboard=false",
                       f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode != 0  # the sweep's exit code says some jobs failed
     records = {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
     assert len(records) == 4, result.stderr
     assert sorted(r["status"] for r in records.values()) == ["completed", "completed", "failed", "failed"]
@@ -34,6 +35,16 @@ def test_report_of_a_2x2_sweep_with_one_failing_job(tmp_path):
         abs(row["test/nmse_db mean"] - np.mean(ista)) < 1e-9
     assert abs(row["test/nmse_db std"] - np.std(ista, ddof=1)) < 1e-9
     assert (sweep / "report.tex").read_text().startswith("\\begin{tabular}")
+
+    # Re-running the same command skips the completed jobs and runs the failed ones again.
+    stamps = {name: (sweep / name / "metrics.json").stat().st_mtime_ns for name in records}
+    again = run_cli(["-m", *TINY, "model=ista,lista", "seed=0,1", "optim.lr=1e30", "tensorboard=false",
+                     f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert again.stdout.count("(already completed)") == 2
+    for name, record in records.items():
+        rerun = (sweep / name / "metrics.json").stat().st_mtime_ns != stamps[name]
+        assert rerun == (record["status"] == "failed"), name
+    assert again.returncode != 0
 
 
 def test_grouping_is_over_everything_but_the_seed(tmp_path):

@@ -24,11 +24,17 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train_main(cfg: DictConfig) -> float:
-    from unroll_cli.run import run  # torch is imported only when a job really runs
+    from unroll_cli.run import completed_value, run  # torch is imported only when a job really runs
 
-    run_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    run_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
+    done = completed_value(run_dir, overrides)
+    if done is not None:  # the same job of a re-run sweep: keep its results
+        log.info("already completed in %s: skipped", run_dir)
+        print(f"results: {run_dir} (already completed)")
+        return done
     try:
-        value = run(cfg, run_dir)
+        value = run(cfg, run_dir, overrides)
     except (ConfigError, FileNotFoundError) as error:  # bad input found before any training
         log.error("%s", error)
         sys.exit(2)

@@ -5,6 +5,7 @@ It returns the optimized metric (``cfg.optimized_metric``) so Hydra sweepers can
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -92,7 +93,7 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(cfg: DictConfig, run_dir: str | Path) -> float:
+def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
     """Train and evaluate the configured model; write the run directory; return the optimized metric."""
     validate(cfg)
     if cfg.resume:
@@ -105,7 +106,8 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     trainer_class = get_class(cfg.trainer._target_)
 
     recorder = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
-    recorder.start(model=cfg.model.name, device=str(device), params=params, seed=cfg.seed)
+    recorder.start(model=cfg.model.name, device=str(device), params=params, seed=cfg.seed,
+                   overrides=overrides or [])
     for name, array in task.artifacts().items():
         recorder.write_array(name, array)
     log.info("%s: %d parameters on %s; run directory %s", cfg.model.name, params, device, recorder.dir)
@@ -126,10 +128,23 @@ def run(cfg: DictConfig, run_dir: str | Path) -> float:
     except Exception as error:
         recorder.fail("failed", f"{type(error).__name__}: {error}", metrics)
         raise
-    recorder.finish(metrics, epochs=len(recorder.history))
     optimized = cfg.optimized_metric or PRIMARY_METRIC[task.kind]
+    value = float(metrics.get(optimized, float("nan")))
     if optimized not in metrics:
         log.error("optimized_metric=%s is not among this run's metrics: %s", optimized, ", ".join(metrics))
-        return float("nan")
-    log.info("%s = %.4f", optimized, metrics[optimized])
-    return float(metrics[optimized])
+    recorder.finish(metrics, epochs=len(recorder.history), optimized={"name": optimized, "value": value})
+    log.info("%s = %.4f", optimized, value)
+    return value
+
+
+def completed_value(run_dir: str | Path, overrides: list[str]) -> float | None:
+    """The optimized metric of a run already completed in ``run_dir`` with the same overrides
+    (a re-run sweep skips it), else None."""
+    file = Path(run_dir) / "metrics.json"
+    if not file.is_file():
+        return None
+    record = json.loads(file.read_text())
+    if record.get("status") != "completed" or record.get("overrides") != overrides:
+        return None
+    value = record.get("optimized", {}).get("value")
+    return float("nan") if value is None else float(value)
