@@ -5,7 +5,9 @@ float32): training steps per second (forward + backward of the supervised loss
 ``((x_hat - x)**2).sum(1).mean()`` + Adam step) of LISTA (untied, tied), LISTA-CPSS
 and ALISTA (with and without support selection); the achieved GFLOP/s of the
 LISTA forward+backward as a fraction of a large float32 matmul measured in the
-same run; and the forward-time ratio with/without support selection.
+same run (the roof), with the default allocator and, on CPU, again with glibc's
+malloc trimming off; and the forward-time ratio with/without support selection.
+Timings are medians over rounds in which the compared runs alternate.
 
     python scripts/bench_lista.py [--device auto|cpu|cuda] [--threads N]
 """

@@ -2,7 +2,7 @@
 
 ``W = argmin ||W^T A||_F^2  s.t.  diag(W^T A) = 1``: with the diagonal fixed this
 minimises the off-diagonal entries, i.e. the generalised mutual coherence
-(eq. 15).  The problem separates over columns, ``min w^T (A A^T) w`` s.t.
+of W and A.  The problem separates over columns, ``min w^T (A A^T) w`` s.t.
 ``a_j^T w = 1``, with solution ``w_j = G^+ a_j / (a_j^T G^+ a_j)``, ``G = A A^T``.
 Because ``G^+ A = (A^+)^T``, all columns come from one pseudo-inverse of A:
 ``W = (A^+)^T`` with column j divided by ``(A^+ A)_jj``.
@@ -27,7 +27,7 @@ def analytic_weight(A: Tensor) -> Tensor:
 
 
 def mutual_coherence(W: Tensor, A: Tensor) -> float:
-    """Generalised mutual coherence ``max_{i != j} |w_i^T a_j|`` (eq. 15)."""
+    """Generalised mutual coherence ``max_{i != j} |w_i^T a_j|`` (ALISTA, Liu et al. 2019)."""
     G = (W.detach().double().t() @ A.detach().double()).abs()
     G.fill_diagonal_(0.0)
     return G.max().item()

@@ -5,13 +5,13 @@ model uses the Lipschitz constant ``L = 1.001 ||A||_2^2`` of the LISTA-CPSS code
 the ISTA step ``1/L`` and the initial threshold ``lam / L``, and starts from
 ``x0 = 0``.
 
-* ``ISTA`` / ``FISTA``: Daubechies et al. 2004 / Beck & Teboulle 2009 (eq. 4.1-4.3).
-* ``LISTA``: Gregor & LeCun, ICML 2010, eq. 3 (``x <- eta(W x + B y)``).
-* ``LISTACP``: coupled weights, Chen et al., NeurIPS 2018, eq. 8.
-* ``TiLISTA``: tied coupled weight with per-layer step, Liu et al., ICLR 2019, eq. 17.
-* ``ALISTA``: analytic weight, learned steps and thresholds, Liu et al. 2019, eq. 18.
+* ``ISTA`` / ``FISTA``: Daubechies et al. 2004 / Beck & Teboulle, SIAM J. Imaging Sci. 2009.
+* ``LISTA``: Gregor & LeCun, ICML 2010 (``x <- eta(W x + B y)``).
+* ``LISTACP``: coupled weights, Chen, Liu, Wang & Yin, NeurIPS 2018.
+* ``TiLISTA``: tied coupled weight with per-layer step, Liu, Chen, Wang & Yin, ICLR 2019.
+* ``ALISTA``: analytic weight (eq. 16), learned steps and thresholds, Liu et al. 2019.
 
-Support selection (LISTA-SS / -CPSS, Chen et al. 2018, eq. 12): layer ``t``
+Support selection (LISTA-SS / -CPSS, Chen et al. 2018): layer ``t``
 (1-based) keeps the top ``min(ss_p_per_layer * t, ss_p_max)`` % of entries.
 """
 
@@ -39,13 +39,19 @@ def _addmm(bias, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
     return torch.addmm(bias, a, b, alpha=alpha)
 
 
+def _check_tied(tied) -> bool:
+    if not isinstance(tied, bool):
+        raise ValueError(f"tied must be a bool, got {tied!r}")
+    return tied
+
+
 class UnrolledISTA(nn.Module):
     """Common loop and interface of the unrolled ISTA-type models.
 
     Layer ``t`` (0-based) maps the current point ``v`` (``None`` for ``x0 = 0``) to
     ``x_{t+1} = shrink_t(affine_t(v))``; ``v`` is then ``x_{t+1}`` or, for FISTA, an
     extrapolation.  Subclasses supply ``_prepare`` (per-forward precomputation),
-    ``_affine``, ``_theta`` and ``layer_parameters``.
+    ``_affine`` and ``layer_parameters``; learned thresholds live in ``self.theta``.
     """
 
     def __init__(self, A: Tensor, layers: int, lam: float,
@@ -108,7 +114,7 @@ class UnrolledISTA(nn.Module):
         raise NotImplementedError
 
     def _theta(self, t: int):
-        raise NotImplementedError
+        return self.theta[t]
 
     def _extrapolate(self, t: int, x: Tensor, x_prev: Tensor | None) -> Tensor:
         return x
@@ -168,7 +174,7 @@ class ISTA(CoupledUnrolledISTA):
 
 
 class FISTA(ISTA):
-    """FISTA (Beck & Teboulle 2009, eq. 4.1-4.3): ISTA steps taken at the extrapolated
+    """FISTA (Beck & Teboulle 2009): ISTA steps taken at the extrapolated
     point ``v_{k+1} = x_k + (t_k - 1)/t_{k+1} (x_k - x_{k-1})``, ``t_1 = 1``,
     ``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2``; no parameters."""
 
@@ -187,7 +193,7 @@ class FISTA(ISTA):
 
 
 class LISTA(UnrolledISTA):
-    """LISTA (Gregor & LeCun 2010, eq. 3): ``x <- eta_{theta_t}(W_t x + B y)``.
+    """LISTA (Gregor & LeCun 2010): ``x <- eta_{theta_t}(W_t x + B y)``.
 
     ``B`` (n, m) is shared; ``W`` (n, n) is one tied matrix or, untied, one per
     layer 1..T-1 (layer 0 sees ``x0 = 0``, where a ``W_0`` would have no effect and
@@ -199,9 +205,7 @@ class LISTA(UnrolledISTA):
     def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
                  ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
         super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
-        if not isinstance(tied, bool):
-            raise ValueError(f"tied must be a bool, got {tied!r}")
-        self.tied = tied
+        self.tied = _check_tied(tied)
         A64 = self.A.double()
         B = (A64.t() / self.L).to(self.A.dtype)
         W = (torch.eye(A64.shape[1], dtype=torch.float64, device=A64.device)
@@ -222,9 +226,6 @@ class LISTA(UnrolledISTA):
         W = self.W if self.tied else self.W[t - 1]
         return torch.addmm(By, v, W.t())
 
-    def _theta(self, t):
-        return self.theta[t]
-
     def layer_parameters(self, t):
         self._check_layer(t)
         if t == 0:
@@ -233,7 +234,7 @@ class LISTA(UnrolledISTA):
 
 
 class LISTACP(CoupledUnrolledISTA):
-    """LISTA-CP (Chen et al. 2018, eq. 8): ``x <- eta_{theta_t}(x + W_t^T (y - A x))``.
+    """LISTA-CP (Chen et al. 2018): ``x <- eta_{theta_t}(x + W_t^T (y - A x))``.
 
     ``W`` (m, n), tied or one per layer, initialised to ``A / L``; ``theta_t = lam / L``.
     With ``ss_p_per_layer > 0`` this is LISTA-CPSS.
@@ -242,9 +243,7 @@ class LISTACP(CoupledUnrolledISTA):
     def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
                  ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
         super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
-        if not isinstance(tied, bool):
-            raise ValueError(f"tied must be a bool, got {tied!r}")
-        self.tied = tied
+        self.tied = _check_tied(tied)
         W = (self.A.double() / self.L).to(self.A.dtype)
         if tied:
             self.W = nn.Parameter(W)
@@ -254,9 +253,6 @@ class LISTACP(CoupledUnrolledISTA):
 
     def _coupling(self, t):
         return (self.W if self.tied else self.W[t]), 1.0
-
-    def _theta(self, t):
-        return self.theta[t]
 
     def layer_parameters(self, t):
         self._check_layer(t)
@@ -276,15 +272,12 @@ class _SteppedCoupled(CoupledUnrolledISTA):
     def _coupling(self, t):
         return self.W, self.gamma[t]
 
-    def _theta(self, t):
-        return self.theta[t]
-
     def step_sizes(self):
         return torch.stack(list(self.gamma)).detach()
 
 
 class TiLISTA(_SteppedCoupled):
-    """TiLISTA (Liu et al. 2019, eq. 17): one tied learned ``W`` (m, n), per-layer step
+    """TiLISTA (Liu et al. 2019): one tied learned ``W`` (m, n), per-layer step
     ``gamma_t`` and threshold ``theta_t``.  Initialised to reproduce ISTA exactly:
     ``W = A``, ``gamma_t = 1/L``, ``theta_t = lam/L``."""
 
@@ -300,7 +293,7 @@ class TiLISTA(_SteppedCoupled):
 
 
 class ALISTA(_SteppedCoupled):
-    """ALISTA (Liu et al. 2019, eq. 18): the analytic weight ``W = analytic_weight(A)``
+    """ALISTA (Liu et al. 2019): the analytic weight ``W = analytic_weight(A)``
     (eq. 16, a fixed buffer) with learned per-layer ``gamma_t`` and ``theta_t`` only
     (2T parameters).
 

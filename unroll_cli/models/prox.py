@@ -5,13 +5,13 @@ numbers or tensors broadcastable against ``x`` (e.g. one learnable 0-d tensor
 per layer, or one threshold per coordinate).
 
 * ``soft_threshold``: proximal map of ``theta*||x||_1`` (ISTA, Daubechies et al.
-  2004; LISTA, Gregor & LeCun 2010, eq. 3).
+  2004; LISTA, Gregor & LeCun 2010).
 * ``nonneg_soft_threshold``: prox of ``theta*||x||_1`` plus ``x >= 0`` (ReLU(x-theta),
   ML-ISTA, Sulam et al. 2020).
 * ``hard_threshold``: prox of the l0 penalty (LIHT).
 * ``block_soft_threshold``: prox of the group-lasso penalty ``lam*sum_g ||x_g||_2``.
 * ``support_selection_threshold``: the support-selection shrinkage ``shrink_ss``
-  of LISTA-SS / LISTA-CPSS (Chen et al., NeurIPS 2018, eq. 11-12).
+  of LISTA-SS / LISTA-CPSS (Chen, Liu, Wang & Yin, NeurIPS 2018).
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def selection_count(n: int, percent: float) -> int:
 
 
 def support_selection_threshold(x: Tensor, theta, percent: float) -> Tensor:
-    """Support-selection shrinkage ``shrink_ss`` (Chen et al. 2018, LISTA-CPSS eq. 12).
+    """Support-selection shrinkage ``shrink_ss`` (Chen et al. 2018, LISTA-SS/CPSS).
 
     Along the last dimension of ``x`` (one row per sample), let
     ``k = selection_count(n, percent)`` (``round(percent*n/100)``, halves up; e.g.
