@@ -50,8 +50,7 @@ def test_run_writes_every_file_of_the_contract(tmp_path):
     for key in ("test/nmse_db", "baseline/ista/test/nmse_db", "baseline/fista/test/nmse_db",
                 "test/support_f1"):
         assert np.isfinite(metrics[key]), key
-    assert record["params"] == sum(  # lista_cpss, tied: W (m x n) + one threshold per layer
-        [20 * 40, 4])
+    assert record["params"] == 20 * 40 + 4  # lista_cpss, tied: W (m x n) + one threshold per layer
     assert record["device"] == "cpu" and record["wall_s"] > 0 and "torch" in record["versions"]
 
     history = pd.read_csv(run_dir / "history.csv")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -56,7 +57,7 @@ def test_results_show_the_published_curve_beside_the_run(tmp_path, snr, setting)
 def test_configs_ship_with_a_non_editable_install(tmp_path):
     """pip install (not -e) into a folder, then compose from elsewhere: the configs come along."""
     target = tmp_path / "site"
-    repo = __import__("pathlib").Path(__file__).parents[1]
+    repo = Path(__file__).parents[1]
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "--no-build-isolation", "-q",
                     "--target", str(target), str(repo)], check=True, capture_output=True, timeout=300)
     assert (target / "unroll_cli/conf/model/lista_cpss.yaml").is_file()
