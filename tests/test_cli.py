@@ -137,17 +137,24 @@ def test_bad_input_fails_before_training_naming_the_key(tmp_path, override, name
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
+def interrupt_after_history(args: list[str], run_dir: Path, rows: int) -> str:
+    """Run ``unroll-train ARGS``, send SIGTERM once history.csv has ``rows`` epochs; return the output."""
+    env = {"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *args], cwd=run_dir.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    history, deadline = run_dir / "history.csv", time.time() + 120
+    while time.time() < deadline and (
+            not history.exists() or len(history.read_text().splitlines()) <= rows):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr  # the shell's code for a run stopped by a signal
+    return stdout + stderr
+
+
 def test_sigterm_marks_the_run_interrupted_and_keeps_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
-    args = [*TINY, "trainer.max_epochs=100000", f"hydra.run.dir={run_dir}"]
-    env = {"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *args], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while not (run_dir / "history.csv").exists() and time.time() < deadline:
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) != 0
+    interrupt_after_history([*TINY, "trainer.max_epochs=100000", f"hydra.run.dir={run_dir}"], run_dir, rows=1)
     record = json.loads((run_dir / "metrics.json").read_text())
     assert record["status"] == "interrupted" and "resume=" in record["error"]
     checkpoint = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)

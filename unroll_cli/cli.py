@@ -24,7 +24,8 @@ register_configs()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train_main(cfg: DictConfig) -> float:
-    from unroll_cli.run import completed_value, run  # torch is imported only when a job really runs
+    from unroll_cli.run import completed_value, interrupted_checkpoint, run  # torch only when a job runs
+    from unroll_cli.sweep.optuna_study import trial_reporter
 
     hydra_cfg = HydraConfig.get()
     run_dir, overrides = hydra_cfg.runtime.output_dir, list(hydra_cfg.overrides.task)
@@ -33,11 +34,17 @@ def train_main(cfg: DictConfig) -> float:
         log.info("already completed in %s: skipped", run_dir)
         print(f"results: {run_dir} (already completed)")
         return done
+    if cfg.resume is None and interrupted_checkpoint(run_dir, overrides):
+        log.info("interrupted earlier in %s: resumed from its last checkpoint", run_dir)
+        cfg.resume = run_dir  # the same job of a re-run sweep, or a requeued cluster job
     try:
-        value = run(cfg, run_dir, overrides)
+        value = run(cfg, run_dir, overrides, pruning=trial_reporter(hydra_cfg))
     except (ConfigError, FileNotFoundError) as error:  # bad input found before any training
         log.error("%s", error)
         sys.exit(2)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is marked interrupted; stop the sweep too
+        print(f"interrupted: {run_dir} (run the same command again to resume)", file=sys.stderr)
+        sys.exit(130)
     print(f"results: {run_dir}")
     return value
 

@@ -12,6 +12,7 @@ import random
 import signal
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import torch
 from hydra.errors import InstantiationException
@@ -21,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from unroll_cli.config import ConfigError, validate
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.results import evaluate_classification, evaluate_sparse_coding
+from unroll_cli.sweep.optuna_study import RunPruned
 from unroll_cli.train.trainer import checkpoint_path
 
 log = logging.getLogger(__name__)
@@ -93,8 +95,13 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
-def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None) -> float:
-    """Train and evaluate the configured model; write the run directory; return the optimized metric."""
+def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
+        pruning: Callable[[str], Callable[[int, float], None] | None] | None = None) -> float:
+    """Train and evaluate the configured model; write the run directory; return the optimized metric.
+
+    ``pruning``, given the task's monitor mode ("min"/"max"), returns the callback the trainer calls
+    after every validation (a sweeper's pruner), or None.
+    """
     validate(cfg)
     if cfg.resume:
         checkpoint_path(cfg.resume)  # a wrong path is an input error, found before any work
@@ -114,7 +121,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     metrics: dict[str, float] = {}
     try:
         with sigterm_as_interrupt():
-            trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder, resume=cfg.resume)
+            trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder, resume=cfg.resume,
+                                    on_validation=pruning(task.monitor_mode) if pruning else None)
             trainer.fit()
             model.eval()
             evaluate = {"sparse_coding": evaluate_sparse_coding,
@@ -124,6 +132,10 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM); continue with "
                       f"resume={recorder.dir}", metrics)
         log.error("interrupted: checkpoint in %s", recorder.checkpoints)
+        raise
+    except RunPruned as pruned:
+        recorder.fail("pruned", str(pruned), metrics)
+        log.info("%s", pruned)
         raise
     except Exception as error:
         recorder.fail("failed", f"{type(error).__name__}: {error}", metrics)
@@ -137,14 +149,27 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     return value
 
 
+def earlier_record(run_dir: str | Path, overrides: list[str]) -> dict:
+    """``metrics.json`` of an earlier run of the same job (same overrides) in ``run_dir``, or {}."""
+    file = Path(run_dir) / "metrics.json"
+    if not file.is_file():
+        return {}
+    record = json.loads(file.read_text())
+    return record if record.get("overrides") == overrides else {}
+
+
 def completed_value(run_dir: str | Path, overrides: list[str]) -> float | None:
     """The optimized metric of a run already completed in ``run_dir`` with the same overrides
     (a re-run sweep skips it), else None."""
-    file = Path(run_dir) / "metrics.json"
-    if not file.is_file():
-        return None
-    record = json.loads(file.read_text())
-    if record.get("status") != "completed" or record.get("overrides") != overrides:
+    record = earlier_record(run_dir, overrides)
+    if record.get("status") != "completed":
         return None
     value = record.get("optimized", {}).get("value")
     return float("nan") if value is None else float(value)
+
+
+def interrupted_checkpoint(run_dir: str | Path, overrides: list[str]) -> bool:
+    """Whether the same job was interrupted in ``run_dir`` and left a checkpoint to resume from
+    (a failed run starts again from scratch: resuming would repeat its failure)."""
+    return (earlier_record(run_dir, overrides).get("status") == "interrupted"
+            and (Path(run_dir) / "checkpoints" / "last.pt").is_file())

@@ -20,7 +20,7 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
-STATUSES = ("running", "completed", "failed", "interrupted")
+STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 
 
 def atomic_write(path: Path, write: Callable[[str], None]) -> None:
@@ -88,7 +88,7 @@ class RunRecorder:
         self.close()
 
     def fail(self, status: str, error: str, metrics: dict[str, float] | None = None) -> None:
-        """Record a failed or interrupted run (its last good checkpoint stays in checkpoints/)."""
+        """Record a failed, interrupted or pruned run (its last good checkpoint stays in checkpoints/)."""
         self.info["error"] = error
         self._write_metrics(status, metrics or {})
         self.close()

@@ -27,8 +27,10 @@ def published_curve(paper: DictConfig | None, setting: str, model_name: str) -> 
 
 
 def evaluate_sparse_coding(cfg: DictConfig, model: torch.nn.Module, task, recorder: RunRecorder) -> dict:
-    """Test metrics of the model and of ISTA/FISTA at the same depth and threshold; files."""
+    """Test metrics of the model and of ISTA/FISTA at the same depth and threshold; files.
+    The final validation NMSE is kept too: it is what a hyper-parameter search should select on."""
     metrics, per_layer = task.evaluate(model)
+    metrics.update(task.validate(model))
     depth = len(per_layer)
     layers = pd.DataFrame({"layer": range(depth), METRIC: per_layer})
     for name in cfg.eval.baselines:

@@ -57,7 +57,7 @@ class LayerwiseTrainer(Trainer):
         self.save("last.pt", position=list(done))
         batches = self.batches()
         with self.progress(len(schedule), unit="stage") as bar:
-            for layer, stage in schedule:
+            for number, (layer, stage) in enumerate(schedule, start=len(self.recorder.history) + 1):
                 groups = self.stage_groups(layer, stage, lr0)
                 if groups:
                     row = self.run_stage(layer, stage, groups, batches)
@@ -65,6 +65,8 @@ class LayerwiseTrainer(Trainer):
                     bar.set_postfix(layer=layer + 1, stage=stage, val=f"{row[self.task.monitor]:.4g}")
                 self.save("last.pt", position=[layer, stage])
                 bar.update(1)
+                if groups:
+                    self.on_validation(number, row[self.task.monitor])
 
     def run_stage(self, layer: int, stage: int, groups: list[dict], batches: Iterator) -> dict:
         depth, started = layer + 1, time.time()

@@ -13,7 +13,7 @@ import math
 import time
 import warnings
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import torch
 from hydra.utils import instantiate
@@ -49,8 +49,12 @@ class Trainer:
     """Fits ``model`` on ``task`` for ``settings.max_epochs`` epochs (the ``trainer`` config)."""
 
     def __init__(self, settings: DictConfig, model: torch.nn.Module, task, optim_cfg: DictConfig,
-                 sched_cfg: DictConfig, recorder: RunRecorder, resume: str | None = None):
+                 sched_cfg: DictConfig, recorder: RunRecorder, resume: str | None = None,
+                 on_validation: Callable[[int, float], None] | None = None):
         self.s, self.model, self.task, self.recorder = settings, model, task, recorder
+        # called with (epoch or stage number, monitored value) after each checkpoint; may raise
+        # to stop the run (an Optuna pruner does)
+        self.on_validation = on_validation or (lambda step, value: None)
         self.optim_cfg, self.sched_cfg = optim_cfg, sched_cfg
         self.device = task.device
         self.resume_state = load_checkpoint(checkpoint_path(resume)) if resume else None
@@ -180,6 +184,7 @@ class Trainer:
                 save("last.pt")
                 if improved:
                     save("best.pt")
+                self.on_validation(epoch, monitored)
                 if self.s.patience is not None and stale >= self.s.patience:
                     log.info("early stop: %s has not improved for %d epochs", self.task.monitor, stale)
                     break
