@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from conftest import read_metrics
-from unroll_cli.run import build_model, build_task, run
+from unroll_cli.run import build_model, build_task, interrupted_checkpoint, run
+from unroll_cli.sweep.optuna_study import RunPruned
 from unroll_cli.train.layerwise import LayerwiseTrainer
 from unroll_cli.train.trainer import NonFiniteLossError
 
@@ -29,6 +30,27 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tiny_c
     assert record["status"] == "failed" and "loss" in record["error"]
     state = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["model"]
     assert all(torch.isfinite(v).all() for v in state.values())
+
+
+@pytest.mark.parametrize("stop, status", [(SystemExit(-1), "interrupted"),  # submitit's requeue exits
+                                          (RunPruned("pruned at step 1"), "pruned")])
+def test_a_run_stopped_after_an_epoch_is_recorded_with_its_checkpoint(tiny_cfg, tmp_path, stop, status):
+    def stop_after_first_epoch(monitor_mode):
+        assert monitor_mode == "min"  # NMSE in dB: lower is better
+
+        def on_validation(epoch, value):
+            raise stop
+
+        return on_validation
+
+    overrides = ["trainer.max_epochs=5", "tensorboard=false"]
+    with pytest.raises(type(stop)):
+        run(tiny_cfg(*overrides), tmp_path, overrides, pruning=stop_after_first_epoch)
+    record = read_metrics(tmp_path)
+    assert record["status"] == status
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
+    assert interrupted_checkpoint(tmp_path, overrides) == (status == "interrupted")  # a re-run resumes it
+    assert not interrupted_checkpoint(tmp_path, ["trainer.max_epochs=6", "tensorboard=false"])
 
 
 def test_resume_continues_to_the_same_result(tiny_cfg, tmp_path):

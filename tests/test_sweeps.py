@@ -13,6 +13,7 @@ from optuna.distributions import CategoricalDistribution, FloatDistribution, Int
 from optuna.trial import TrialState
 
 from conftest import TINY, read_metrics, run_cli
+from unroll_cli.report.aggregate import main as report_main
 from unroll_cli.sweep.optuna_study import distribution, requeue_interrupted, search_space
 
 FAST = [*TINY, "tensorboard=false"]
@@ -49,7 +50,7 @@ def sweep_records(sweep) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
 
 
-def test_optuna_sweep_finds_the_best_run_resumes_and_prunes(tmp_path):
+def test_optuna_sweep_finds_the_best_run_resumes_and_prunes(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     args = ["-m", "hparams_search=lista_cpss_optuna", *FAST, f"hydra.sweep.dir={sweep}"]
     first = run_cli([*args, "hydra.sweeper.n_trials=3"], cwd=tmp_path)
@@ -82,6 +83,8 @@ def test_optuna_sweep_finds_the_best_run_resumes_and_prunes(tmp_path):
     assert [t.state for t in study.trials] == [TrialState.COMPLETE] * 3 + [TrialState.PRUNED] * 2
     assert list(study.trials[3].intermediate_values) == [1]  # stopped after epoch 1 of 2
     assert study.best_value == min(values.values())
+    assert report_main([str(sweep)]) == 0  # pruned trials are listed, but are not failures
+    assert "2 run(s) not completed" in capsys.readouterr().out
 
 
 def test_a_failing_trial_fails_the_sweep_but_not_the_study(tmp_path):

@@ -128,8 +128,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             evaluate = {"sparse_coding": evaluate_sparse_coding,
                         "classification": evaluate_classification}[task.kind]
             metrics = evaluate(cfg, model, task, recorder)
-    except KeyboardInterrupt:
-        recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM); continue with "
+    except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, or a cluster's requeue (submitit exits)
+        recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM/requeue); continue with "
                       f"resume={recorder.dir}", metrics)
         log.error("interrupted: checkpoint in %s", recorder.checkpoints)
         raise

@@ -1,14 +1,17 @@
 """Sweep tables from run directories: ``unroll-report DIR...``.
 
-Reads only the run contract (``metrics.json`` and ``.hydra/overrides.yaml``) of every run found
-under the given directories, makes one row per run with its overrides as columns, and groups the
-completed runs over everything but the seed into mean, std and count. Failed and interrupted runs
-are listed with their error and never averaged in. Published numbers recorded by a run
-(``published/...`` metrics) are shown beside the group's mean, with the difference.
+Reads only the run contract (``metrics.json``, ``.hydra/overrides.yaml`` and, for the per-layer
+table, ``layers.csv``) of every run found under the given directories, makes one row per run with
+its overrides as columns, and groups the completed runs over everything but the seed into mean, std
+and count. Failed and interrupted runs are listed with their error and never averaged in (nor are
+trials an Optuna pruner stopped, which are listed but are not failures). Published numbers recorded
+by a run (``published/...`` metrics and columns) are shown beside the group's mean, with the
+difference.
 """
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import glob
 import json
 from pathlib import Path
@@ -55,27 +58,43 @@ def load_runs(paths: list[str]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def override_columns(runs: pd.DataFrame) -> list[str]:
+def override_columns(runs: pd.DataFrame, varying: bool = False) -> list[str]:
+    """The override keys of the runs; with ``varying``, only those whose value differs between runs."""
     metrics = {c for c in runs.columns if "/" in c}
-    return [c for c in runs.columns if c not in RUN_COLUMNS and c not in metrics]
+    columns = [c for c in runs.columns if c not in RUN_COLUMNS and c not in metrics]
+    return [c for c in columns if runs[c].nunique(dropna=False) > 1] if varying else columns
 
 
-def summarize(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
-    """Mean, std and count of every metric over the completed runs of each group.
+def common_overrides(runs: pd.DataFrame) -> list[str]:
+    """``key=value`` of the overrides every run shares (left out of the tables' columns)."""
+    varying = set(override_columns(runs, varying=True))
+    return [f"{c}={runs[c].iloc[0]}" for c in override_columns(runs) if c not in varying]
 
-    By default the groups are all override columns but ``seed``. ``published/<metric>`` columns
-    are carried as they are (the same for every run of a group), with ``<metric> diff`` beside.
-    """
-    done = runs[runs["status"] == "completed"]
-    if group_by is None:
-        group_by = [c for c in override_columns(runs) if c != "seed"]
-    metrics = [c for c in runs.columns if "/" in c and not c.startswith("published/")]
-    published = [c for c in runs.columns if c.startswith("published/")]
-    keys = [c for c in group_by if c in done.columns]
-    grouped = done.groupby(keys, dropna=False) if keys else done.groupby(lambda _: "all")
-    table = grouped[metrics].agg(["mean", "std", "count"])
+
+def select_metrics(runs: pd.DataFrame, patterns: list[str] | None) -> pd.DataFrame:
+    """Only the metric columns matching one of ``patterns`` (shell-style, e.g. ``baseline/*/test/nmse_db``),
+    with their published values and statistics (``<metric> mean`` ...); all when ``patterns`` is None."""
+    if patterns is None:
+        return runs
+    metric = lambda column: column.removeprefix("published/").split(" ")[0]  # noqa: E731
+    keep = [c for c in runs.columns if "/" not in c or any(fnmatch.fnmatch(metric(c), p) for p in patterns)]
+    return runs[keep]
+
+
+def group_keys(runs: pd.DataFrame, group_by: list[str] | None) -> list[str]:
+    """The given keys, or by default every override that varies between runs but ``seed``."""
+    keys = group_by if group_by is not None else [c for c in override_columns(runs, varying=True) if c != "seed"]
+    return [c for c in keys if c in runs.columns]
+
+
+def mean_std_count(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
+    """Mean, std and count of ``columns`` per group of ``keys``; ``published/<metric>`` columns
+    are carried as they are (the same for every run of a group), with ``<metric> diff`` beside."""
+    grouped = frame.groupby(keys, dropna=False) if keys else frame.groupby(lambda _: "all")
+    measured = [c for c in columns if not c.startswith("published/")]
+    table = grouped[measured].agg(["mean", "std", "count"])
     table.columns = [f"{metric} {stat}" for metric, stat in table.columns]
-    for column in published:
+    for column in (c for c in columns if c.startswith("published/")):
         table[column] = grouped[column].first()
         metric = column.removeprefix("published/")
         if f"{metric} mean" in table:
@@ -83,9 +102,36 @@ def summarize(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataF
     return table.reset_index()
 
 
-def failures(runs: pd.DataFrame) -> pd.DataFrame:
+def summarize(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
+    """Mean, std and count of every metric over the completed runs of each group (by default all
+    override columns but ``seed``), with published values and the difference beside."""
+    done = runs[runs["status"] == "completed"]
+    return mean_std_count(done, group_keys(runs, group_by), [c for c in runs.columns if "/" in c])
+
+
+def summarize_layers(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
+    """The per-layer table: each completed run's ``layers.csv`` (first column: the layer or number
+    of unfoldings), mean, std and count per group and layer, published curve and difference beside."""
+    done = runs[runs["status"] == "completed"]
+    keys = group_keys(runs, group_by)
+    frames = []
+    for _, run in done.iterrows():
+        file = Path(run["run"]) / "layers.csv"
+        if file.is_file():
+            layers = pd.read_csv(file)
+            frames.append(layers.assign(**{key: run[key] for key in keys}))
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    depth = table.columns[0]
+    columns = [c for c in table.columns if c != depth and c not in keys]
+    return mean_std_count(table, [*keys, depth], columns)
+
+
+def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
+    """Failed, interrupted and pruned runs, with their error and overrides."""
     bad = runs[runs["status"] != "completed"]
-    return bad[["run", "status", "error", *override_columns(runs)]]
+    return bad[["run", "status", "error", *override_columns(runs, varying=True)]]
 
 
 def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> None:
@@ -97,7 +143,7 @@ def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> None:
 
     done = runs[runs["status"] == "completed"].copy()
     done[x] = pd.to_numeric(done[x], errors="ignore")
-    others = [c for c in override_columns(runs) if c not in (x, "seed")]
+    others = [c for c in override_columns(runs, varying=True) if c not in (x, "seed")]
     fig, ax = plt.subplots(figsize=(6, 4))
     for label, group in (done.groupby(others) if others else [("all", done)]):
         stats = group.groupby(x)[metric].agg(["mean", "std"]).reset_index()
@@ -121,22 +167,36 @@ def main(argv: list[str] | None = None) -> int:
                         help="where report.csv, report.tex and runs.csv go (default: the first path)")
     parser.add_argument("--plot", nargs=2, metavar=("METRIC", "PARAM"),
                         help="also plot METRIC against the swept PARAM into report.png")
+    parser.add_argument("--metrics", nargs="+", default=None, metavar="PATTERN",
+                        help="only these metrics, shell-style patterns (default: every metric)")
+    parser.add_argument("--layers", action="store_true",
+                        help="also the per-layer table from every run's layers.csv (report_layers.csv)")
     args = parser.parse_args(argv)
     runs = load_runs(args.paths)
     if runs.empty:
         parser.error("no run directories (with metrics.json) under " + " ".join(args.paths))
-    table = summarize(runs, args.group_by)
+    table = summarize(select_metrics(runs, args.metrics), args.group_by)
     out = args.out or Path(glob.glob(args.paths[0])[0] if glob.glob(args.paths[0]) else args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
     runs.to_csv(out / "runs.csv", index=False)
     table.to_csv(out / "report.csv", index=False)
     table.to_latex(out / "report.tex", index=False, float_format="%.3f")
+    common = common_overrides(runs)
+    if common:
+        print("Every run: " + " ".join(common) + "\n")
     print(table.to_markdown(index=False, floatfmt=".4g"))
-    bad = failures(runs)
+    written = [out / "report.csv", out / "report.tex", out / "runs.csv"]
+    if args.layers:
+        layers = select_metrics(summarize_layers(runs, args.group_by), args.metrics)
+        layers.to_csv(out / "report_layers.csv", index=False)
+        written.append(out / "report_layers.csv")
+        print("\nPer layer:\n\n" + layers.to_markdown(index=False, floatfmt=".4g"))
+    bad = not_completed(runs)
     if not bad.empty:
         print(f"\n{len(bad)} run(s) not completed:\n")
         print(bad.to_markdown(index=False))
     if args.plot:
         plot_metric(runs, args.plot[0], args.plot[1], out / "report.png")
-    print(f"\nwritten: {out / 'report.csv'}, {out / 'report.tex'}, {out / 'runs.csv'}")
-    return 1 if not bad.empty else 0
+        written.append(out / "report.png")
+    print("\nwritten: " + ", ".join(map(str, written)))
+    return 1 if (bad["status"] != "pruned").any() else 0  # a pruned trial is not a failure
