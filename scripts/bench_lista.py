@@ -6,7 +6,8 @@ float32): training steps per second (forward + backward of the supervised loss
 and ALISTA (with and without support selection); the achieved GFLOP/s of the
 LISTA forward+backward as a fraction of a large float32 matmul measured in the
 same run (the roof), with the default allocator and, on CPU, again with glibc's
-malloc trimming off; and the forward-time ratio with/without support selection.
+malloc trimming off (as unroll-train runs on CPU); and the forward-time ratio with/without
+support selection.
 Timings are medians over rounds in which the compared runs alternate.
 
     python scripts/bench_lista.py [--device auto|cpu|cuda] [--threads N]
@@ -15,7 +16,6 @@ Timings are medians over rounds in which the compared runs alternate.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import os
 import statistics
 import time
@@ -24,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from unroll_cli.models.lista import ALISTA, LISTA, LISTACP
+from unroll_cli.train.cpu_memory import keep_freed_memory
 
 SS = dict(ss_p_per_layer=1.2, ss_p_max=13.0)
 
@@ -77,19 +78,6 @@ def fwd_bwd(model, y, x):
         model.zero_grad(set_to_none=True)
 
     return run
-
-
-def keep_freed_memory() -> bool:
-    """Stop glibc malloc from handing freed blocks back to the OS (trim) and from
-    mmap-ing large ones: PyTorch's CPU allocator does not cache, so otherwise every
-    step page-faults its activations and gradients in anew (about 5 % of a LISTA step
-    here).  Process-wide; returns False where glibc is not available."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    return bool(libc.mallopt(m_trim_threshold, 1 << 30)) and bool(libc.mallopt(m_mmap_threshold, 1 << 25))
 
 
 def lista_roofline(models: dict, y, x, flops: int, device, args, note: str) -> None:

@@ -23,6 +23,7 @@ from unroll_cli.config import ConfigError, validate
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.results import evaluate_classification, evaluate_sparse_coding
 from unroll_cli.sweep.optuna_study import RunPruned
+from unroll_cli.train.cpu_memory import keep_freed_memory
 from unroll_cli.train.trainer import checkpoint_path
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     if cfg.resume:
         checkpoint_path(cfg.resume)  # a wrong path is an input error, found before any work
     device = resolve_device(cfg.device)
+    if device.type == "cpu":
+        keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
     task = build_task(cfg, device)
     model = build_model(cfg.model, task).to(device)
