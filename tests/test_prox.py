@@ -147,6 +147,20 @@ def test_support_selection_matches_row_loop(dtype, percent, per_coordinate):
     assert torch.equal(support_selection_threshold(x, theta, percent), ref)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_support_selection_with_few_and_many_entries_above_the_threshold(dtype):
+    # Rows with 0, 3, 5 (= k), 6 and 40 entries above theta=1: rows with at most k above it skip
+    # the top-k; the result must still equal the row loop. Batch dims in front must work too.
+    x = 0.5 * torch.randn(5, 50, dtype=dtype, generator=gen(14)).clamp(-1.9, 1.9)
+    for row, count in enumerate([0, 3, 5, 6, 40]):
+        x[row, :count] = torch.linspace(1.5, 4.0, count, dtype=dtype) * (-1) ** row
+    ref, keep = ss_reference(x, 1.0, 10.0)  # n=50, 10 % -> k=5
+    assert keep.sum(1).tolist() == [0, 3, 5, 5, 5]
+    assert torch.equal(support_selection_threshold(x, 1.0, 10.0), ref)
+    assert torch.equal(support_selection_threshold(x.view(5, 1, 50), torch.tensor(1.0, dtype=dtype), 10.0),
+                       ref.view(5, 1, 50))
+
+
 def test_support_selection_zero_percent_is_soft_threshold():
     x = torch.randn(4, 30, dtype=D, generator=gen(11))
     assert torch.equal(support_selection_threshold(x, 0.4, 0.0), soft_threshold(x, 0.4))
