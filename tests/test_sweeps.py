@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import optuna
 import pytest
 import yaml
@@ -134,3 +135,25 @@ def test_an_interrupted_job_resumes_when_run_again(tmp_path):
     history = (run_dir / "history.csv").read_text().splitlines()[1:]
     epochs = [int(line.split(",")[0]) for line in history]
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= seen + 2  # continued, not restarted
+
+
+def test_optuna_search_that_maximizes_validation_accuracy_reports_every_epoch(tmp_path):
+    from test_classification_run import write_learnable_mnist
+
+    write_learnable_mnist(tmp_path / "data/MNIST/raw", np.random.default_rng(0), n_train=200, n_test=50)
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "hparams_search=ml_ista_optuna", "data=mnist", f"data.root={tmp_path / 'data'}",
+                      "data.download=false", "data.val_size=50", "data.batch_size=32", "trainer.max_epochs=2",
+                      "trainer.progress=false", "tensorboard=false", "model.unfoldings=choice(0,1)",
+                      "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    records = sweep_records(sweep)
+    values = [r["metrics"]["val/acc_best"] for r in records.values()]
+    assert len(values) == 2 and all(r["status"] == "completed" for r in records.values())
+    assert all({"model.unfoldings=0", "model.unfoldings=1"} & set(r["overrides"]) for r in records.values())
+    study = optuna.load_study(study_name="ml_ista_sgd", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert study.direction == optuna.study.StudyDirection.MAXIMIZE and study.best_value == max(values)
+    for trial in study.trials:
+        # the pruner saw the per-epoch validation accuracy (higher is better, as the study)
+        assert sorted(trial.intermediate_values) == [1, 2]
+        assert max(trial.intermediate_values.values()) == pytest.approx(trial.value)
