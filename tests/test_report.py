@@ -7,9 +7,11 @@ import sys
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from conftest import TINY, run_cli
-from unroll_cli.report.aggregate import load_runs, summarize
+from unroll_cli.report.aggregate import load_runs, plot_metric, summarize
+from unroll_cli.report.aggregate import main as report_main
 
 
 def test_report_of_a_2x2_sweep_with_one_failing_job(tmp_path):
@@ -68,3 +70,34 @@ def test_grouping_is_over_everything_but_the_seed(tmp_path):
     assert table.loc["x", "test/acc diff"] == -0.5 and table.loc["y", "test/acc diff"] == 0.0
     by_seed = summarize(runs, group_by=["seed"]).set_index("seed")
     assert by_seed.loc["0", "test/acc mean"] == 3.0
+
+
+def write_run(root, name, overrides, metrics, status="completed"):
+    """A run directory in the contract, written by hand (no training)."""
+    run = root / name
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+    (run / "metrics.json").write_text(json.dumps({"status": status, "metrics": metrics, "overrides": overrides}))
+
+
+def test_plot_of_a_metric_against_a_swept_parameter(tmp_path, capsys):
+    # model x lr x seed; lr as Hydra writes it, so string order (1e-3 < 1e-4) would be wrong
+    values = {}
+    for i, (model, lr, seed) in enumerate((m, lr, s) for m in ("lista", "alista")
+                                           for lr in ("1e-4", "3e-4", "1e-3") for s in (0, 1)):
+        values[model, lr, seed] = -10.0 * (i + 1) - seed
+        write_run(tmp_path, str(i), [f"model={model}", f"optim.lr={lr}", f"seed={seed}"],
+                  {"test/nmse_db": values[model, lr, seed]})
+    write_run(tmp_path, "failed", ["model=lista", "optim.lr=1e-4", "seed=2"], {}, status="failed")
+    points = plot_metric(load_runs([str(tmp_path)]), "test/nmse_db", "optim.lr", tmp_path / "plot.png")
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert list(points["line"].unique()) == ["alista", "lista"]
+    for _, point in points.iterrows():
+        lr = next(k for k in ("1e-4", "3e-4", "1e-3") if float(k) == point["optim.lr"])
+        seeds = [values[point["line"], lr, s] for s in (0, 1)]
+        assert point["mean"] == np.mean(seeds) and point["count"] == 2  # the failed run is left out
+    assert list(points[points["line"] == "lista"]["optim.lr"]) == [1e-4, 3e-4, 1e-3]
+
+    with pytest.raises(SystemExit):
+        report_main([str(tmp_path), "--plot", "test/nmse_dB", "optim.lr"])
+    assert "no metric 'test/nmse_dB'" in capsys.readouterr().err

@@ -19,6 +19,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from unroll_cli.record.recorder import atomic_write
+
 RUN_COLUMNS = ["run", "status", "error", "params", "wall_s"]
 
 
@@ -134,28 +136,36 @@ def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
     return bad[["run", "status", "error", *override_columns(runs, varying=True)]]
 
 
-def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> None:
-    """Mean and std of ``metric`` against the swept parameter ``x``, one line per other group."""
+def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> pd.DataFrame:
+    """Mean and std of ``metric`` over the completed runs against the swept parameter ``x``, one
+    line per group of the other varying overrides (seeds averaged); returns the plotted points."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    for name, kind in ((metric, "metric"), (x, "override")):
+        if name not in runs.columns:
+            raise KeyError(f"--plot: no {kind} {name!r} in these runs")
     done = runs[runs["status"] == "completed"].copy()
-    done[x] = pd.to_numeric(done[x], errors="ignore")
+    try:
+        done[x] = pd.to_numeric(done[x])  # 1e-4 < 3e-4 < 1e-3, not string order
+    except (ValueError, TypeError):
+        pass
     others = [c for c in override_columns(runs, varying=True) if c not in (x, "seed")]
+    points = (done.groupby([*others, x], dropna=False)[metric].agg(["mean", "std", "count"]).reset_index())
+    points["line"] = points[others].astype(str).agg(", ".join, axis=1) if others else "all"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, group in (done.groupby(others) if others else [("all", done)]):
-        stats = group.groupby(x)[metric].agg(["mean", "std"]).reset_index()
-        ax.errorbar(stats[x], stats["mean"], yerr=stats["std"].fillna(0), marker="o", capsize=3,
-                    label=str(label))
+    for label, line in points.groupby("line", sort=False):
+        ax.errorbar(line[x], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3, label=label)
     ax.set_xlabel(x)
     ax.set_ylabel(metric)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(file, dpi=120)
+    atomic_write(file, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
+    return points[["line", x, "mean", "std", "count"]]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -178,9 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     table = summarize(select_metrics(runs, args.metrics), args.group_by)
     out = args.out or Path(glob.glob(args.paths[0])[0] if glob.glob(args.paths[0]) else args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
-    runs.to_csv(out / "runs.csv", index=False)
-    table.to_csv(out / "report.csv", index=False)
-    table.to_latex(out / "report.tex", index=False, float_format="%.3f")
+    atomic_write(out / "runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
+    atomic_write(out / "report.csv", lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(out / "report.tex", lambda tmp: table.to_latex(tmp, index=False, float_format="%.3f"))
     common = common_overrides(runs)
     if common:
         print("Every run: " + " ".join(common) + "\n")
@@ -188,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     written = [out / "report.csv", out / "report.tex", out / "runs.csv"]
     if args.layers:
         layers = select_metrics(summarize_layers(runs, args.group_by), args.metrics)
-        layers.to_csv(out / "report_layers.csv", index=False)
+        atomic_write(out / "report_layers.csv", lambda tmp: layers.to_csv(tmp, index=False))
         written.append(out / "report_layers.csv")
         print("\nPer layer:\n\n" + layers.to_markdown(index=False, floatfmt=".4g"))
     bad = not_completed(runs)
@@ -196,7 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n{len(bad)} run(s) not completed:\n")
         print(bad.to_markdown(index=False))
     if args.plot:
-        plot_metric(runs, args.plot[0], args.plot[1], out / "report.png")
+        try:
+            plot_metric(runs, args.plot[0], args.plot[1], out / "report.png")
+        except KeyError as error:
+            parser.error(error.args[0])
         written.append(out / "report.png")
     print("\nwritten: " + ", ".join(map(str, written)))
     return 1 if (bad["status"] != "pruned").any() else 0  # a pruned trial is not a failure
