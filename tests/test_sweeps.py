@@ -88,6 +88,13 @@ def test_optuna_sweep_finds_the_best_run_resumes_and_prunes(tmp_path, capsys):
     assert "2 run(s) not completed" in capsys.readouterr().out
 
 
+def test_a_search_config_without_multirun_is_one_plain_run(tmp_path):
+    result = run_cli(["hparams_search=lista_cpss_optuna", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read_metrics(tmp_path / "run")["status"] == "completed"
+
+
 def test_a_failing_trial_fails_the_sweep_but_not_the_study(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", "hparams_search=lista_cpss_optuna", *FAST, "hydra.sweeper.n_trials=2",

@@ -26,6 +26,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.utils import JobStatus
 from hydra.errors import HydraException
+from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
@@ -171,7 +172,8 @@ def trial_reporter(hydra_cfg: DictConfig) -> Callable[[str], Callable[[int, floa
     returns ``report(step, value)``, which records the value in the trial and raises
     :class:`RunPruned` when the pruner says stop. Otherwise a factory returning None."""
     sweeper = hydra_cfg.get("sweeper", {})
-    if sweeper.get("_target_") != SWEEPER_TARGET or not sweeper.get("pruner"):
+    if (hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != SWEEPER_TARGET
+            or not sweeper.get("pruner")):  # not a trial (e.g. an hparams_search config without -m)
         return lambda monitor_mode: None
 
     def make(monitor_mode: str) -> Callable[[int, float], None] | None:
