@@ -120,7 +120,12 @@ def run_study(sweeper, arguments: list[str], *, direction: str, n_trials: int, n
         first = trials[0].number
         assert [t.number for t in trials] == list(range(first, first + len(trials)))  # job num = trial number
         batch = [fixed + [f"{key}={value}" for key, value in t.params.items()] for t in trials]
-        sweeper.validate_batch_is_legal(batch)
+        try:
+            sweeper.validate_batch_is_legal(batch)  # a key or value Hydra cannot compose
+        except Exception:
+            for trial in trials:
+                study.tell(trial, state=TrialState.FAIL)
+            raise
         for trial, result in zip(trials, sweeper.launcher.launch(batch, initial_job_idx=first)):
             failure = tell(study, trial, result)
             if failure:
