@@ -80,7 +80,7 @@ def write_run(root, name, overrides, metrics, status="completed"):
     (run / "metrics.json").write_text(json.dumps({"status": status, "metrics": metrics, "overrides": overrides}))
 
 
-def test_plot_of_a_metric_against_a_swept_parameter(tmp_path, capsys):
+def test_plot_of_a_metric_against_a_swept_parameter_and_wrong_names(tmp_path, capsys):
     # model x lr x seed; lr as Hydra writes it, so string order (1e-3 < 1e-4) would be wrong
     values = {}
     for i, (model, lr, seed) in enumerate((m, lr, s) for m in ("lista", "alista")
@@ -101,3 +101,6 @@ def test_plot_of_a_metric_against_a_swept_parameter(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report_main([str(tmp_path), "--plot", "test/nmse_dB", "optim.lr"])
     assert "no metric 'test/nmse_dB'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report_main([str(tmp_path), "--group-by", "optim.lrr"])
+    assert "--group-by optim.lrr: not an override" in capsys.readouterr().err

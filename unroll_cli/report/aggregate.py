@@ -105,8 +105,8 @@ def mean_std_count(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> 
 
 
 def summarize(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
-    """Mean, std and count of every metric over the completed runs of each group (by default all
-    override columns but ``seed``), with published values and the difference beside."""
+    """Mean, std and count of every metric over the completed runs of each group (by default every
+    override that varies, but ``seed``), with published values and the difference beside."""
     done = runs[runs["status"] == "completed"]
     return mean_std_count(done, group_keys(runs, group_by), [c for c in runs.columns if "/" in c])
 
@@ -185,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     runs = load_runs(args.paths)
     if runs.empty:
         parser.error("no run directories (with metrics.json) under " + " ".join(args.paths))
+    unknown = [key for key in args.group_by or [] if key not in override_columns(runs)]
+    if unknown:
+        parser.error(f"--group-by {' '.join(unknown)}: not an override of these runs "
+                     f"({', '.join(override_columns(runs))})")
     table = summarize(select_metrics(runs, args.metrics), args.group_by)
     out = args.out or Path(glob.glob(args.paths[0])[0] if glob.glob(args.paths[0]) else args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
