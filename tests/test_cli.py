@@ -140,16 +140,18 @@ def test_bad_input_fails_before_training_naming_the_key(tmp_path, override, name
 def interrupt_after_history(args: list[str], run_dir: Path, rows: int) -> str:
     """Run ``unroll-train ARGS``, send SIGTERM once history.csv has ``rows`` epochs; return the output."""
     env = {"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin"}
-    proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *args], cwd=run_dir.parent, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    history, deadline = run_dir / "history.csv", time.time() + 120
-    while time.time() < deadline and (
-            not history.exists() or len(history.read_text().splitlines()) <= rows):
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr  # the shell's code for a run stopped by a signal
-    return stdout + stderr
+    output = run_dir.parent / "output.log"  # a file, not a pipe: a full pipe would stall the run
+    with output.open("w") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *args], cwd=run_dir.parent, env=env,
+                                stdout=sink, stderr=subprocess.STDOUT)
+        history, deadline = run_dir / "history.csv", time.time() + 120
+        while time.time() < deadline and (
+                not history.exists() or len(history.read_text().splitlines()) <= rows):
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    assert proc.returncode == 130, output.read_text()  # the shell's code for a run stopped by a signal
+    return output.read_text()
 
 
 def test_sigterm_marks_the_run_interrupted_and_keeps_a_checkpoint(tmp_path):
