@@ -18,31 +18,21 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import time
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from bench_timing import interleaved_times
 from unroll_cli.models.lista import ALISTA, LISTA, LISTACP
+from unroll_cli.run import resolve_device
 from unroll_cli.train.cpu_memory import keep_freed_memory
 
 SS = dict(ss_p_per_layer=1.2, ss_p_max=13.0)
 
 
 def timed(fns: dict, device, reps: int, warmup: int) -> dict:
-    """Median wall time (s) of each ``fns[name]()``; the functions run interleaved,
-    one call each per round, so that all of them see the same machine load."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    times = {name: [] for name in fns}
-    for round_ in range(warmup + reps):
-        for name, fn in fns.items():
-            sync()
-            start = time.perf_counter()
-            fn()
-            sync()
-            if round_ >= warmup:
-                times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    """Median wall time (s) of each ``fns[name]()``, timed interleaved."""
+    return {name: statistics.median(ts) for name, ts in interleaved_times(fns, device, reps, warmup).items()}
 
 
 def sparse_problem(m, n, batch, device, dtype, seed=0):
@@ -108,8 +98,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = torch.device("cpu" if name == "auto" else name)
+    device = resolve_device(args.device)
     A, x, y = sparse_problem(args.m, args.n, args.batch, device, torch.float32)
     T, lam, m, n, bsz = args.layers, args.lam, args.m, args.n, args.batch
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "

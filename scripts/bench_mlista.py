@@ -18,12 +18,13 @@ import argparse
 import contextlib
 import os
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from bench_timing import interleaved_times
 from unroll_cli.models.mlista import LBP, MLFISTA, MLISTA, MLLISTA, AllFree
+from unroll_cli.run import resolve_device
 
 ARCH_INPUT = {"mnist": (1, 28), "cifar10": (3, 32)}
 MODELS = {"mlista": MLISTA, "mlfista": MLFISTA, "mllista": MLLISTA, "lbp": LBP, "allfree": AllFree}
@@ -90,19 +91,8 @@ def make_step(model, x, y, args, device):
 
 
 def bench_pair(steps: dict, device, reps: int, warmup: int) -> dict:
-    """Median seconds per step of each callable, timed in alternation."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for fn in steps.values():
-        for _ in range(warmup):
-            fn()
-    sync()
-    times = {name: [] for name in steps}
-    for _ in range(reps):
-        for name, fn in steps.items():
-            start = time.perf_counter()
-            fn()
-            sync()
-            times[name].append(time.perf_counter() - start)
+    """(median, best) seconds per step of each callable, timed interleaved."""
+    times = interleaved_times(steps, device, reps, warmup)
     return {name: (statistics.median(ts), min(ts)) for name, ts in times.items()}
 
 
@@ -125,8 +115,7 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    name = "cuda" if args.device == "auto" and torch.cuda.is_available() else args.device
-    device = torch.device("cpu" if name == "auto" else name)
+    device = resolve_device(args.device)
     torch.manual_seed(args.seed)
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
           f"batch {args.batch}, T={args.unfoldings}, channels_last={args.channels_last}, "

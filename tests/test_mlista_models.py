@@ -236,13 +236,6 @@ def test_conv_helpers_equal_torch(size, kernel, stride, padding):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_mllista_matches_written_out_unfolding(arch):
-    model = randomize(MLLISTA(arch, GEOMETRY[arch][0], 10, 1))
-    x = image(arch)
-    close(model(x), mllista_reference(model, x, 1, arch))
-
-
-@pytest.mark.parametrize("arch", ARCHS)
 def test_mlfista_momentum(arch):
     """momentum=False is ML-ISTA exactly; with momentum it follows the FISTA extrapolation of
     gamma_3 and differs from ML-ISTA from the second unfolding on."""
@@ -260,19 +253,21 @@ def test_mlfista_momentum(arch):
 
 
 @pytest.mark.parametrize("arch", ARCHS)
-def test_lbp_matches_layer_by_layer_loop(arch):
-    model = randomize(LBP(arch, GEOMETRY[arch][0], 10, 2))
+@pytest.mark.parametrize("cls, unfoldings, reference", [
+    (MLLISTA, 1, mllista_reference),  # the unfolding written out
+    (LBP, 2, lbp_reference),  # the layer-by-layer loop
+    (AllFree, 2, allfree_reference),  # the untied loop
+])
+def test_learned_variants_match_their_written_out_loops(arch, cls, unfoldings, reference):
+    model = randomize(cls(arch, GEOMETRY[arch][0], 10, unfoldings))
     x = image(arch)
-    close(model(x), lbp_reference(model, x, 2, arch))
+    close(model(x), reference(model, x, unfoldings, arch))
 
 
-@pytest.mark.parametrize("arch", ARCHS)
-def test_allfree_matches_untied_loop(arch):
-    model = randomize(AllFree(arch, GEOMETRY[arch][0], 10, 2))
-    x = image(arch)
-    close(model(x), allfree_reference(model, x, 2, arch))
+def test_allfree_cannot_run_more_unfoldings_than_it_has_kernels():
+    model = AllFree("mnist", 1, 10, 2)
     with pytest.raises(ValueError, match="unfoldings"):
-        model(x, unfoldings=3)
+        model(image("mnist").float(), unfoldings=3)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
