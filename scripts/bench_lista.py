@@ -10,7 +10,10 @@ malloc trimming off (as unroll-train runs on CPU); and the forward-time ratio wi
 support selection.
 Timings are medians over rounds in which the compared runs alternate.
 
-    python scripts/bench_lista.py [--device auto|cpu|cuda] [--threads N]
+    python scripts/bench_lista.py [--device auto|cpu|cuda] [--threads N] [--compile MODE]
+
+``--compile MODE`` times every model through ``torch.compile(model, mode=MODE)``
+(``default``, ``reduce-overhead`` for CUDA graphs, ...), as ``trainer.compile`` does.
 """
 
 from __future__ import annotations
@@ -95,6 +98,7 @@ def main() -> None:
     parser.add_argument("--lam", type=float, default=0.4)
     parser.add_argument("--reps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", metavar="MODE", help="torch.compile every model with this mode")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -102,15 +106,18 @@ def main() -> None:
     A, x, y = sparse_problem(args.m, args.n, args.batch, device, torch.float32)
     T, lam, m, n, bsz = args.layers, args.lam, args.m, args.n, args.batch
     print(f"torch {torch.__version__}, device {device}, threads {torch.get_num_threads()}, "
-          f"m={m} n={n} T={T} batch={bsz} float32, median of {args.reps} interleaved runs")
+          f"m={m} n={n} T={T} batch={bsz} float32, median of {args.reps} interleaved runs"
+          + (f", torch.compile mode={args.compile}" if args.compile else ""))
+    compiled = (lambda model: torch.compile(model, mode=args.compile)) if args.compile else (lambda model: model)
 
-    models = {
+    eager = {
         "lista (untied)": LISTA(A, T, lam, tied=False),
         "lista (tied)": LISTA(A, T, lam, tied=True),
         "lista_cpss (tied, 1.2/13)": LISTACP(A, T, lam, **SS),
         "alista": ALISTA(A, T, lam),
         "alista + ss (1.2/13)": ALISTA(A, T, lam, **SS),
     }
+    models = {label: compiled(model) for label, model in eager.items()}
     steps = timed({k: train_step(mod, y, x) for k, mod in models.items()}, device, args.reps, args.warmup)
     print("\ntraining steps/s (fwd + bwd + Adam):")
     for label, seconds in steps.items():
@@ -121,7 +128,8 @@ def main() -> None:
     # costs 2*b*n^2 forward and 2 * 2*b*n^2 backward (dL/dx and dL/dW).
     analytic = 4 * bsz * m * n + 6 * (T - 1) * bsz * n * n
     lista = {k: models[k] for k in ("lista (untied)", "lista (tied)")}
-    for label, model in lista.items():
+    for label in lista:
+        model = eager[label]
         with FlopCounterMode(display=False) as counter:
             loss_of(model, y, x).backward()
         model.zero_grad(set_to_none=True)
@@ -134,7 +142,7 @@ def main() -> None:
 
     print("\nforward time with support selection / without it (same weights):")
     pairs = {
-        "lista_cpss / lista_cp": (models["lista_cpss (tied, 1.2/13)"], LISTACP(A, T, lam)),
+        "lista_cpss / lista_cp": (models["lista_cpss (tied, 1.2/13)"], compiled(LISTACP(A, T, lam))),
         "alista + ss / alista": (models["alista + ss (1.2/13)"], models["alista"]),
     }
     for grad in (True, False):

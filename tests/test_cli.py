@@ -17,6 +17,7 @@ import yaml
 
 from conftest import TINY, read_metrics, run_cli
 from unroll_cli.data.synthetic import measure, sample_codes
+from unroll_cli.run import resolve_device
 
 CONTRACT = ["metrics.json", "history.csv", "layers.csv", "results.md", "A.npy",
             "figures/nmse_per_layer.png", "figures/thresholds.png", "figures/training_curve.png",
@@ -51,7 +52,7 @@ def test_run_writes_every_file_of_the_contract(tmp_path):
                 "test/support_f1"):
         assert np.isfinite(metrics[key]), key
     assert record["params"] == 20 * 40 + 4  # lista_cpss, tied: W (m x n) + one threshold per layer
-    assert record["device"] == "cpu" and record["wall_s"] > 0 and "torch" in record["versions"]
+    assert record["device"] == str(resolve_device("auto")) and record["wall_s"] > 0 and "torch" in record["versions"]
 
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2]

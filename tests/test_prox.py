@@ -121,18 +121,19 @@ def test_selection_count_rounding():
 
 
 def ss_reference(x, theta, percent):
-    """Slow shrink_ss: per row, sort magnitudes, the top-k above theta pass through."""
+    """Slow shrink_ss: per row, sort the magnitudes; those above both the (k+1)-th largest and
+    theta pass through (so of entries tied with the (k+1)-th largest, none does)."""
     out = torch.empty_like(x)
     th = torch.as_tensor(theta, dtype=x.dtype).expand_as(x)
     keep = torch.zeros_like(x, dtype=torch.bool)
     n = x.shape[-1]
     k = int(percent * n / 100 + 0.5)
     for i in range(x.shape[0]):
-        order = sorted(range(n), key=lambda j: -abs(x[i, j].item()))
-        top = set(order[:k])
+        magnitudes = sorted((abs(v) for v in x[i].tolist()), reverse=True)
+        v_k1 = magnitudes[k] if k < n else -math.inf
         for j in range(n):
             v, t = x[i, j].item(), th[i, j].item()
-            keep[i, j] = j in top and abs(v) > t
+            keep[i, j] = abs(v) > max(v_k1, t)
             out[i, j] = v if keep[i, j] else soft_ref(v, t)
     return out, keep
 
@@ -147,18 +148,49 @@ def test_support_selection_matches_row_loop(dtype, percent, per_coordinate):
     assert torch.equal(support_selection_threshold(x, theta, percent), ref)
 
 
+# One threshold for every entry takes the compiled CPU kernel; the same threshold given per
+# coordinate takes the top-k of every row (the GPU's way): both must equal the row loop.
+THETA_FORMS = {"scalar": lambda theta, n, dtype: theta,
+               "0-d tensor": lambda theta, n, dtype: torch.tensor(theta, dtype=dtype),
+               "per coordinate": lambda theta, n, dtype: torch.full((n,), theta, dtype=dtype)}
+
+
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-def test_support_selection_with_few_and_many_entries_above_the_threshold(dtype):
-    # Rows with 0, 3, 5 (= k), 6 and 40 entries above theta=1: rows with at most k above it skip
-    # the top-k; the result must still equal the row loop. Batch dims in front must work too.
+@pytest.mark.parametrize("form", list(THETA_FORMS))
+def test_support_selection_with_few_and_many_entries_above_the_threshold(dtype, form):
+    # Rows with 0, 3, 5 (= k), 6 and 40 entries above theta=1: rows with at most k above it need no
+    # search for the (k+1)-th largest; the result must still equal the row loop. Batch dims in
+    # front must work too.
     x = 0.5 * torch.randn(5, 50, dtype=dtype, generator=gen(14)).clamp(-1.9, 1.9)
     for row, count in enumerate([0, 3, 5, 6, 40]):
         x[row, :count] = torch.linspace(1.5, 4.0, count, dtype=dtype) * (-1) ** row
     ref, keep = ss_reference(x, 1.0, 10.0)  # n=50, 10 % -> k=5
     assert keep.sum(1).tolist() == [0, 3, 5, 5, 5]
-    assert torch.equal(support_selection_threshold(x, 1.0, 10.0), ref)
-    assert torch.equal(support_selection_threshold(x.view(5, 1, 50), torch.tensor(1.0, dtype=dtype), 10.0),
-                       ref.view(5, 1, 50))
+    theta = THETA_FORMS[form](1.0, 50, dtype)
+    assert torch.equal(support_selection_threshold(x, theta, 10.0), ref)
+    assert torch.equal(support_selection_threshold(x.view(5, 1, 50), theta, 10.0), ref.view(5, 1, 50))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("form", list(THETA_FORMS))
+def test_support_selection_with_many_ties_equals_the_row_loop(dtype, form):
+    # Magnitudes on a grid of 8 values: the (k+1)-th largest is tied in most rows, so a search
+    # that stops between two neighbouring values, or lets a tied entry through, shows.
+    x = torch.randint(-8, 9, (40, 60), generator=gen(15)).to(dtype) / 4
+    for percent in (1.2, 10.0, 40.0):
+        for theta in (0.0, 0.3, 1.0):
+            ref, _ = ss_reference(x, theta, percent)
+            assert torch.equal(support_selection_threshold(x, THETA_FORMS[form](theta, 60, dtype), percent), ref)
+
+
+@pytest.mark.parametrize("form", list(THETA_FORMS))
+def test_support_selection_lets_nan_through(form):
+    # A NaN must reach the loss, where the trainer stops the run; finite rows are unaffected.
+    x = torch.randn(3, 50, dtype=D, generator=gen(16))
+    x[1, 7] = float("nan")
+    out = support_selection_threshold(x, THETA_FORMS[form](0.5, 50, D), 10.0)
+    assert out[1, 7].isnan() and out.isnan().sum() == 1
+    assert torch.equal(out[[0, 2]], ss_reference(x[[0, 2]], 0.5, 10.0)[0])
 
 
 def test_support_selection_zero_percent_is_soft_threshold():

@@ -32,10 +32,11 @@ _SAME_WIDTH_INT = {
 
 
 def _host_scalar(theta):
-    """theta as a Python float when that costs no device sync, else None."""
+    """theta as a Python float when that costs no device sync (and no graph break under
+    ``torch.compile``), else None."""
     if not isinstance(theta, Tensor):
         return theta
-    if theta.numel() == 1 and theta.device.type == "cpu":
+    if theta.numel() == 1 and theta.device.type == "cpu" and not torch.compiler.is_compiling():
         return theta.item()
     return None
 
@@ -140,47 +141,46 @@ def support_selection_threshold(x: Tensor, theta, percent: float) -> Tensor:
     in the authors' ``abs > percentile`` rule, entries tied with ``v`` are
     thresholded.  The selection is a stop-gradient mask: gradients flow through
     the values only.  ``percent == 0`` is plain soft thresholding.
+
+    On the CPU with one threshold >= 0 for all entries, a compiled kernel does it in two passes
+    per row (``select_cpu``); otherwise (GPU, per-coordinate thresholds, inside ``torch.compile``)
+    a top-k of every row.
     """
     n = x.shape[-1]
     k = selection_count(n, percent)
     theta = _as_bound(theta, x)
     if k == 0:
         return _Shrink.apply(x, theta, None)
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        host = _host_scalar(theta)
+        if host is not None and host >= 0:
+            return _SelectShrink.apply(x, theta, k)
+    return _Shrink.apply(x, theta, topk_shrink_mask(x, theta, k))
+
+
+class _SelectShrink(_Shrink):
+    """shrink_ss by the compiled CPU kernel; the backward pass is ``_Shrink``'s (same saved tensors)."""
+
+    @staticmethod
+    def forward(ctx, x, theta, k):
+        # numba is imported on first use: runs without support selection do not pay its start-up.
+        from unroll_cli.models.select_cpu import shrink_ss
+
+        out, shrink = shrink_ss(x, _host_scalar(theta), k)
+        ctx.theta_shape = theta.shape if isinstance(theta, Tensor) else None
+        ctx.save_for_backward(out, shrink)
+        return out
+
+
+def topk_shrink_mask(x: Tensor, theta, k: int) -> Tensor:
+    """``shrink`` of shrink_ss with a top-k of every row: 1.0 where ``|x| <= max(v, theta)`` (v the
+    (k+1)-th largest ``|x|`` of the row), else 0.0 -- a float mask, faster than bools."""
     with torch.no_grad():
         mag = x.abs()
-        level = _selection_level(mag, theta, k) if k < n else theta
-        shrink = torch.le(mag, level, out=mag)  # 0/1 floats; a float output avoids slow bool kernels
-    return _Shrink.apply(x, theta, shrink)
-
-
-def _kth_largest(mag: Tensor, k: int) -> Tensor:
-    """The k-th largest entry of each row of the non-negative ``mag`` (an integer top-k)."""
-    keys = mag.view(_SAME_WIDTH_INT.get(mag.dtype, mag.dtype))
-    return keys.topk(k, dim=-1, sorted=False).values.amin(-1, keepdim=True).view(mag.dtype)
-
-
-def _rows_above(rows: Tensor, theta: Tensor, k: int) -> Tensor:
-    """Per row, whether more than k entries exceed theta (compared into floats: faster than bools)."""
-    return torch.gt(rows, theta, out=torch.empty_like(rows)).sum(-1) > k
-
-
-def _selection_level(mag: Tensor, theta, k: int) -> Tensor:
-    """Per row, max(v, theta) with v the (k+1)-th largest magnitude.
-
-    With one threshold for the whole row, a row with at most k entries above theta has
-    v <= theta, so only the rows with more than k entries above it need the top-k. On the CPU,
-    when a probe of 1/32 of the rows says that these are fewer than half, only they go through
-    it (in LISTA-CPSS's late layers, where k is largest, a few percent of the rows do). On a GPU
-    the top-k of every row is cheaper than finding the rows (a host sync).
-    """
-    theta = torch.as_tensor(theta, dtype=mag.dtype, device=mag.device)
-    if theta.dim() == 0 and mag.device.type == "cpu":
-        rows = mag.reshape(-1, mag.shape[-1])
-        probe = rows[: -(-rows.shape[0] // 32)]
-        if 2 * int(_rows_above(probe, theta, k).sum()) <= probe.shape[0]:
-            crowded = _rows_above(rows, theta, k).nonzero().squeeze(1)
-            level = theta.expand(rows.shape[0], 1).clone()
-            if crowded.numel():
-                level[crowded] = _kth_largest(rows[crowded], k + 1)
-            return level.view(*mag.shape[:-1], 1)
-    return torch.maximum(_kth_largest(mag, k + 1), theta)
+        if k >= x.shape[-1]:
+            level = theta
+        else:
+            keys = mag.view(_SAME_WIDTH_INT.get(mag.dtype, mag.dtype))  # top-k of integers is faster
+            v = keys.topk(k + 1, dim=-1, sorted=False).values.amin(-1, keepdim=True).view(mag.dtype)
+            level = torch.maximum(v, torch.as_tensor(theta, dtype=mag.dtype, device=mag.device))
+        return torch.le(mag, level, out=mag)
