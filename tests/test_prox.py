@@ -178,7 +178,7 @@ def test_support_selection_with_many_ties_equals_the_row_loop(dtype, form):
     # that stops between two neighbouring values, or lets a tied entry through, shows.
     x = torch.randint(-8, 9, (40, 60), generator=gen(15)).to(dtype) / 4
     for percent in (1.2, 10.0, 40.0):
-        for theta in (0.0, 0.3, 1.0):
+        for theta in (0.0, -0.0, 0.3, 1.0):
             ref, _ = ss_reference(x, theta, percent)
             assert torch.equal(support_selection_threshold(x, THETA_FORMS[form](theta, 60, dtype), percent), ref)
 
