@@ -2,7 +2,8 @@
 
 The CPU takes other kernels than the GPU for the same layers (support selection on the host,
 the fused thresholds), so each model's CUDA forward and gradients are compared with its CPU ones
-in float64, and the CLI is run with ``device=cuda``, plain, in bf16 and compiled.
+in float64; training with the steps replayed as CUDA graphs must reach the same weights as eager
+training; and the CLI is run with ``device=cuda``, plain, in bf16, compiled and with CUDA graphs.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ from conftest import TINY, read_metrics, run_cli
 from test_lista_models import all_models, problem, shrink_ss_rows
 from test_mlista_models import CLASSES, image, randomize
 from unroll_cli.models.prox import support_selection_threshold
+from unroll_cli.run import run
+from unroll_cli.train.trainer import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")
@@ -24,7 +27,8 @@ def test_support_selection_on_the_gpu_equals_the_row_loop(percent):
     z = torch.randn(300, 500, dtype=torch.float64, generator=g)
     for theta in (0.05, 1.0, 3.0):  # crowded rows, both kinds, hardly any entry above theta
         expected = shrink_ss_rows(z, theta, percent)
-        got = support_selection_threshold(z.to(CUDA), torch.tensor(theta, dtype=z.dtype, device=CUDA), percent)
+        theta_on_gpu = torch.tensor(theta, dtype=z.dtype, device=CUDA)
+        got = support_selection_threshold(z.to(CUDA), theta_on_gpu, percent)
         torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=0)
 
 
@@ -50,7 +54,27 @@ def test_ml_ista_family_on_the_gpu_equals_the_cpu(cls):
     torch.testing.assert_close(model.to(CUDA)(x.to(CUDA)).cpu(), model.cpu()(x), rtol=1e-9, atol=1e-10)
 
 
-@pytest.mark.parametrize("options", [[], ["trainer.precision=bf16"], ["trainer.compile=true"]])
+@pytest.mark.parametrize("trainer", ["default", "layerwise"])
+def test_cuda_graph_training_reaches_the_eager_weights(tiny_cfg, tmp_path, trainer):
+    options = ["model=lista_cpss", f"trainer={trainer}", "trainer.max_epochs=2", "optim.lr=2e-3", "tensorboard=false"]
+    if trainer == "layerwise":
+        options += ["trainer.stage_max_steps=20", "trainer.stage_patience_steps=10"]
+    for graphs in ("false", "true"):
+        run(tiny_cfg(*options, "device=cuda", f"trainer.cuda_graphs={graphs}"), tmp_path / graphs)
+    eager, graphed = (load_checkpoint(tmp_path / g / "checkpoints" / "last.pt")["model"]
+                      for g in ("false", "true"))
+    assert eager.keys() == graphed.keys()
+    for name in eager:
+        torch.testing.assert_close(graphed[name], eager[name], rtol=1e-4, atol=1e-6, msg=name)
+    # every layer starts at the same threshold: unequal ones show that the runs trained
+    assert not torch.equal(eager["theta.0"], eager["theta.1"])
+    metrics = [read_metrics(tmp_path / g)["metrics"]["test/nmse_db"] for g in ("false", "true")]
+    assert metrics[1] == pytest.approx(metrics[0], abs=1e-3)
+
+
+@pytest.mark.parametrize("options", [[], ["trainer.precision=bf16"], ["trainer.compile=true"],
+                                     ["trainer.cuda_graphs=true"],
+                                     ["trainer.cuda_graphs=true", "trainer.precision=bf16"]])
 def test_the_cli_trains_on_the_gpu(tmp_path, options):
     run_dir = tmp_path / "run"
     result = run_cli([*TINY, "model=lista_cpss", "device=cuda", "trainer.max_epochs=3",

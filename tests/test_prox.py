@@ -180,7 +180,8 @@ def test_support_selection_with_many_ties_equals_the_row_loop(dtype, form):
     for percent in (1.2, 10.0, 40.0):
         for theta in (0.0, -0.0, 0.3, 1.0):
             ref, _ = ss_reference(x, theta, percent)
-            assert torch.equal(support_selection_threshold(x, THETA_FORMS[form](theta, 60, dtype), percent), ref)
+            got = support_selection_threshold(x, THETA_FORMS[form](theta, 60, dtype), percent)
+            assert torch.equal(got, ref)
 
 
 @pytest.mark.parametrize("form", list(THETA_FORMS))

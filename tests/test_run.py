@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from conftest import read_metrics
+from unroll_cli.config import ConfigError, validate
 from unroll_cli.run import build_model, build_task, interrupted_checkpoint, run
 from unroll_cli.sweep.optuna_study import RunPruned
 from unroll_cli.train.layerwise import LayerwiseTrainer
@@ -105,3 +106,12 @@ def test_bf16_autocast_and_compile_train_and_improve_on_the_initialisation(tiny_
     metrics = read_metrics(tmp_path)["metrics"]
     # at its ISTA initialisation the model equals ISTA; training must have moved it below
     assert metrics["test/nmse_db"] < metrics["baseline/ista/test/nmse_db"] - 0.5
+
+
+def test_cuda_graphs_exclude_compile_and_fall_back_to_eager_steps_off_cuda(tiny_cfg, tmp_path, caplog):
+    with pytest.raises(ConfigError, match="trainer.cuda_graphs=True is not allowed"):
+        validate(tiny_cfg("trainer.cuda_graphs=true", "trainer.compile=true"))
+    with caplog.at_level("INFO"):
+        run(tiny_cfg("device=cpu", "trainer.cuda_graphs=true", "tensorboard=false"), tmp_path)
+    assert read_metrics(tmp_path)["status"] == "completed"
+    assert "not CUDA: training eagerly" in caplog.text

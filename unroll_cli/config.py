@@ -149,6 +149,7 @@ class TrainerConfig:
     grad_clip: Optional[float] = None
     precision: str = "fp32"  # fp32 | bf16 (autocast)
     compile: bool = False
+    cuda_graphs: bool = False  # on CUDA: replay each step's forward and backward as CUDA graphs
     checkpoint: bool = True
     progress: bool = True
     # step the scheduler at the start of each epoch, as pre-1.1 PyTorch code did (one epoch earlier)
@@ -277,6 +278,8 @@ def validate(cfg: DictConfig) -> None:
              "supervised or lasso")
     _require(trainer.precision in ("fp32", "bf16"), "trainer.precision", trainer.precision,
              "fp32 or bf16")
+    _require(not (trainer.cuda_graphs and trainer.compile), "trainer.cuda_graphs", trainer.cuda_graphs,
+             "false with trainer.compile=true (choose one)")
     _require(cfg.eval.nmse in ("pooled", "per_sample"), "eval.nmse", cfg.eval.nmse,
              "pooled or per_sample")
     for name in cfg.eval.baselines:

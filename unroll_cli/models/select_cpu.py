@@ -3,11 +3,12 @@
 ``shrink_ss`` (Chen, Liu, Wang & Yin, NeurIPS 2018, LISTA-SS/CPSS): in each row, the entries
 among the k largest magnitudes that exceed theta pass through, all others are soft-thresholded.
 Written with PyTorch operators that is a top-k of every row plus half a dozen elementwise passes
-(LISTA-CPSS's forward then costs 1.5x LISTA-CP's on 2 cores, against 1.15x with this kernel); here the first pass over a row counts the
-entries above theta and gathers their magnitudes as integer keys (the bits of a non-negative
-float, which order like the floats), and only a row with more than k of them looks for its
-(k+1)-th largest key, by bisection on the key range with one vectorised count per step. The
-second pass writes the output and the 0/1 mask that the backward pass needs.
+(LISTA-CPSS's forward then costs 1.5x LISTA-CP's on 2 cores, against 1.15x with this kernel).
+Here the first pass over a row counts the entries above theta and gathers their magnitudes as
+integer keys (the bits of a non-negative float, which order like the floats), and only a row with
+more than k of them looks for its (k+1)-th largest key, by bisection on the key range with one
+vectorised count per step. The second pass writes the output and the 0/1 mask that the backward
+pass needs.
 """
 
 from __future__ import annotations

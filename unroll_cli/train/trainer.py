@@ -1,7 +1,7 @@
 """End-to-end training: every parameter at once, the loss on the last layer's estimate.
 
 The same class holds what the stage-wise trainer shares with it: the optimizer built from the
-``optim`` config, one guarded training step (autocast, NaN/Inf check, gradient clipping), and
+``optim`` config, one guarded training step (autocast, CUDA graphs, NaN/Inf check, gradient clipping), and
 checkpoints that hold model, optimizer, scheduler, RNG and data-stream state so that ``resume``
 continues to the same result. A non-finite loss raises :class:`NonFiniteLossError` before anything
 is saved, so ``checkpoints/last.pt`` stays the last good state.
@@ -21,6 +21,7 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from unroll_cli.record.recorder import RunRecorder, atomic_write
+from unroll_cli.train.cuda_graphs import GraphedLoss
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,11 @@ class Trainer:
         self.resume_state = load_checkpoint(checkpoint_path(resume)) if resume else None
         self.forward = torch.compile(model) if settings.compile else model
         self.autocast_dtype = torch.bfloat16 if settings.precision == "bf16" else None
+        self.graphed_loss = None
+        if settings.cuda_graphs and self.device.type == "cuda":
+            self.graphed_loss = GraphedLoss(model, task.loss)
+        elif settings.cuda_graphs:
+            log.info("trainer.cuda_graphs: the device is %s, not CUDA: training eagerly", self.device)
         self.global_step = 0
 
     # ------------------------------------------------------------------ shared pieces
@@ -72,10 +78,13 @@ class Trainer:
 
     def train_step(self, optimizer: torch.optim.Optimizer, batch, depth: int | None = None) -> torch.Tensor:
         """One optimizer step; returns the detached loss (not read back, to keep the device busy)."""
+        # a graph replays the casts it recorded: autocast's cast cache must stay off around it
         with torch.autocast(self.device.type, dtype=self.autocast_dtype or torch.float32,
-                            enabled=self.autocast_dtype is not None):
-            estimates = self.forward(batch[0], depth)
-            loss = self.task.loss(estimates, batch, self.model)
+                            enabled=self.autocast_dtype is not None, cache_enabled=self.graphed_loss is None):
+            if self.graphed_loss is not None:
+                loss = self.graphed_loss(batch, depth)
+            else:
+                loss = self.task.loss(self.forward(batch[0], depth), batch, self.model)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if self.s.grad_clip:
