@@ -52,7 +52,8 @@ def test_run_writes_every_file_of_the_contract(tmp_path):
                 "test/support_f1"):
         assert np.isfinite(metrics[key]), key
     assert record["params"] == 20 * 40 + 4  # lista_cpss, tied: W (m x n) + one threshold per layer
-    assert record["device"] == str(resolve_device("auto")) and record["wall_s"] > 0 and "torch" in record["versions"]
+    assert record["device"] == str(resolve_device("auto"))
+    assert record["wall_s"] > 0 and "torch" in record["versions"]
 
     history = pd.read_csv(run_dir / "history.csv")
     assert list(history["epoch"]) == [1, 2]

@@ -1,10 +1,10 @@
 """End-to-end training: every parameter at once, the loss on the last layer's estimate.
 
 The same class holds what the stage-wise trainer shares with it: the optimizer built from the
-``optim`` config, one guarded training step (autocast, CUDA graphs, NaN/Inf check, gradient clipping), and
-checkpoints that hold model, optimizer, scheduler, RNG and data-stream state so that ``resume``
-continues to the same result. A non-finite loss raises :class:`NonFiniteLossError` before anything
-is saved, so ``checkpoints/last.pt`` stays the last good state.
+``optim`` config, one guarded training step (autocast, CUDA graphs, NaN/Inf check, gradient
+clipping), and checkpoints that hold model, optimizer, scheduler, RNG and data-stream state so
+that ``resume`` continues to the same result. A non-finite loss raises :class:`NonFiniteLossError`
+before anything is saved, so ``checkpoints/last.pt`` stays the last good state.
 """
 from __future__ import annotations
 
