@@ -11,7 +11,7 @@ import pytest
 from hydra import compose, initialize_config_module
 from hydra.core.global_hydra import GlobalHydra
 
-import unroll_cli.cli  # noqa: F401  (registers the schemas and the run_uid resolver)
+import unroll_cli.app  # noqa: F401  (registers the schemas and the run_uid resolver)
 
 # A problem small enough for a CLI run in a few seconds on 2 CPU cores.
 TINY = [

@@ -15,7 +15,7 @@ from test_lista_models import all_models, problem, shrink_ss_rows
 from test_mlista_models import CLASSES, image, randomize
 from unroll_cli.models.prox import support_selection_threshold
 from unroll_cli.run import run
-from unroll_cli.train.trainer import load_checkpoint
+from unroll_cli.train.checkpoints import load_checkpoint
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

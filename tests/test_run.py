@@ -6,7 +6,8 @@ import torch
 
 from conftest import read_metrics
 from unroll_cli.config import ConfigError, validate
-from unroll_cli.run import build_model, build_task, interrupted_checkpoint, run
+from unroll_cli.record.run_dir import RunDirError, claim
+from unroll_cli.run import build_model, build_task, run
 from unroll_cli.sweep.optuna_study import RunPruned
 from unroll_cli.train.layerwise import LayerwiseTrainer
 from unroll_cli.train.trainer import NonFiniteLossError
@@ -50,8 +51,10 @@ def test_a_run_stopped_after_an_epoch_is_recorded_with_its_checkpoint(tiny_cfg, 
     record = read_metrics(tmp_path)
     assert record["status"] == status
     assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
-    assert interrupted_checkpoint(tmp_path, overrides) == (status == "interrupted")  # a re-run resumes it
-    assert not interrupted_checkpoint(tmp_path, ["trainer.max_epochs=6", "tensorboard=false"])
+    # the same job run again resumes an interrupted run and starts a pruned one again; another job is refused
+    assert claim(tmp_path, overrides).action == ("resume" if status == "interrupted" else "fresh")
+    with pytest.raises(RunDirError, match="holds another run"):
+        claim(tmp_path, ["trainer.max_epochs=6", "tensorboard=false"])
 
 
 def test_resume_continues_to_the_same_result(tiny_cfg, tmp_path):

@@ -6,11 +6,15 @@ Hydra checks keys and types against them while composing, so ``model.layerz=3`` 
 """
 from __future__ import annotations
 
+import math
+import os
+import secrets
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, List, Optional
+from typing import Any, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 
 class ConfigError(ValueError):
@@ -178,6 +182,18 @@ class EvalConfig:
     acc_mean_epochs: Optional[List[int]] = None
 
 
+# ----------------------------------------------------------------------------- published numbers
+@dataclass
+class PaperConfig:
+    """Published numbers of an experiment, shown beside the run's own (``conf/paper/``)."""
+
+    source: str = MISSING  # the paper and where in it the numbers come from
+    metric: str = MISSING  # the run metric the numbers are compared with
+    tolerance_db: Optional[float] = None  # reading error of values taken from a figure
+    nmse_db: Optional[Dict[str, Any]] = None  # setting -> model -> per-layer values
+    acc: Optional[Dict[str, Any]] = None  # setting -> model -> accuracy (%)
+
+
 # ----------------------------------------------------------------------------- top level
 @dataclass
 class TrainConfig:
@@ -194,10 +210,20 @@ class TrainConfig:
     resume: Optional[str] = None  # a run directory or a checkpoint file to continue from
     optimized_metric: Optional[str] = None  # null: test/nmse_db (sparse coding), test/acc (classification)
     tensorboard: bool = True
+    # packages whose classes a config file may name in _target_ besides the built-in allow-list
+    # (unroll_cli.targets); set in a config file, never on the command line
+    trusted_packages: List[str] = field(default_factory=list)
+
+
+# One value per process, so every use of ${run_uid:} in a run names the same directory, and two
+# runs started in the same microsecond (or in two processes) never share one.
+_RUN_UID = f"{os.getpid()}{secrets.token_hex(2)}"
 
 
 def register_configs() -> None:
-    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists."""
+    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists, and the
+    ``run_uid`` resolver of the run directory names."""
+    OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID, replace=True)
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
     for group, name, node in [
@@ -219,32 +245,53 @@ def register_configs() -> None:
 
 
 # ----------------------------------------------------------------------------- value checks
-_ALLOWED_TARGET_PREFIXES = ("unroll_cli.", "torch.optim.")
-
-
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def _check_keys(cfg: DictConfig) -> None:
+    """Keys added with ``+key=value`` bypass Hydra's schema check: refuse those the schema lacks."""
+    nodes = [("", cfg, TrainConfig)] + [(f"{key}.", cfg[key], OmegaConf.get_type(cfg[key]))
+                                         for key in ("data", "model", "optim", "sched", "trainer", "eval")]
+    for prefix, node, schema in nodes:
+        if is_dataclass(schema):
+            known = {f.name for f in fields(schema)}
+            for extra in sorted(set(node.keys()) - known):
+                raise ConfigError(f"{prefix}{extra} is not a key of {prefix.rstrip('.') or 'the config'} "
+                                  f"({schema.__name__}); allowed: {', '.join(sorted(known))}")
+    if cfg.paper is not None:
+        try:
+            OmegaConf.merge(OmegaConf.structured(PaperConfig), cfg.paper)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None) or "paper"
+            raise ConfigError(f"paper.{key.removeprefix('paper.')}: {str(error).splitlines()[0]} "
+                              f"(a paper config has {', '.join(f.name for f in fields(PaperConfig))})") from None
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """No NaN or infinity anywhere in the run's settings: each one fails later, far from its cause."""
+    if isinstance(node, dict):
+        for child, value in node.items():
+            _check_finite(value, f"{key}.{child}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_finite(item, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not allowed: a finite number")
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check value ranges and choices that a type alone cannot express.
+    """Check keys, value ranges and choices that a type alone cannot express.
 
     Raises :class:`ConfigError` naming the key and the allowed values.
     """
+    from unroll_cli.targets import check_targets
+
+    _check_keys(cfg)
     for key in ("data", "model", "optim", "sched", "trainer", "eval"):
-        schema = OmegaConf.get_type(cfg[key])
-        if is_dataclass(schema):  # keys added with +key=value bypass Hydra's own check
-            known = {f.name for f in fields(schema)}
-            for extra in sorted(set(cfg[key].keys()) - known):
-                raise ConfigError(f"{key}.{extra} is not a key of {key} ({schema.__name__}); "
-                                  f"allowed: {', '.join(sorted(known))}")
-    for key in ("data", "model", "optim", "sched", "trainer"):
-        target = cfg[key].get("_target_")
-        _require(
-            isinstance(target, str) and target.startswith(_ALLOWED_TARGET_PREFIXES),
-            f"{key}._target_", target, "only the project's classes (unroll_cli.*) and torch.optim.*",
-        )
+        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
+    check_targets(cfg, trusted=list(cfg.trusted_packages))
     _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
     data, model, trainer = cfg.data, cfg.model, cfg.trainer
     if "m" in data:
@@ -274,13 +321,21 @@ def validate(cfg: DictConfig) -> None:
     _require(trainer.max_epochs >= 0, "trainer.max_epochs", trainer.max_epochs, "an integer >= 0")
     _require(trainer.steps_per_epoch >= 1, "trainer.steps_per_epoch", trainer.steps_per_epoch,
              "an integer >= 1")
+    _require(trainer.patience is None or trainer.patience >= 1, "trainer.patience", trainer.patience,
+             "null (no early stopping) or an integer >= 1")
+    _require(trainer.grad_clip is None or trainer.grad_clip > 0, "trainer.grad_clip", trainer.grad_clip,
+             "null (no clipping) or a norm > 0")
     _require(trainer.loss in ("supervised", "lasso"), "trainer.loss", trainer.loss,
              "supervised or lasso")
     _require(trainer.precision in ("fp32", "bf16"), "trainer.precision", trainer.precision,
              "fp32 or bf16")
     _require(not (trainer.cuda_graphs and trainer.compile), "trainer.cuda_graphs", trainer.cuda_graphs,
              "false with trainer.compile=true (choose one)")
+    for k in ("val_every_steps", "stage_patience_steps", "stage_max_steps"):
+        if k in trainer:
+            _require(trainer[k] >= 1, f"trainer.{k}", trainer[k], "an integer >= 1")
     _require(cfg.eval.nmse in ("pooled", "per_sample"), "eval.nmse", cfg.eval.nmse,
              "pooled or per_sample")
+    _require(cfg.eval.support_tol >= 0, "eval.support_tol", cfg.eval.support_tol, "a number >= 0")
     for name in cfg.eval.baselines:
         _require(name in ("ista", "fista"), "eval.baselines", name, "ista and/or fista")

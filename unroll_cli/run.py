@@ -5,10 +5,10 @@ It returns the optimized metric (``cfg.optimized_metric``) so Hydra sweepers can
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
+import shutil
 import signal
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,11 +20,13 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from unroll_cli.config import ConfigError, validate
+from unroll_cli.memory import require_memory
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.results import evaluate_classification, evaluate_sparse_coding
 from unroll_cli.sweep.optuna_study import RunPruned
+from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
+                                          load_checkpoint, resume_conflicts)
 from unroll_cli.train.cpu_memory import keep_freed_memory
-from unroll_cli.train.trainer import checkpoint_path
 
 log = logging.getLogger(__name__)
 
@@ -64,19 +66,83 @@ def instantiate_checked(config, **kwargs):
 
 def build_task(cfg: DictConfig, device: torch.device):
     """Instantiate ``data._target_``; every task also gets the run's seed, device, trainer and eval
-    settings, and takes from them what it needs (batches per epoch, loss, metric conventions)."""
+    settings, and takes from them what it needs (batches per epoch, loss, metric conventions).
+    A task class's ``memory_estimate`` is checked against the device first."""
+    estimate = getattr(get_class(cfg.data._target_), "memory_estimate", None)
+    if estimate is not None:
+        require_memory(estimate(cfg.data, cfg.trainer), cfg, device)
     return instantiate_checked(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer,
                                eval=cfg.eval, _recursive_=False)
 
 
-def build_model(model_cfg: DictConfig, task) -> torch.nn.Module:
-    """Instantiate ``model._target_`` with the sizes the task provides (e.g. the matrix A)."""
+def build_model(model_cfg: DictConfig, task, cfg: DictConfig | None = None) -> torch.nn.Module:
+    """Instantiate ``model._target_`` with the sizes the task provides (e.g. the matrix A); with the
+    run's ``cfg``, a model class's ``memory_estimate`` is checked against the device first."""
     kwargs = OmegaConf.to_container(model_cfg, resolve=True)
     kwargs.pop("name")
     if kwargs.pop("task") != task.kind:
         raise ConfigError(f"model={model_cfg.name} is for {model_cfg.task} data, but the data is "
                           f"{task.kind}: choose a {model_cfg.task} dataset or another model")
+    estimate = getattr(get_class(model_cfg._target_), "memory_estimate", None)
+    if cfg is not None and estimate is not None:
+        require_memory(estimate(kwargs, **task.model_kwargs(), train_batch=task.batch_size,
+                                eval_batch=task.eval_batch_size), cfg, task.device)
     return instantiate_checked(kwargs, **task.model_kwargs())
+
+
+def check_optimizer(cfg: DictConfig) -> None:
+    """Build the optimizer and scheduler on a dummy parameter and step them: a bad ``optim`` or
+    ``sched`` value (betas out of range, ``sched.step_size=0``, ...) fails here, before any work."""
+    parameter = torch.zeros(1, requires_grad=True)
+    for key in ("optim", "sched"):
+        try:
+            if key == "optim":
+                optimizer = instantiate(cfg.optim, _partial_=True)([parameter])
+            else:
+                scheduler = instantiate(cfg.sched, optimizer=optimizer)
+                for _ in range(3):
+                    optimizer.step()
+                    scheduler.step()
+        except Exception as error:  # whatever the class raises for the value it was given
+            cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+            raise ConfigError(f"{key}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''} "
+                              f"(check the {key}.* values)") from None
+
+
+def check_optimized_metric(cfg: DictConfig, task) -> None:
+    """``optimized_metric`` must be a metric this task reports."""
+    names = task.metric_names()
+    if cfg.optimized_metric is not None and cfg.optimized_metric not in names:
+        raise ConfigError(f"optimized_metric={cfg.optimized_metric} is not a metric of this run; "
+                          f"choose one of {', '.join(names)}")
+
+
+def resume_point(cfg: DictConfig, device: torch.device) -> dict:
+    """The checkpoint ``resume`` names, checked against this run's config and device; its best.pt's
+    model comes along as ``best_model`` (a resume into a new directory keeps the best epoch)."""
+    file = checkpoint_file(cfg.resume)
+    state = load_checkpoint(file)
+    if state.get("config") is None:
+        log.warning("resume=%s: the checkpoint holds no config (an older version wrote it); "
+                    "it is not checked against this run's", cfg.resume)
+    else:
+        conflicts = resume_conflicts(state["config"], OmegaConf.to_container(cfg, resolve=True))
+        if conflicts:
+            raise ConfigError(f"resume={cfg.resume}: this run's config differs from the checkpoint's in "
+                              f"{'; '.join(conflicts)}. A resume continues the same problem and model: only "
+                              f"{', '.join(CHANGEABLE_ON_RESUME)} may change (start a new run otherwise)")
+    if state.get("device", device.type) != device.type:
+        raise ConfigError(f"resume={cfg.resume}: the checkpoint was written on {state['device']}, this run "
+                          f"is on {device.type} (set device={state['device']})")
+    best = best_beside(file)
+    state["best_model"] = best["model"] if best is not None else None
+    return state
+
+
+def start_afresh(run_dir: Path) -> None:
+    """A run that does not resume starts without the checkpoints and event files of an earlier attempt."""
+    CheckpointStore(run_dir).clear()
+    shutil.rmtree(run_dir / "tb", ignore_errors=True)
 
 
 @contextmanager
@@ -104,17 +170,21 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     after every validation (a sweeper's pruner), or None.
     """
     validate(cfg)
-    if cfg.resume:
-        checkpoint_path(cfg.resume)  # a wrong path is an input error, found before any work
     device = resolve_device(cfg.device)
+    resume_state = resume_point(cfg, device) if cfg.resume else None
+    check_optimizer(cfg)
     if device.type == "cpu":
         keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
     task = build_task(cfg, device)
-    model = build_model(cfg.model, task).to(device)
+    check_optimized_metric(cfg, task)
+    model = build_model(cfg.model, task, cfg).to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer_class = get_class(cfg.trainer._target_)
 
+    run_dir = Path(run_dir)
+    if resume_state is None:
+        start_afresh(run_dir)
     recorder = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
     recorder.start(model=cfg.model.name, device=str(device), params=params, seed=cfg.seed,
                    overrides=overrides or [])
@@ -124,7 +194,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     metrics: dict[str, float] = {}
     try:
         with sigterm_as_interrupt():
-            trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder, resume=cfg.resume,
+            trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder,
+                                    resume_state=resume_state, config=OmegaConf.to_container(cfg, resolve=True),
                                     on_validation=pruning(task.monitor_mode) if pruning else None)
             trainer.fit()
             model.eval()
@@ -134,7 +205,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, or a cluster's requeue (submitit exits)
         recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM/requeue); continue with "
                       f"resume={recorder.dir}", metrics)
-        log.error("interrupted: checkpoint in %s", recorder.checkpoints)
+        log.error("interrupted: checkpoint in %s", recorder.dir / "checkpoints")
         raise
     except RunPruned as pruned:
         recorder.fail("pruned", str(pruned), metrics)
@@ -150,29 +221,3 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     recorder.finish(metrics, epochs=len(recorder.history), optimized={"name": optimized, "value": value})
     log.info("%s = %.4f", optimized, value)
     return value
-
-
-def earlier_record(run_dir: str | Path, overrides: list[str]) -> dict:
-    """``metrics.json`` of an earlier run of the same job (same overrides) in ``run_dir``, or {}."""
-    file = Path(run_dir) / "metrics.json"
-    if not file.is_file():
-        return {}
-    record = json.loads(file.read_text())
-    return record if record.get("overrides") == overrides else {}
-
-
-def completed_value(run_dir: str | Path, overrides: list[str]) -> float | None:
-    """The optimized metric of a run already completed in ``run_dir`` with the same overrides
-    (a re-run sweep skips it), else None."""
-    record = earlier_record(run_dir, overrides)
-    if record.get("status") != "completed":
-        return None
-    value = record.get("optimized", {}).get("value")
-    return float("nan") if value is None else float(value)
-
-
-def interrupted_checkpoint(run_dir: str | Path, overrides: list[str]) -> bool:
-    """Whether the same job was interrupted in ``run_dir`` and left a checkpoint to resume from
-    (a failed run starts again from scratch: resuming would repeat its failure)."""
-    return (earlier_record(run_dir, overrides).get("status") == "interrupted"
-            and (Path(run_dir) / "checkpoints" / "last.pt").is_file())

@@ -1,18 +1,25 @@
 """Image classification (MNIST, Fashion-MNIST, CIFAR-10, SVHN), held as tensors on the device.
 
-Files are read by torchvision's own dataset classes, so a user's files and the tests' tiny files go
-through the same parsing code. Differences from plain ``torchvision.datasets.X(root, download=...)``:
+Files are read by the same code whether they are a user's files or the tests' tiny ones, and no data
+file can run code. Differences from plain ``torchvision.datasets.X(root, download=...)``:
 
-* Gzipped IDX files (``*-ubyte.gz``) are read as they are: the four files are gunzipped into a
-  temporary ``<tmp>/MNIST/raw`` (or ``FashionMNIST/raw``) folder that torchvision's class then
-  reads; nothing is written next to the user's files.
+* IDX files (MNIST, Fashion-MNIST), plain or gzipped (``*-ubyte.gz``), are laid out in a temporary
+  ``<tmp>/MNIST/raw`` (or ``FashionMNIST/raw``) folder, gunzipped or linked, that torchvision's class
+  then reads: nothing is written next to the user's files, and torchvision's legacy
+  ``processed/*.pt`` caches are never read.
 * Fashion-MNIST is first looked for in :data:`FASHION_MNIST_SYSTEM_DIRS`, where the Debian package
   ``dataset-fashion-mnist`` installs it, then under ``<root>/FashionMNIST/raw``.
+* CIFAR-10's python-version batches are pickles, and ``pickle.load`` runs whatever code a pickle
+  names; they are read here by :func:`safe_unpickle`, which builds only numpy arrays, lists, dicts,
+  strings and numbers and refuses anything else. torchvision's CIFAR10 class is used for its
+  download (URL and archive MD5) only.
 * Files already on disk are not MD5-checked (CIFAR-10 batches, SVHN ``.mat``): re-packed copies
   (another pickle protocol, a re-saved ``.mat``, Debian's re-compressed ``.gz``) hold the same data
   under other checksums. Their structure is checked instead (dtype, shape, labels in 0..9). What
   torchvision downloads is still MD5-checked by torchvision (archive / ``.mat`` checksums).
-* Missing files raise one :class:`DatasetNotFoundError` naming the folder, the files and the fix.
+* Missing files raise one :class:`DatasetNotFoundError` naming the folder, the files and the fix; a
+  file that cannot be read (corrupt, truncated, not the expected format) raises one ``ValueError``
+  naming that file.
 
 Preprocessing runs on the device per batch, in torchvision's order for the paper's transforms
 (``RandomCrop(padding) -> RandomHorizontalFlip -> ToTensor -> Normalize``): crop and flip act on
@@ -27,13 +34,15 @@ import os
 import pickle
 import shutil
 import tempfile
+import zlib
 from pathlib import Path
 from typing import Iterator, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torchvision.datasets import CIFAR10, MNIST, SVHN, FashionMNIST
-from torchvision.datasets.utils import download_url
+from torchvision.datasets.utils import download_and_extract_archive, download_url
 
 from unroll_cli.config import ConfigError
 
@@ -56,15 +65,6 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not on disk and could not be downloaded."""
 
 
-class _CIFAR10(CIFAR10):
-    """torchvision's CIFAR10 with existence checks instead of MD5 checks on the extracted batches
-    (the downloaded archive keeps its MD5 check, ``tgz_md5``)."""
-
-    train_list = [[name, None] for name, _ in CIFAR10.train_list]
-    test_list = [[name, None] for name, _ in CIFAR10.test_list]
-    meta = {**CIFAR10.meta, "md5": None}
-
-
 class _SVHN(SVHN):
     """torchvision's SVHN with an existence check instead of an MD5 check on the ``.mat`` file;
     a download is still MD5-checked."""
@@ -74,6 +74,56 @@ class _SVHN(SVHN):
     def download(self) -> None:
         url, name, md5 = SVHN.split_list[self.split]
         download_url(url, self.root, name, md5)
+
+
+# ----------------------------------------------------------------------------- safe unpickling
+#: The only globals a CIFAR-10 batch may name: numpy's reconstruction of arrays (``numpy.core`` in
+#: files written by numpy 1, ``numpy._core`` by numpy 2; ``_frombuffer`` at pickle protocol 5), of dtypes
+#: and of scalars. Dicts, lists, strings and numbers are pickle opcodes, not globals.
+PICKLE_GLOBALS = frozenset(
+    [(f"numpy.{core}.multiarray", name) for core in ("core", "_core") for name in ("_reconstruct", "scalar")]
+    + [(f"numpy.{core}.numeric", "_frombuffer") for core in ("core", "_core")]
+    + [("numpy", "ndarray"), ("numpy", "dtype")])
+
+
+class _Refused(pickle.UnpicklingError):
+    """A pickle names something other than the admitted globals."""
+
+
+def _latin1_bytes(text: str, encoding: str) -> bytes:
+    """``_codecs.encode(text, "latin1")``: how Python 3 pickles bytes at protocols 0-2; no other codec."""
+    if encoding not in ("latin1", "latin-1"):
+        raise _Refused(f"_codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1")
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """pickle's reader with every global refused but :data:`PICKLE_GLOBALS` and latin1 bytes."""
+
+    def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_bytes
+        if (module, name) in PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
+def safe_unpickle(path: Path):
+    """The content of a pickle of numpy arrays, lists, dicts, strings and numbers, read as torchvision
+    reads CIFAR-10 (``encoding="latin1"``, for Python 2 pickles).
+
+    ``pickle.load`` calls whatever the file names, so a crafted file runs code; here every global
+    outside :data:`PICKLE_GLOBALS` is refused before it is called. Raises one ValueError naming the
+    file for a refused or unreadable pickle.
+    """
+    try:
+        with open(path, "rb") as f:
+            return _ArrayUnpickler(f, encoding="latin1").load()
+    except _Refused as error:
+        raise ValueError(f"{path}: holds something other than arrays, lists, dicts, strings and numbers "
+                         f"({error}); it was not loaded") from None
+    except Exception as error:  # only numpy's array code runs: any error is a malformed file
+        raise ValueError(f"{path}: not a readable pickle ({_reason(error)})") from None
 
 
 # ----------------------------------------------------------------------------- loading
@@ -124,13 +174,17 @@ def _find_idx(folder: Path) -> dict[str, Path] | None:
     return found
 
 
-def _stage_idx(found: dict[str, Path], target: Path) -> None:
+def _stage_idx(name: str, found: dict[str, Path], target: Path) -> None:
     """Lay the files out as torchvision expects: gunzip ``.gz`` files, link (or copy) plain ones."""
     target.mkdir(parents=True)
     for base, source in found.items():
         if source.suffix == ".gz":
-            with gzip.open(source, "rb") as src, open(target / base, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            try:
+                with gzip.open(source, "rb") as src, open(target / base, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (gzip.BadGzipFile, EOFError, zlib.error, OSError) as error:
+                raise ValueError(f"data.name={name}: {source}: not a readable gzip file "
+                                 f"({_reason(error)})") from None
         else:
             try:
                 os.symlink(source.resolve(), target / base)
@@ -155,10 +209,8 @@ def _load_idx(name: str, root: str, download: bool) -> tuple[torch.Tensor, ...]:
         found = _find_idx(folder)
         if found is None:
             continue
-        if all(path == raw / base for base, path in found.items()):
-            return _read_idx(cls, Path(root).expanduser(), name, folder)  # torchvision's own layout
         with tempfile.TemporaryDirectory(prefix="unroll-idx-") as tmp:
-            _stage_idx(found, Path(tmp) / cls.__name__ / "raw")
+            _stage_idx(name, found, Path(tmp) / cls.__name__ / "raw")
             return _read_idx(cls, tmp, name, folder)
     if not download:
         raise _missing(name, root, download)
@@ -169,24 +221,55 @@ def _load_idx(name: str, root: str, download: bool) -> tuple[torch.Tensor, ...]:
     return _read_idx(cls, Path(root).expanduser(), name, raw)
 
 
+def _cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """One python-version batch: a dict with data (n, 3072) uint8, the R, G, B planes, and labels."""
+    entry = safe_unpickle(path)
+    try:
+        images = torch.from_numpy(np.asarray(entry["data"]).reshape(-1, 3, 32, 32))
+        labels = entry["labels"] if "labels" in entry else entry["fine_labels"]
+        return images, torch.from_numpy(np.asarray(labels, dtype=np.int64).reshape(-1))
+    except (KeyError, IndexError, TypeError, ValueError, RuntimeError) as error:
+        raise ValueError(f"{path}: not a CIFAR-10 batch, a dict of data (N x 3072 uint8) and labels "
+                         f"({_reason(error)})") from None
+
+
+def _cifar_split(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = zip(*(_cifar_batch(folder / name) for name in names))
+    return torch.cat(images), torch.cat(labels)
+
+
 def _load_cifar10(root: str, download: bool) -> tuple[torch.Tensor, ...]:
     folder = Path(root).expanduser() / CIFAR10.base_folder
-    needed = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]]
+    meta = folder / CIFAR10.meta["filename"]
+    needed = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [meta.name]
     if not all((folder / n).is_file() for n in needed):
         if not download:
             raise _missing("cifar10", root, download)
-        try:
-            _CIFAR10(root, train=True, download=True)
+        try:  # what CIFAR10(root, download=True) downloads, without its pickle.load of the batches
+            download_and_extract_archive(CIFAR10.url, str(folder.parent), filename=CIFAR10.filename,
+                                         md5=CIFAR10.tgz_md5)
         except (RuntimeError, OSError) as error:
             raise _missing("cifar10", root, download, error) from None
     try:
-        train, test = _CIFAR10(root, train=True), _CIFAR10(root, train=False)
-    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError, RuntimeError) as error:
-        raise ValueError(f"data.name=cifar10: could not parse the CIFAR-10 batches in {folder} "
-                         f"({_reason(error)})") from None
-    # torchvision keeps HWC numpy arrays; the task holds NCHW tensors
-    return (torch.from_numpy(train.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(train.targets),
-            torch.from_numpy(test.data).permute(0, 3, 1, 2).contiguous(), torch.tensor(test.targets))
+        train = _cifar_split(folder, [n for n, _ in CIFAR10.train_list])
+        test = _cifar_split(folder, [n for n, _ in CIFAR10.test_list])
+        if not isinstance(labels := safe_unpickle(meta), dict) or CIFAR10.meta["key"] not in labels:
+            raise ValueError(f"{meta}: not CIFAR-10's batches.meta, a dict with {CIFAR10.meta['key']}")
+    except ValueError as error:
+        raise ValueError(f"data.name=cifar10: {error}") from None
+    return (*train, *test)
+
+
+def _svhn_split(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One split's ``.mat`` file, read by torchvision's SVHN: X (32, 32, 3, N) uint8 and y (N, 1)."""
+    path = Path(root).expanduser() / SVHN.split_list[split][1]
+    try:
+        dataset = _SVHN(root, split=split)
+        # torchvision: X (32, 32, 3, N) -> (N, 3, 32, 32); label 10 (digit 0) -> 0
+        return torch.from_numpy(dataset.data).contiguous(), torch.from_numpy(dataset.labels).reshape(-1)
+    except Exception as error:  # scipy raises many kinds on malformed files (IndexError, ZeroDivisionError)
+        raise ValueError(f"data.name=svhn: {path}: could not parse the .mat file ({_reason(error)}); "
+                         "expected X (32, 32, 3, N) uint8 and y (N, 1)") from None
 
 
 def _load_svhn(root: str, download: bool) -> tuple[torch.Tensor, ...]:
@@ -199,13 +282,7 @@ def _load_svhn(root: str, download: bool) -> tuple[torch.Tensor, ...]:
                 _SVHN(root, split=split, download=True)
         except (RuntimeError, OSError) as error:
             raise _missing("svhn", root, download, error) from None
-    try:
-        train, test = _SVHN(root, split="train"), _SVHN(root, split="test")
-    except (KeyError, ValueError, TypeError, RuntimeError, OSError) as error:
-        raise ValueError(f"data.name=svhn: could not parse the .mat files in {folder} ({_reason(error)})") from None
-    # torchvision: X (32, 32, 3, N) -> (N, 3, 32, 32); label 10 (digit 0) -> 0
-    return (torch.from_numpy(train.data).contiguous(), torch.from_numpy(train.labels),
-            torch.from_numpy(test.data).contiguous(), torch.from_numpy(test.labels))
+    return (*_svhn_split(root, "train"), *_svhn_split(root, "test"))
 
 
 def load_dataset(name: str, root: str, download: bool) -> tuple[torch.Tensor, ...]:
@@ -405,6 +482,11 @@ class ImageClassification:
         """Test accuracy (%) and mean loss, with ``unfoldings`` iterations (None = the model's default)."""
         acc, loss = self._score(model, self.test_images, self.test_labels, unfoldings)
         return {"acc": acc, "loss": loss}
+
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
+        split = self.monitor.split("/")[0]
+        return ["test/acc", "test/loss", f"{split}/acc_best", f"{split}/acc_last_k_mean"]
 
     def artifacts(self) -> dict:
         return {}

@@ -36,28 +36,55 @@ def gaussian_matrix(m: int, n: int, seed: int, kappa: float | None = None,
 
 
 def load_matrix(path: str) -> torch.Tensor:
-    """A user's matrix from a .npy file or a .mat file holding one 2-D array (or one named A or D)."""
+    """A user's real matrix from a .npy file or a .mat file holding one 2-D array (or one named A or D),
+    as float32.
+
+    Nothing in the file can run code: a .npy file is read by numpy's .npy reader with
+    ``allow_pickle=False`` (no object arrays, no pickles, no .npz fallback), and a .mat file holds no
+    pickles. A file that cannot be read, or holds no usable matrix (complex, not numbers, NaN/Inf, all
+    zero), raises one ValueError naming it and saying what to do.
+    """
     file = Path(path)
     if not file.is_file():
         raise FileNotFoundError(f"data.A_path: no file at {file}")
-    if file.suffix == ".npy":
-        array = np.load(file)
-    elif file.suffix == ".mat":
-        from scipy.io import loadmat
-
-        arrays = {k: v for k, v in loadmat(file).items() if not k.startswith("__")}
-        named = [k for k in ("A", "D") if k in arrays]
-        if named:
-            array = arrays[named[0]]
-        elif len(arrays) == 1:
-            array = next(iter(arrays.values()))
-        else:
-            raise ValueError(f"data.A_path: {file} holds {sorted(arrays)}; name the matrix A or D")
-    else:
+    if file.suffix not in (".npy", ".mat"):
         raise ValueError(f"data.A_path: {file} must be a .npy or .mat file")
+    where = f"data.A_path: {file}"
+    try:  # numpy and scipy raise many kinds on malformed files (EOFError, TokenError, IndexError, ...)
+        if file.suffix == ".npy":
+            with open(file, "rb") as f:
+                array = np.lib.format.read_array(f, allow_pickle=False)
+        else:
+            from scipy.io import loadmat
+
+            arrays = {k: v for k, v in loadmat(file).items() if not k.startswith("__")}
+    except Exception as error:
+        how = "numpy.save(file, A)" if file.suffix == ".npy" else "scipy.io.savemat or MATLAB's save -v7"
+        raise ValueError(f"{where}: not a readable {file.suffix} file ({type(error).__name__}: {error}); "
+                         f"save the matrix with {how}") from None
+    if file.suffix == ".mat":
+        named = [k for k in ("A", "D") if k in arrays]
+        if not named and len(arrays) != 1:
+            raise ValueError(f"{where}: holds {sorted(arrays) or 'no array'}; save one 2-D array, "
+                             "or name the matrix A or D")
+        array = arrays[named[0]] if named else next(iter(arrays.values()))
+        if hasattr(array, "toarray"):  # a MATLAB sparse matrix
+            array = array.toarray()
     if array.ndim != 2:
-        raise ValueError(f"data.A_path: expected a 2-D matrix, got shape {array.shape}")
-    return torch.as_tensor(np.asarray(array, dtype=np.float32))
+        raise ValueError(f"{where}: expected a 2-D matrix, got shape {array.shape}")
+    if array.dtype.kind == "c":
+        raise ValueError(f"{where}: complex values; give a real matrix")
+    if array.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: {array.dtype} entries, not numbers; give a real matrix of floats")
+    with np.errstate(over="ignore"):  # values beyond float32's range become inf, refused next
+        matrix = np.asarray(array, dtype=np.float32)
+    if not np.isfinite(matrix).all():
+        raise ValueError(f"{where}: NaN or infinite entries (or values beyond float32's range); "
+                         "give finite values")
+    if not matrix.any():
+        raise ValueError(f"{where}: every entry is zero (or the matrix is empty); "
+                         "give the measurement matrix")
+    return torch.as_tensor(matrix)
 
 
 def sample_codes(batch: int, n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:
@@ -98,6 +125,7 @@ class SyntheticSparseCoding:
         self.batch_size = batch_size
         self.nmse = eval.nmse if eval is not None else "pooled"
         self.support_tol = eval.support_tol if eval is not None else 0.0
+        self.baselines = list(eval.baselines) if eval is not None else []
         self.loss_kind = trainer.loss if trainer is not None else "supervised"
         self.device = torch.device(device)
         self.A = A.to(self.device)
@@ -110,6 +138,22 @@ class SyntheticSparseCoding:
         else:
             self.train_set = self._fixed_set(A, n_train, seed + 1_000_003)
             self.steps_per_epoch = max(1, n_train // batch_size)
+
+    @staticmethod
+    def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
+        """Bytes the task holds (see :mod:`unroll_cli.memory`): A in float64 while it is drawn,
+        and the fixed sets' (y, x) pairs with their temporaries."""
+        width = data.m + data.n
+        estimate = {"data.n": 8 * 4 * data.m * data.n, "data.n_val": 8 * data.n_val * width,
+                    "data.n_test": 8 * data.n_test * width, "data.batch_size": 16 * data.batch_size * width}
+        if not data.online:
+            estimate["data.n_train"] = 8 * data.n_train * width
+        return estimate
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Evaluation sees the whole validation or test set at once."""
+        return max(len(self.val[0]), len(self.test[0]))
 
     def _fixed_set(self, A: torch.Tensor, size: int, seed: int) -> Batch:
         gen = torch.Generator().manual_seed(seed)
@@ -167,6 +211,14 @@ class SyntheticSparseCoding:
         for key, value in support_recovery(estimates[-1], x, self.support_tol).items():
             metrics[f"{prefix}/support_{key}"] = value
         return metrics, per_layer
+
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
+        support = [f"support_{k}" for k in ("precision", "recall", "f1")]
+        names = ["val/nmse_db"]
+        for prefix in ["test"] + [f"baseline/{b}/test" for b in self.baselines]:
+            names += [f"{prefix}/{metric}" for metric in ["nmse_db", *support]]
+        return names
 
     def artifacts(self) -> dict[str, np.ndarray]:
         """Arrays that belong to the run directory (the matrix A defines the problem)."""

@@ -73,6 +73,16 @@ class UnrolledISTA(nn.Module):
         self.L = lipschitz_constant(A)
         self.ss_percents = [min(ss_p_per_layer * (t + 1), ss_p_max) for t in range(self.layers)]
 
+    @staticmethod
+    def memory_estimate(config: dict, A: Tensor, train_batch: int, eval_batch: int) -> dict[str, int]:
+        """Bytes a run needs (see :mod:`unroll_cli.memory`): an (n, max(m, n)) weight per layer
+        (one if tied) with its gradient and Adam's two moments; per layer a few (batch, m + n)
+        tensors kept for the backward pass, and every layer's estimate at evaluation."""
+        (m, n), layers = A.shape, int(config["layers"])
+        weights = (1 if config.get("tied", True) else layers) * n * max(m, n)
+        activations = 4 * layers * train_batch * (m + n) + layers * eval_batch * n
+        return {"model.layers": 4 * (4 * weights + activations)}
+
     # -- interface ---------------------------------------------------------
     def forward(self, y: Tensor, depth: int | None = None) -> list[Tensor]:
         """Estimates after layers 1..depth (default: all ``layers``)."""

@@ -161,6 +161,20 @@ class MultiLayerNet(nn.Module):
             fan_in = out
         self.classifier = nn.Linear(fan_in, self.num_classes)
 
+    @staticmethod
+    def memory_estimate(config: dict, arch: str, in_channels: int, num_classes: int, train_batch: int,
+                        eval_batch: int) -> dict[str, int]:
+        """Bytes of the activations (see :mod:`unroll_cli.memory`): the unfolded layers' outputs,
+        a few tensors each per unfolding kept for the backward pass; one unfolding's at evaluation
+        (the weights are a few MB whatever the config)."""
+        spec, per_sample = ARCHS.get(arch, ARCHS["mnist"]), 0
+        side = 28 if arch == "mnist" else 32
+        for out, k, s in spec["layers"]:
+            side = (side + 2 * spec["padding"] - k) // s + 1
+            per_sample += out * max(side, 1) ** 2
+        unfoldings = int(config.get("unfoldings", 0)) + 1
+        return {"model.unfoldings": 4 * per_sample * (4 * unfoldings * train_batch + 2 * eval_batch)}
+
     # -- parameters --------------------------------------------------------
     def _new_kernels(self) -> nn.ParameterList:
         """W1..W3 drawn as ``randn * 0.1 / sqrt(fan_in)``."""

@@ -72,10 +72,6 @@ class RunRecorder:
 
             self._writer = SummaryWriter(log_dir=str(self.dir / "tb"))
 
-    @property
-    def checkpoints(self) -> Path:
-        return self.dir / "checkpoints"
-
     # ------------------------------------------------------------------ status
     def start(self, **info: Any) -> None:
         """Mark the run as running, with what is known at the start (device, params, ...)."""

@@ -44,17 +44,14 @@ class LayerwiseTrainer(Trainer):
         done = (-1, len(self.s.stage_lr_factors) - 1)  # (layer, stage) last completed
         if self.resume_state is not None:
             state = self.resume_state
-            self.model.load_state_dict(state["model"])
-            self.set_rng_state(state["rng"])
-            self.recorder.history = list(state["history"])
-            self.global_step = state["global_step"]
+            self.restore(state)
             done = tuple(state["position"])
             log.info("resumed after layer %d stage %d", done[0] + 1, done[1])
         lr0, layers, n_stages = self.optim_cfg.lr, self.model.layers, len(self.s.stage_lr_factors)
         schedule = [(t, k) for t in range(layers) for k in range(n_stages) if (t, k) > done]
         if not schedule:
             return
-        self.save("last.pt", position=list(done))
+        self.save(position=list(done))
         batches = self.batches()
         with self.progress(len(schedule), unit="stage") as bar:
             for number, (layer, stage) in enumerate(schedule, start=len(self.recorder.history) + 1):
@@ -63,7 +60,7 @@ class LayerwiseTrainer(Trainer):
                     row = self.run_stage(layer, stage, groups, batches)
                     self.recorder.log_row(row, step=self.global_step)
                     bar.set_postfix(layer=layer + 1, stage=stage, val=f"{row[self.task.monitor]:.4g}")
-                self.save("last.pt", position=[layer, stage])
+                self.save(position=[layer, stage])
                 bar.update(1)
                 if groups:
                     self.on_validation(number, row[self.task.monitor])

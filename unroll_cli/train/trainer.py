@@ -2,9 +2,11 @@
 
 The same class holds what the stage-wise trainer shares with it: the optimizer built from the
 ``optim`` config, one guarded training step (autocast, CUDA graphs, NaN/Inf check, gradient
-clipping), and checkpoints that hold model, optimizer, scheduler, RNG and data-stream state so
-that ``resume`` continues to the same result. A non-finite loss raises :class:`NonFiniteLossError`
-before anything is saved, so ``checkpoints/last.pt`` stays the last good state.
+clipping), and checkpoints (:mod:`unroll_cli.train.checkpoints`) that hold model, optimizer,
+scheduler, RNG and data-stream state and the run's config, so that ``resume`` continues to the same
+result. A non-finite loss raises :class:`NonFiniteLossError` before anything is saved, so
+``checkpoints/last.pt`` stays the last good state. The best model (on the monitored validation
+metric) is kept in memory too, and reloaded from there before the test metrics.
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import logging
 import math
 import time
 import warnings
-from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import torch
@@ -20,7 +21,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from unroll_cli.record.recorder import RunRecorder, atomic_write
+from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.train.checkpoints import CheckpointStore
 from unroll_cli.train.cuda_graphs import GraphedLoss
 
 log = logging.getLogger(__name__)
@@ -32,33 +34,22 @@ class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or infinite."""
 
 
-def checkpoint_path(resume: str) -> Path:
-    """A checkpoint file, or a run directory whose checkpoints/last.pt is meant."""
-    path = Path(resume)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.pt"
-    if not path.is_file():
-        raise FileNotFoundError(f"resume={resume}: no checkpoint at {path}")
-    return path
-
-
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 class Trainer:
     """Fits ``model`` on ``task`` for ``settings.max_epochs`` epochs (the ``trainer`` config)."""
 
     def __init__(self, settings: DictConfig, model: torch.nn.Module, task, optim_cfg: DictConfig,
-                 sched_cfg: DictConfig, recorder: RunRecorder, resume: str | None = None,
-                 on_validation: Callable[[int, float], None] | None = None):
+                 sched_cfg: DictConfig, recorder: RunRecorder, resume_state: dict[str, Any] | None = None,
+                 on_validation: Callable[[int, float], None] | None = None, config: dict | None = None):
         self.s, self.model, self.task, self.recorder = settings, model, task, recorder
         # called with (epoch or stage number, monitored value) after each checkpoint; may raise
         # to stop the run (an Optuna pruner does)
         self.on_validation = on_validation or (lambda step, value: None)
         self.optim_cfg, self.sched_cfg = optim_cfg, sched_cfg
         self.device = task.device
-        self.resume_state = load_checkpoint(checkpoint_path(resume)) if resume else None
+        # the checkpoint to continue from (its best.pt's model as "best_model"), and the run's
+        # config, stored in every checkpoint so that a resume can be checked against it
+        self.resume_state, self.config = resume_state, config
+        self.best_state: dict[str, torch.Tensor] | None = None
         self.forward = torch.compile(model) if settings.compile else model
         self.autocast_dtype = torch.bfloat16 if settings.precision == "bf16" else None
         self.graphed_loss = None
@@ -122,12 +113,24 @@ class Trainer:
         if "cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["cuda"])
 
-    def save(self, name: str, **state: Any) -> None:
+    def save(self, improved: bool = False, **state: Any) -> None:
+        """Write ``last.pt`` (and ``best.pt`` when ``improved``) as one pair; remember the best model."""
+        if improved:
+            self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if not self.s.checkpoint:
             return
-        full = {"model": self.model.state_dict(), "rng": self.rng_state(),
-                "history": self.recorder.history, "global_step": self.global_step, **state}
-        atomic_write(self.recorder.checkpoints / name, lambda tmp: torch.save(full, tmp))
+        full = {"model": self.model.state_dict(), "rng": self.rng_state(), "config": self.config,
+                "history": self.recorder.history, "global_step": self.global_step,
+                "device": self.device.type, **state}
+        CheckpointStore(self.recorder.dir).save(full, best=full if improved else None)
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Model, RNG, history, step count and best model of a checkpoint."""
+        self.model.load_state_dict(state["model"])
+        self.set_rng_state(state["rng"])
+        self.recorder.history = list(state["history"])
+        self.global_step = state["global_step"]
+        self.best_state = state.get("best_model")
 
     def progress(self, total: int, initial: int = 0, unit: str = "step") -> tqdm:
         # disable=None: a bar on a terminal, none in a log file (epoch lines are logged anyway)
@@ -145,21 +148,18 @@ class Trainer:
         epoch, best, stale = 0, self.worst(), 0
         if self.resume_state is not None:
             state = self.resume_state
-            self.model.load_state_dict(state["model"])
+            self.restore(state)
             optimizer.load_state_dict(state["optimizer"])
             scheduler.load_state_dict(state["scheduler"])
-            self.set_rng_state(state["rng"])
-            self.recorder.history = list(state["history"])
             epoch, best, stale = state["epoch"], state["best"], state["stale"]
-            self.global_step = state["global_step"]
             log.info("resumed at epoch %d", epoch)
 
-        def save(name: str) -> None:
-            self.save(name, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
+        def save(improved: bool = False) -> None:
+            self.save(improved, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                       epoch=epoch, best=best, stale=stale)
 
         if epoch == 0:
-            save("last.pt")  # an interruption in the first epoch still leaves a checkpoint
+            save()  # an interruption in the first epoch still leaves a checkpoint
         steps = self.task.steps_per_epoch
         bar = self.progress(self.s.max_epochs * steps, epoch * steps)
         with bar:
@@ -190,14 +190,11 @@ class Trainer:
                 bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4g}", val=f"{monitored:.4g}")
                 log.info("epoch %d/%d  loss %.5g  %s %.4f", epoch, self.s.max_epochs, train_loss,
                          self.task.monitor, monitored)
-                save("last.pt")
-                if improved:
-                    save("best.pt")
+                save(improved)
                 self.on_validation(epoch, monitored)
                 if self.s.patience is not None and stale >= self.s.patience:
                     log.info("early stop: %s has not improved for %d epochs", self.task.monitor, stale)
                     break
-        best_file = self.recorder.checkpoints / "best.pt"
-        if best_file.is_file() and self.task.monitor.startswith("val/"):
+        if self.best_state is not None and self.task.monitor.startswith("val/"):
             # the test metrics are those of the best validation epoch (never selected on test data)
-            self.model.load_state_dict(load_checkpoint(best_file)["model"])
+            self.model.load_state_dict(self.best_state)

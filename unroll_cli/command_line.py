@@ -1,0 +1,76 @@
+"""The command line, checked before Hydra acts on it.
+
+Hydra builds the callbacks, the sweeper and the launcher, and configures logging, from the composed
+``hydra`` node before any job starts, so a job cannot check those itself. ``unroll-train`` therefore
+composes the config once from the command line first (Hydra's compose API, without the sweep
+values, which each job checks as its own config) and checks every ``_target_`` there
+(:mod:`unroll_cli.targets`). The command-line flags are Hydra's (``--help``, ``-m``, ``--cfg``,
+``--info``, ``-cn``, ...), except three it refuses: ``--experimental-rerun`` (it unpickles a file,
+which can run code), and ``-cp``/``-cd`` (use ``hydra.searchpath=[file://DIR]`` to add a config
+folder: the composition checked here is then the one Hydra runs).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+
+from unroll_cli.config import ConfigError
+
+REFUSED_FLAGS = {
+    "experimental_rerun": "--experimental-rerun unpickles a file, which can run code: re-run with the "
+                          "overrides in <run dir>/.hydra/overrides.yaml instead",
+    "config_path": "-cp/--config-path is not supported: add a config folder with hydra.searchpath=[file://DIR]",
+    "config_dir": "-cd/--config-dir is not supported: add a config folder with hydra.searchpath=[file://DIR]",
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    """Hydra's command-line flags (``--hydra-help`` lists them), with the same arities."""
+    parser = argparse.ArgumentParser(add_help=False)
+    for flags in (["--help", "-h"], ["--hydra-help"], ["--version"], ["--resolve"], ["--run", "-r"],
+                  ["--multirun", "-m"], ["--shell-completion", "-sc"]):
+        parser.add_argument(*flags, action="store_true")
+    for flags in (["--cfg", "-c"], ["--package", "-p"], ["--config-path", "-cp"], ["--config-name", "-cn"],
+                  ["--config-dir", "-cd"], ["--experimental-rerun"]):
+        parser.add_argument(*flags)
+    parser.add_argument("--info", "-i", nargs="?", const="all")
+    parser.add_argument("overrides", nargs="*")
+    return parser
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Raise :class:`ConfigError` for a command line that would make Hydra run something not allowed.
+    A command line Hydra itself cannot parse or compose is left to Hydra's own error."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from unroll_cli.targets import check_hydra_node, check_targets, refuse_trust_from_overrides
+
+    try:
+        with contextlib.redirect_stderr(io.StringIO()):
+            args = _parser().parse_args(argv)
+    except SystemExit:
+        return
+    if args.help or args.hydra_help or args.version or args.shell_completion:
+        return
+    for name, message in REFUSED_FLAGS.items():
+        if getattr(args, name) is not None:
+            raise ConfigError(message)
+    try:
+        overrides = OverridesParser.create().parse_overrides(args.overrides)
+    except Exception:  # Hydra reports the bad override itself
+        return
+    refuse_trust_from_overrides(o.key_or_group for o in overrides)
+    for override in overrides:
+        if override.is_sweep_override() and override.key_or_group.startswith("hydra"):
+            raise ConfigError(f"{override.input_line}: sweeping over Hydra's own settings is not supported")
+    fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
+    try:
+        with initialize_config_module(config_module="unroll_cli.conf", version_base="1.3"):
+            cfg = compose(config_name=args.config_name or "train", overrides=fixed, return_hydra_config=True)
+    except Exception:  # the same composition fails in Hydra, with its own message, before it runs anything
+        return
+    trusted = list(cfg.get("trusted_packages") or [])
+    check_hydra_node(cfg.hydra, trusted)
+    check_targets(cfg, trusted)
