@@ -2,15 +2,18 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import TINY, run_cli
-from unroll_cli.report.aggregate import load_runs, plot_metric, summarize
+from unroll_cli.report.aggregate import (expand_sweep, load_runs, missing_jobs, planned_jobs, plot_metric,
+                                         read_runs, summarize)
 from unroll_cli.report.aggregate import main as report_main
 
 
@@ -104,3 +107,172 @@ def test_plot_of_a_metric_against_a_swept_parameter_and_wrong_names(tmp_path, ca
     with pytest.raises(SystemExit):
         report_main([str(tmp_path), "--group-by", "optim.lrr"])
     assert "--group-by optim.lrr: not an override" in capsys.readouterr().err
+
+
+def listed(stdout: str) -> list[dict[str, str]]:
+    """The rows of the report's printed 'run(s) not completed' table, as {column: cell}."""
+    lines = stdout.split("not completed:\n\n")[1].split("\n\n")[0].splitlines()
+    cells = lambda line: [cell.strip() for cell in line.strip("|").split("|")]  # noqa: E731
+    return [dict(zip(cells(lines[0]), cells(line))) for line in lines[2:]]
+
+
+def report(*args: str, cwd=None) -> subprocess.CompletedProcess:
+    """``unroll-report ARGS`` as a user runs it (exit code, stdout, stderr)."""
+    return subprocess.run([sys.executable, "-m", "unroll_cli.report", *args], capture_output=True, text=True,
+                          cwd=cwd)
+
+
+def test_a_real_sweep_with_a_job_directory_deleted_lists_that_job_as_missing(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", *TINY, "model=ista,fista", "seed=0,1", "tensorboard=false",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)  # ista, fista: nothing to train, fast
+    assert result.returncode == 0, result.stderr
+    assert report(str(sweep)).returncode == 0  # all four jobs ran: nothing missing
+    gone = json.loads((sweep / "2" / "metrics.json").read_text())["overrides"]
+    shutil.rmtree(sweep / "2")
+
+    runs, jobs = read_runs([str(sweep)])
+    missing = missing_jobs([sweep], jobs)  # the Python API: the job's every override
+    overrides = dict(o.split("=", 1) for o in gone)
+    assert len(runs) == 3 and list(missing["status"]) == ["missing"]
+    assert missing.drop(columns=["run", "status", "error"]).iloc[0].to_dict() == overrides
+    out = report(str(sweep))
+    assert out.returncode == 1, out.stderr
+    assert listed(out.stdout) == [{"run": str(sweep), "status": "missing",
+                                   "error": "no run with these overrides",
+                                   "model": overrides["model"], "seed": overrides["seed"]}]
+
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # as multirun.yaml names it
+
+
+def write_multirun(sweep, task, params=None, target=BASIC_SWEEPER):
+    """A sweep's multirun.yaml with the nodes Hydra's sweeper writes there that the report reads."""
+    sweep.mkdir(parents=True, exist_ok=True)
+    hydra = {"sweeper": {"_target_": target, "max_batch_size": None, "params": params},
+             "overrides": {"hydra": [f"hydra.sweep.dir={sweep}", "hydra.mode=MULTIRUN"], "task": task}}
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump({"hydra": hydra, "seed": 0}))
+
+
+def test_planned_jobs_are_the_cartesian_product_of_the_sweep(tmp_path):
+    assert expand_sweep(["a=1,2", "b=x,y", "c=3"]) == [
+        ["a=1", "b=x", "c=3"], ["a=1", "b=y", "c=3"], ["a=2", "b=x", "c=3"], ["a=2", "b=y", "c=3"]]
+    # hydra.sweeper.params joins the command line, which wins for the same key (a=5, not 1,2)
+    write_multirun(tmp_path, ["a=5", "b=x,y"], params={"a": "1,2", "+d": "u,v"})
+    assert sorted(map(sorted, planned_jobs(tmp_path))) == sorted(map(sorted, [
+        ["a=5", "+d=u", "b=x"], ["a=5", "+d=u", "b=y"], ["a=5", "+d=v", "b=x"], ["a=5", "+d=v", "b=y"]]))
+    write_multirun(tmp_path, ["lr=range(1,3)", "m=ista"])
+    assert planned_jobs(tmp_path) == [["lr=1", "m=ista"], ["lr=2", "m=ista"]]
+    # an Optuna study samples its trials: no plan, no missing-job check
+    write_multirun(tmp_path, ["a=1,2"], target="unroll_cli.sweep.optuna_study.OptunaSweeper")
+    assert planned_jobs(tmp_path) == []
+
+
+def test_a_multirun_yaml_that_cannot_give_the_planned_jobs_is_listed_unreadable(tmp_path, capsys):
+    write_run(tmp_path, "0", ["a=1"], {"test/acc": 1.0})
+    multirun = tmp_path / "multirun.yaml"
+
+    def unreadable_sweep() -> str:
+        assert report_main([str(tmp_path)]) == 1
+        [row] = listed(capsys.readouterr().out)
+        assert row["run"] == str(tmp_path) and row["status"] == "unreadable"
+        return row["error"]
+
+    multirun.write_text("hydra: [")
+    assert unreadable_sweep().startswith(f"{multirun}: not valid YAML")
+    multirun.write_text("seed: 0\n")
+    assert unreadable_sweep().startswith(f"{multirun}: not a Hydra multirun config")
+    write_multirun(tmp_path, ["a=glob(*)"])  # glob() needs the application's configs to expand
+    assert unreadable_sweep().startswith(f"{multirun}: cannot expand the sweep")
+
+
+def test_failed_running_and_missing_jobs_of_a_sweep_are_listed_and_fail(tmp_path, capsys):
+    write_multirun(tmp_path, ["a=1,2", "b=x,y", "c=3"])
+    write_run(tmp_path, "0", ["a=1", "b=x", "c=3"], {"test/acc": 1.0})
+    write_run(tmp_path, "1", ["a=1", "b=y", "c=3"], {"test/acc": 2.0}, status="running")
+    write_run(tmp_path, "2", ["a=2", "b=x", "c=3"], {}, status="failed")  # job 3 (a=2 b=y) never ran
+    assert report_main([str(tmp_path)]) == 1
+    bad = pd.read_csv(tmp_path / "runs.csv")
+    assert list(bad["status"]) == ["completed", "running", "failed"]
+    out = capsys.readouterr().out
+    assert "3 run(s) not completed" in out
+    assert [(row["run"], row["status"], row["a"], row["b"]) for row in listed(out)] == [
+        (str(tmp_path / "1"), "running", "1", "y"), (str(tmp_path / "2"), "failed", "2", "x"),
+        (str(tmp_path), "missing", "2", "y")]
+    assert pd.read_csv(tmp_path / "report.csv")["test/acc count"].tolist() == [1]  # only the completed run
+
+    write_run(tmp_path, "3", ["a=2", "b=y", "c=3"], {}, status="pruned")
+    for run, status in (("1", "completed"), ("2", "completed")):
+        record = json.loads((tmp_path / run / "metrics.json").read_text())
+        (tmp_path / run / "metrics.json").write_text(json.dumps({**record, "status": status}))
+    assert report_main([str(tmp_path)]) == 0  # every job completed or was pruned
+
+
+def test_a_run_still_running_is_not_a_success_a_pruned_one_is(tmp_path):
+    write_run(tmp_path, "done", ["a=1"], {"test/acc": 1.0})
+    write_run(tmp_path, "pruned", ["a=2"], {}, status="pruned")
+    assert report_main([str(tmp_path)]) == 0
+    write_run(tmp_path, "running", ["a=3"], {}, status="running")
+    assert report_main([str(tmp_path)]) == 1
+
+
+@pytest.mark.parametrize("content", [b"{not json", b'{"status": "completed", "metrics": {"test/acc": 1', b"",
+                                     b"[1, 2]", b'"completed"', b"\xff\xfe\x00garbage"],
+                         ids=["garbage", "truncated", "empty", "list", "string", "binary"])
+def test_an_unreadable_metrics_json_is_listed_not_a_crash(tmp_path, capsys, content):
+    write_run(tmp_path, "good", ["a=1", "c=3"], {"test/acc": 1.0})
+    write_run(tmp_path, "good2", ["a=2", "c=3"], {"test/acc": 2.0})
+    write_run(tmp_path, "bad", ["a=9", "c=3"], {"test/acc": 9.0})
+    (tmp_path / "bad" / "metrics.json").write_bytes(content)
+    assert report_main([str(tmp_path)]) == 1
+    runs = pd.read_csv(tmp_path / "runs.csv").set_index("run")
+    assert runs.loc[str(tmp_path / "bad"), "status"] == "unreadable"
+    assert runs.loc[str(tmp_path / "bad"), "error"].startswith(str(tmp_path / "bad" / "metrics.json") + ": ")
+    assert runs.loc[str(tmp_path / "good"), "status"] == "completed"
+    table = pd.read_csv(tmp_path / "report.csv")  # the readable runs' table: by a, c=3 shared
+    assert list(table.columns[:2]) == ["a", "test/acc mean"] and table["test/acc mean"].tolist() == [1.0, 2.0]
+    out = capsys.readouterr().out
+    assert "Every run: c=3" in out and "1 run(s) not completed" in out
+
+
+def test_a_garbage_overrides_yaml_is_unreadable_unless_metrics_json_has_the_overrides(tmp_path, capsys):
+    for name, text in (("garbage", "- a=1\n  : [unclosed"), ("mapping", "a: 1\n")):
+        write_run(tmp_path, name, [], {"test/acc": 1.0})
+        (tmp_path / name / "metrics.json").write_text(json.dumps({"status": "completed", "metrics": {}}))
+        (tmp_path / name / ".hydra" / "overrides.yaml").write_text(text)
+    write_run(tmp_path, "preferred", ["a=3"], {"test/acc": 3.0})
+    (tmp_path / "preferred" / ".hydra" / "overrides.yaml").write_text("- a=1\n  : [unclosed")
+    assert report_main([str(tmp_path)]) == 1
+    runs = pd.read_csv(tmp_path / "runs.csv").set_index("run")
+    for name in ("garbage", "mapping"):
+        assert runs.loc[str(tmp_path / name), "status"] == "unreadable"
+        assert str(tmp_path / name / ".hydra" / "overrides.yaml") in runs.loc[str(tmp_path / name), "error"]
+    assert runs.loc[str(tmp_path / "preferred"), "status"] == "completed"
+    assert runs.loc[str(tmp_path / "preferred"), "a"] == 3
+    assert "2 run(s) not completed" in capsys.readouterr().out
+
+
+def test_a_path_that_does_not_exist_or_holds_no_run_exits_2(tmp_path):
+    missing = tmp_path / "no" / "such-sweep"
+    result = report(str(missing))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.splitlines() == [f"unroll-report: error: {missing}: no such run or sweep directory"]
+    empty = report(str(tmp_path))
+    assert empty.returncode == 2 and "no run directories" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_only_unfinished_runs_list_them_write_the_files_and_exit_1(tmp_path, capsys):
+    write_run(tmp_path, "0", ["model=x", "seed=0"], {}, status="failed")
+    write_run(tmp_path, "1", ["model=y", "seed=0"], {"val/acc": 0.5}, status="interrupted")
+    write_run(tmp_path, "2", ["model=y", "seed=1"], {}, status="running")
+    (tmp_path / "1" / "layers.csv").write_text("layer,val/acc\n0,0.1\n1,0.5\n")
+    code = report_main([str(tmp_path), "--layers", "--metrics", "val/*", "--group-by", "model",
+                        "--plot", "val/acc", "seed"])
+    assert code == 1
+    out = capsys.readouterr().out
+    assert "3 run(s) not completed" in out and "(no completed run)" in out and "no plot" in out
+    for file in ("report.csv", "report.tex", "runs.csv", "report_layers.csv"):
+        assert (tmp_path / file).is_file(), file
+    assert not (tmp_path / "report.png").exists()
+    assert list(pd.read_csv(tmp_path / "report.csv").columns)[0] == "model"
+    assert summarize(load_runs([str(tmp_path)])).empty

@@ -3,74 +3,211 @@
 Reads only the run contract (``metrics.json``, ``.hydra/overrides.yaml`` and, for the per-layer
 table, ``layers.csv``) of every run found under the given directories, makes one row per run with
 its overrides as columns, and groups the completed runs over everything but the seed into mean, std
-and count. Failed and interrupted runs are listed with their error and never averaged in (nor are
-trials an Optuna pruner stopped, which are listed but are not failures). Published numbers recorded
-by a run (``published/...`` metrics and columns) are shown beside the group's mean, with the
-difference.
+and count. Failed, interrupted and still running runs, and runs whose files cannot be read
+(``unreadable``), are listed with their error and never averaged in (nor are trials an Optuna pruner
+stopped, which are listed but are not failures). In a Hydra grid sweep (a directory whose
+``multirun.yaml`` names the basic sweeper) every planned job that left no readable run is listed as
+``missing``. Published numbers recorded by a run (``published/...`` metrics and columns) are shown
+beside the group's mean, with the difference.
+
+Exit code: 0 when every run completed (or was pruned) and no planned job is missing; 1 when some run
+did not complete, is unreadable or is missing; 2 for bad arguments or paths.
 """
 from __future__ import annotations
 
 import argparse
 import fnmatch
 import glob
+import itertools
 import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
 
 from unroll_cli.record.recorder import atomic_write
 
 RUN_COLUMNS = ["run", "status", "error", "params", "wall_s"]
 
 
+class Unreadable(Exception):
+    """A run or sweep file that does not hold what the run contract says; the message names it."""
+
+
+def unreadable(file: Path, what: str, error: Exception) -> Unreadable:
+    """An Unreadable naming ``file``, with ``error`` on one line (it goes into a table cell)."""
+    return Unreadable(f"{file}: {what} ({' '.join(str(error).split())})")
+
+
+def existing_dirs(paths: list[str]) -> list[Path]:
+    """The directories the given paths (globs allowed) name; FileNotFoundError for one naming none."""
+    found = []
+    for pattern in paths:
+        dirs = [Path(p) for p in glob.glob(pattern) or [pattern] if Path(p).is_dir()]
+        if not dirs:
+            raise FileNotFoundError(f"{pattern}: no such run or sweep directory")
+        found += dirs
+    return found
+
+
+def dirs_holding(name: str, paths: list[str]) -> list[Path]:
+    """Every directory holding a file ``name`` under the given paths (globs allowed)."""
+    return sorted({file.parent for path in existing_dirs(paths) for file in path.rglob(name)})
+
+
 def find_runs(paths: list[str]) -> list[Path]:
     """Every directory holding a metrics.json under the given paths (globs allowed)."""
-    runs: set[Path] = set()
-    for pattern in paths:
-        for path in map(Path, glob.glob(pattern) or [pattern]):
-            if (path / "metrics.json").is_file():
-                runs.add(path)
-            elif path.is_dir():
-                runs.update(p.parent for p in path.rglob("metrics.json"))
-            else:
-                raise FileNotFoundError(f"{pattern}: no such run or sweep directory")
-    return sorted(runs)
+    return dirs_holding("metrics.json", paths)
 
 
-def read_overrides(run: Path) -> dict[str, str]:
+def read_json_object(file: Path) -> dict:
+    """The JSON object in ``file``; Unreadable if it cannot be read or holds anything else."""
+    try:
+        record = json.loads(file.read_text())
+    except (OSError, ValueError) as error:
+        raise unreadable(file, "not valid JSON", error) from None
+    if not isinstance(record, dict):
+        raise Unreadable(f"{file}: not a JSON object but a {type(record).__name__}")
+    return record
+
+
+def read_yaml(file: Path):
+    """The YAML document in ``file`` (None if empty); Unreadable if it cannot be read or parsed."""
+    try:
+        return yaml.safe_load(file.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as error:
+        raise unreadable(file, "not valid YAML", error) from None
+
+
+def override_list(value, file: Path) -> list[str]:
+    """``value`` if it is a list of ``key=value`` strings; Unreadable, naming ``file``, if not."""
+    if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
+        raise Unreadable(f"{file}: the overrides are not a list of key=value strings")
+    return value
+
+
+def read_record(run: Path) -> tuple[dict, list[str]]:
+    """The run's metrics.json and its job's overrides (those of metrics.json, else those of
+    ``.hydra/overrides.yaml``, else none); Unreadable if a file is not what the contract says."""
+    file = run / "metrics.json"
+    record = read_json_object(file)
+    if not isinstance(record.get("metrics", {}), dict):
+        raise Unreadable(f"{file}: the metrics are not a JSON object")
+    if record.get("overrides") is not None:
+        return record, override_list(record["overrides"], file)
     file = run / ".hydra" / "overrides.yaml"
-    if not file.is_file():
-        return {}
-    overrides = {}
-    for item in yaml.safe_load(file.read_text()) or []:
-        key, _, value = item.partition("=")
-        overrides[key.lstrip("+~")] = value
-    return overrides
+    return record, (override_list(read_yaml(file) or [], file) if file.is_file() else [])
+
+
+def as_columns(overrides: list[str]) -> dict[str, str]:
+    """``{key: value}`` of ``key=value`` overrides, without the ``+``/``~`` prefixes."""
+    return {key.lstrip("+~"): value for key, _, value in (item.partition("=") for item in overrides)}
+
+
+def read_run(run: Path) -> tuple[dict, list[str] | None]:
+    """The run's row (run, status, error, params, wall_s, overrides, final metrics) and its overrides;
+    an unreadable file gives an ``unreadable`` row with the file named in its error, and None."""
+    try:
+        record, overrides = read_record(run)
+    except Unreadable as error:
+        return {"run": str(run), "status": "unreadable", "error": str(error)}, None
+    return {"run": str(run), "status": record.get("status"), "error": record.get("error"),
+            "params": record.get("params"), "wall_s": record.get("wall_s"),
+            **as_columns(overrides), **record.get("metrics", {})}, overrides
+
+
+def read_runs(paths: list[str]) -> tuple[pd.DataFrame, dict[Path, frozenset[str]]]:
+    """The runs table and the set of overrides of every readable run (to find a sweep's missing jobs)."""
+    rows, jobs = [], {}
+    for run in find_runs(paths):
+        row, overrides = read_run(run)
+        rows.append(row)
+        if overrides is not None:
+            jobs[run] = frozenset(overrides)
+    return pd.DataFrame(rows), jobs
 
 
 def load_runs(paths: list[str]) -> pd.DataFrame:
     """One row per run: run directory, status, error, overrides, then the final metrics."""
+    return read_runs(paths)[0]
+
+
+def sweep_overrides(sweep: Path) -> list[str] | None:
+    """The overrides a grid sweep was launched with, from its multirun.yaml: ``hydra.sweeper.params``
+    as ``key=value``, then the command line's (``hydra.overrides.task``). None when the sweeper is
+    not Hydra's basic one: an Optuna study samples its trials, it plans no grid to check against."""
+    file = sweep / "multirun.yaml"
+    config = read_yaml(file)
+    try:
+        sweeper = config["hydra"]["sweeper"]
+        if not str(sweeper["_target_"]).endswith("BasicSweeper"):
+            return None
+        params = [f"{key}={value}" for key, value in (sweeper.get("params") or {}).items()]
+        return params + override_list(config["hydra"]["overrides"]["task"], file)
+    except (KeyError, TypeError, AttributeError) as error:
+        raise unreadable(file, "not a Hydra multirun config", error) from None
+
+
+def expand_sweep(overrides: list[str]) -> list[list[str]]:
+    """The jobs Hydra's basic sweeper makes of ``overrides``, as ``key=value`` lists: the cartesian
+    product of every key's values, a later override of a key replacing an earlier one (the command
+    line wins over ``hydra.sweeper.params``)."""
+    values = {}
+    for override in OverridesParser.create().parse_overrides(overrides):
+        key = override.get_key_element()
+        swept = (override.sweep_string_iterator() if override.is_sweep_override()
+                 else [override.get_value_element_as_str()])
+        values[key] = [f"{key}={value}" for value in swept]
+    return [list(job) for job in itertools.product(*values.values())]
+
+
+def planned_jobs(sweep: Path) -> list[list[str]]:
+    """The jobs of the grid sweep in ``sweep`` (none for another sweeper, see sweep_overrides);
+    Unreadable when its multirun.yaml is not readable or its sweep cannot be expanded here (e.g.
+    ``glob(...)``, which needs the application's configs)."""
+    overrides = sweep_overrides(sweep)
+    try:
+        return expand_sweep(overrides) if overrides is not None else []
+    except HydraException as error:
+        raise unreadable(sweep / "multirun.yaml", "cannot expand the sweep", error) from None
+
+
+def missing_jobs(sweeps: list[Path], jobs: dict[Path, frozenset[str]]) -> pd.DataFrame:
+    """One ``missing`` row (the sweep, the job's overrides) per planned job of the grid sweeps that no
+    readable run under its sweep has the overrides of; an ``unreadable`` row per unreadable sweep."""
     rows = []
-    for run in find_runs(paths):
-        record = json.loads((run / "metrics.json").read_text())
-        rows.append({"run": str(run), "status": record.get("status"), "error": record.get("error"),
-                     "params": record.get("params"), "wall_s": record.get("wall_s"),
-                     **read_overrides(run), **record.get("metrics", {})})
+    for sweep in sweeps:
+        try:
+            planned = planned_jobs(sweep)
+        except Unreadable as error:
+            rows.append({"run": str(sweep), "status": "unreadable", "error": str(error)})
+            continue
+        ran = {overrides for run, overrides in jobs.items() if run.is_relative_to(sweep)}
+        rows += [{"run": str(sweep), "status": "missing", "error": "no run with these overrides",
+                  **as_columns(job)} for job in planned if frozenset(job) not in ran]
     return pd.DataFrame(rows)
 
 
+def readable(runs: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose files could be read (those of the others, overrides included, are unknown)."""
+    return runs[runs["status"] != "unreadable"]
+
+
 def override_columns(runs: pd.DataFrame, varying: bool = False) -> list[str]:
-    """The override keys of the runs; with ``varying``, only those whose value differs between runs."""
+    """The override keys of the runs; with ``varying``, only those whose value differs between the
+    readable runs."""
     metrics = {c for c in runs.columns if "/" in c}
     columns = [c for c in runs.columns if c not in RUN_COLUMNS and c not in metrics]
-    return [c for c in columns if runs[c].nunique(dropna=False) > 1] if varying else columns
+    known = readable(runs)
+    return [c for c in columns if known[c].nunique(dropna=False) > 1] if varying else columns
 
 
 def common_overrides(runs: pd.DataFrame) -> list[str]:
-    """``key=value`` of the overrides every run shares (left out of the tables' columns)."""
-    varying = set(override_columns(runs, varying=True))
-    return [f"{c}={runs[c].iloc[0]}" for c in override_columns(runs) if c not in varying]
+    """``key=value`` of the overrides every readable run shares (left out of the tables' columns)."""
+    known, varying = readable(runs), set(override_columns(runs, varying=True))
+    return [f"{c}={known[c].iloc[0]}" for c in override_columns(runs) if c not in varying]
 
 
 def select_metrics(runs: pd.DataFrame, patterns: list[str] | None) -> pd.DataFrame:
@@ -94,7 +231,10 @@ def mean_std_count(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> 
     are carried as they are (the same for every run of a group), with ``<metric> diff`` beside."""
     grouped = frame.groupby(keys, dropna=False) if keys else frame.groupby(lambda _: "all")
     measured = [c for c in columns if not c.startswith("published/")]
-    table = grouped[measured].agg(["mean", "std", "count"])
+    if measured:
+        table = grouped[measured].agg(["mean", "std", "count"])
+    else:  # no metric to average (none chosen, or no run got that far): the groups' keys alone
+        table = pd.DataFrame(index=grouped.size().index)
     table.columns = [f"{metric} {stat}" for metric, stat in table.columns]
     for column in (c for c in columns if c.startswith("published/")):
         table[column] = grouped[column].first()
@@ -130,24 +270,29 @@ def summarize_layers(runs: pd.DataFrame, group_by: list[str] | None = None) -> p
     return mean_std_count(table, [*keys, depth], columns)
 
 
-def not_completed(runs: pd.DataFrame) -> pd.DataFrame:
-    """Failed, interrupted and pruned runs, with their error and overrides."""
-    bad = runs[runs["status"] != "completed"]
-    return bad[["run", "status", "error", *override_columns(runs, varying=True)]]
+def not_completed(runs: pd.DataFrame, missing: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Failed, interrupted, running, unreadable and pruned runs, and the ``missing`` jobs of a sweep
+    (see missing_jobs), with their error and the overrides that vary."""
+    every = pd.concat([runs, missing])
+    bad = every[every["status"] != "completed"]
+    return bad[["run", "status", "error", *override_columns(every, varying=True)]]
 
 
 def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> pd.DataFrame:
     """Mean and std of ``metric`` over the completed runs against the swept parameter ``x``, one
-    line per group of the other varying overrides (seeds averaged); returns the plotted points."""
+    line per group of the other varying overrides (seeds averaged); returns the plotted points (none,
+    and no file, when no run completed). KeyError for a name none of the runs has."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    done = runs[runs["status"] == "completed"].copy()
+    if done.empty:
+        return pd.DataFrame(columns=["line", x, "mean", "std", "count"])
     for name, kind in ((metric, "metric"), (x, "override")):
         if name not in runs.columns:
             raise KeyError(f"--plot: no {kind} {name!r} in these runs")
-    done = runs[runs["status"] == "completed"].copy()
     try:
         done[x] = pd.to_numeric(done[x])  # 1e-4 < 3e-4 < 1e-3, not string order
     except (ValueError, TypeError):
@@ -168,8 +313,11 @@ def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> pd.DataF
     return points[["line", x, "mean", "std", "count"]]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="unroll-report", description=__doc__.split("\n\n")[0])
+def make_parser() -> argparse.ArgumentParser:
+    """The command line; its description is the module docstring's summary and exit-code rule."""
+    paragraphs = __doc__.strip().split("\n\n")
+    parser = argparse.ArgumentParser(prog="unroll-report", description=f"{paragraphs[0]}\n\n{paragraphs[-1]}",
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("paths", nargs="+", help="run or sweep directories (globs allowed)")
     parser.add_argument("--group-by", nargs="*", default=None,
                         help="override keys to group by (default: every override but seed)")
@@ -181,8 +329,25 @@ def main(argv: list[str] | None = None) -> int:
                         help="only these metrics, shell-style patterns (default: every metric)")
     parser.add_argument("--layers", action="store_true",
                         help="also the per-layer table from every run's layers.csv (report_layers.csv)")
+    return parser
+
+
+def markdown(table: pd.DataFrame, empty: str) -> str:
+    """``table`` in Markdown, or ``empty`` (in parentheses) when it has no row."""
+    return table.to_markdown(index=False, floatfmt=".4g") if len(table) else f"({empty})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``unroll-report``: writes and prints the tables, lists what did not complete; returns the exit
+    code (module docstring)."""
+    parser = make_parser()
     args = parser.parse_args(argv)
-    runs = load_runs(args.paths)
+    try:
+        runs, jobs = read_runs(args.paths)
+        missing = missing_jobs(dirs_holding("multirun.yaml", args.paths), jobs)
+        out = args.out or existing_dirs(args.paths[:1])[0]
+    except FileNotFoundError as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
     if runs.empty:
         parser.error("no run directories (with metrics.json) under " + " ".join(args.paths))
     unknown = [key for key in args.group_by or [] if key not in override_columns(runs)]
@@ -190,7 +355,6 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--group-by {' '.join(unknown)}: not an override of these runs "
                      f"({', '.join(override_columns(runs))})")
     table = summarize(select_metrics(runs, args.metrics), args.group_by)
-    out = args.out or Path(glob.glob(args.paths[0])[0] if glob.glob(args.paths[0]) else args.paths[0])
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
     atomic_write(out / "report.csv", lambda tmp: table.to_csv(tmp, index=False))
@@ -198,22 +362,25 @@ def main(argv: list[str] | None = None) -> int:
     common = common_overrides(runs)
     if common:
         print("Every run: " + " ".join(common) + "\n")
-    print(table.to_markdown(index=False, floatfmt=".4g"))
+    print(markdown(table, "no completed run"))
     written = [out / "report.csv", out / "report.tex", out / "runs.csv"]
     if args.layers:
         layers = select_metrics(summarize_layers(runs, args.group_by), args.metrics)
         atomic_write(out / "report_layers.csv", lambda tmp: layers.to_csv(tmp, index=False))
         written.append(out / "report_layers.csv")
-        print("\nPer layer:\n\n" + layers.to_markdown(index=False, floatfmt=".4g"))
-    bad = not_completed(runs)
+        print("\nPer layer:\n\n" + markdown(layers, "no completed run with a layers.csv"))
+    bad = not_completed(runs, missing)
     if not bad.empty:
         print(f"\n{len(bad)} run(s) not completed:\n")
         print(bad.to_markdown(index=False))
     if args.plot:
         try:
-            plot_metric(runs, args.plot[0], args.plot[1], out / "report.png")
+            points = plot_metric(runs, args.plot[0], args.plot[1], out / "report.png")
         except KeyError as error:
             parser.error(error.args[0])
-        written.append(out / "report.png")
+        if len(points):
+            written.append(out / "report.png")
+        else:
+            print("\n--plot: no completed run, no plot")
     print("\nwritten: " + ", ".join(map(str, written)))
     return 1 if (bad["status"] != "pruned").any() else 0  # a pruned trial is not a failure
