@@ -27,9 +27,10 @@ def compose_cfg(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
-    """``unroll-train ARGS`` in ``cwd``, as a user would type it."""
-    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(Path(__file__).parents[1])}
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
+            **kwargs) -> subprocess.CompletedProcess:
+    """``unroll-train ARGS`` in ``cwd``, as a user would type it (``env``: variables to add)."""
+    env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
     return subprocess.run([sys.executable, "-m", "unroll_cli.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
 

@@ -15,7 +15,7 @@ import argparse
 import contextlib
 import io
 
-from unroll_cli.config import ConfigError
+from unroll_cli.config import ConfigError, register_configs
 
 REFUSED_FLAGS = {
     "experimental_rerun": "--experimental-rerun unpickles a file, which can run code: re-run with the "
@@ -66,6 +66,7 @@ def check_command_line(argv: list[str]) -> None:
         if override.is_sweep_override() and override.key_or_group.startswith("hydra"):
             raise ConfigError(f"{override.input_line}: sweeping over Hydra's own settings is not supported")
     fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
+    register_configs()
     try:
         with initialize_config_module(config_module="unroll_cli.conf", version_base="1.3"):
             cfg = compose(config_name=args.config_name or "train", overrides=fixed, return_hydra_config=True)

@@ -288,6 +288,10 @@ def validate(cfg: DictConfig) -> None:
     """
     from unroll_cli.targets import check_targets
 
+    for key in ("data", "model", "optim", "sched", "trainer", "eval"):
+        if cfg.get(key) is None:
+            raise ConfigError(f"{key} is missing (removed with ~{key}?): choose one of the {key} options "
+                              "(unroll-train --help lists them)")
     _check_keys(cfg)
     for key in ("data", "model", "optim", "sched", "trainer", "eval"):
         _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)

@@ -118,8 +118,8 @@ def check_optimized_metric(cfg: DictConfig, task) -> None:
 
 
 def resume_point(cfg: DictConfig, device: torch.device) -> dict:
-    """The checkpoint ``resume`` names, checked against this run's config and device; its best.pt's
-    model comes along as ``best_model`` (a resume into a new directory keeps the best epoch)."""
+    """The checkpoint ``resume`` names, checked against this run's config and device; its best.pt
+    comes along as ``best_checkpoint`` (a resume into a new directory keeps the best epoch)."""
     file = checkpoint_file(cfg.resume)
     state = load_checkpoint(file)
     if state.get("config") is None:
@@ -134,8 +134,7 @@ def resume_point(cfg: DictConfig, device: torch.device) -> dict:
     if state.get("device", device.type) != device.type:
         raise ConfigError(f"resume={cfg.resume}: the checkpoint was written on {state['device']}, this run "
                           f"is on {device.type} (set device={state['device']})")
-    best = best_beside(file)
-    state["best_model"] = best["model"] if best is not None else None
+    state["best_checkpoint"] = best_beside(file)
     return state
 
 

@@ -25,7 +25,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import ChoiceSweep, IntervalSweep, Override, RangeSweep
 from hydra.core.utils import JobStatus
-from hydra.errors import HydraException
+from hydra.errors import CompactHydraException, HydraException
 from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
@@ -132,7 +132,7 @@ def run_study(sweeper, arguments: list[str], *, direction: str, n_trials: int, n
                 failed.append(f"trial {trial.number} ({' '.join(result.overrides)}): {failure}")
     write_results(study, sweep_dir)
     if failed:
-        raise HydraException(f"{len(failed)} trial(s) failed; the study is kept in {sweep_dir}:\n"
+        raise CompactHydraException(f"{len(failed)} trial(s) failed; the study is kept in {sweep_dir}:\n"
                              + "\n".join(failed))
     return study
 

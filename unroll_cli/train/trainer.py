@@ -46,10 +46,11 @@ class Trainer:
         self.on_validation = on_validation or (lambda step, value: None)
         self.optim_cfg, self.sched_cfg = optim_cfg, sched_cfg
         self.device = task.device
-        # the checkpoint to continue from (its best.pt's model as "best_model"), and the run's
-        # config, stored in every checkpoint so that a resume can be checked against it
+        # the checkpoint to continue from (its best.pt as "best_checkpoint"), and the run's config,
+        # stored in every checkpoint so that a resume can be checked against it
         self.resume_state, self.config = resume_state, config
-        self.best_state: dict[str, torch.Tensor] | None = None
+        self.best_state: dict[str, torch.Tensor] | None = None  # the best model's weights
+        self.carried_best: dict[str, Any] | None = None  # a resumed best.pt, written with the next save
         self.forward = torch.compile(model) if settings.compile else model
         self.autocast_dtype = torch.bfloat16 if settings.precision == "bf16" else None
         self.graphed_loss = None
@@ -122,7 +123,8 @@ class Trainer:
         full = {"model": self.model.state_dict(), "rng": self.rng_state(), "config": self.config,
                 "history": self.recorder.history, "global_step": self.global_step,
                 "device": self.device.type, **state}
-        CheckpointStore(self.recorder.dir).save(full, best=full if improved else None)
+        CheckpointStore(self.recorder.dir).save(full, best=full if improved else self.carried_best)
+        self.carried_best = None
 
     def restore(self, state: dict[str, Any]) -> None:
         """Model, RNG, history, step count and best model of a checkpoint."""
@@ -130,7 +132,8 @@ class Trainer:
         self.set_rng_state(state["rng"])
         self.recorder.history = list(state["history"])
         self.global_step = state["global_step"]
-        self.best_state = state.get("best_model")
+        self.carried_best = state.get("best_checkpoint")
+        self.best_state = self.carried_best["model"] if self.carried_best is not None else None
 
     def progress(self, total: int, initial: int = 0, unit: str = "step") -> tqdm:
         # disable=None: a bar on a terminal, none in a log file (epoch lines are logged anyway)
@@ -158,8 +161,8 @@ class Trainer:
             self.save(improved, optimizer=optimizer.state_dict(), scheduler=scheduler.state_dict(),
                       epoch=epoch, best=best, stale=stale)
 
-        if epoch == 0:
-            save()  # an interruption in the first epoch still leaves a checkpoint
+        if epoch == 0 or self.resume_state is not None:
+            save()  # an interruption in the first epoch leaves a checkpoint; a resumed run its pair
         steps = self.task.steps_per_epoch
         bar = self.progress(self.s.max_epochs * steps, epoch * steps)
         with bar:

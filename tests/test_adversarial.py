@@ -1,0 +1,310 @@
+"""The CLI as a careless or hostile user drives it: bad values, code smuggled into the config, run
+directories reused or shared, checkpoints and records damaged, signals at random moments.
+
+Each bad input must give one message naming the key or the file, a non-zero exit, no traceback,
+nothing marked completed and nothing earlier lost; no code named by the input may run (payloads
+would create a marker file). Data files that would run code are in ``test_untrusted_data.py``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, read_metrics, run_cli
+from unroll_cli.run import run
+
+FAST = [*TINY, "tensorboard=false"]
+ONE_THREAD = {"OMP_NUM_THREADS": "1"}  # the same arithmetic in every process (exact resume checks)
+
+
+def assert_refused(result: subprocess.CompletedProcess, named: str, run_dir: Path | None = None) -> None:
+    output = result.stdout + result.stderr
+    assert result.returncode not in (0, None), output
+    assert named in output, output
+    assert "Traceback" not in output, output
+    if run_dir is not None and (run_dir / "metrics.json").exists():
+        assert read_metrics(run_dir)["status"] != "completed"
+
+
+# ----------------------------------------------------------------------------- config values
+@pytest.mark.parametrize("overrides, named", [
+    (["optim.lr=inf"], "optim.lr"),
+    (["model.lam=inf"], "model.lam"),
+    (["data.snr_db=nan"], "data.snr_db"),
+    (["data.kappa=-inf"], "data.kappa"),
+    (["trainer.grad_clip=-1"], "trainer.grad_clip"),
+    (["eval.support_tol=-1"], "eval.support_tol"),
+    (["trainer.patience=-1"], "trainer.patience"),
+    (["trainer.max_epochs=-1"], "trainer.max_epochs"),
+    (["+seeed=3"], "seeed"),
+    (["+paper.x=1"], "paper.x"),
+    (["paper=chen2018", "+paper.extra=1"], "paper.extra"),
+    (["optimized_metric=test/accc"], "optimized_metric=test/accc"),
+    (["data.n_val=100000000"], "data.n_val"),
+    (["model.layers=100000000"], "model.layers"),
+    (["~sched"], "sched"),
+    (["optim.betas=[2,0.9]"], "optim"),
+    (["sched=step", "sched.step_size=0"], "sched"),
+    (["trainer=layerwise", "trainer.val_every_steps=0"], "trainer.val_every_steps"),
+    (["--experimental-rerun", "config.pickle"], "--experimental-rerun"),
+    (["-cd", "."], "hydra.searchpath"),
+])
+def test_a_bad_value_is_one_message_naming_it_before_any_work(tmp_path, overrides, named):
+    run_dir = tmp_path / "run"
+    flags = overrides if overrides[0].startswith("-") else []  # Hydra's flags come before the overrides
+    result = run_cli([*flags, *FAST, *overrides[len(flags):], f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert_refused(result, named, run_dir)
+    assert result.returncode == 2
+    assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints").exists()
+
+
+def test_the_memory_refusal_gives_the_estimate(tmp_path):
+    result = run_cli([*FAST, "data.n_val=100000000", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert_refused(result, "data.n_val=100000000: this run would need about")
+    # at least the validation set itself: 1e8 pairs (y, x) of 20 + 40 float32 values = 24 GB
+    amount, unit = re.search(r"need about ([\d.]+) (GB|TB|PB)", result.stdout + result.stderr).groups()
+    assert float(amount) * {"GB": 1, "TB": 1e3, "PB": 1e6}[unit] >= 24
+
+
+# ----------------------------------------------------------------------------- code from the config
+def payload(marker: Path) -> str:
+    """A node that runs ``touch marker`` when Hydra instantiates it, spelled inside the project."""
+    return f"{{_target_:unroll_cli.run.os.system,command:'touch {marker}'}}"
+
+
+@pytest.mark.parametrize("make_overrides, named", [
+    (lambda m: ["optim._target_=unroll_cli.run.os.system"], "resolves to posix.system"),
+    (lambda m: ["optim._target_=os.system"], "optim._target_"),
+    (lambda m: [f"+hydra.callbacks.evil={payload(m)}"], "hydra.callbacks.evil._target_"),
+    (lambda m: ["~sched", f"++sched.gamma={payload(m)}"], "sched.gamma._target_"),
+    (lambda m: ["hydra/sweeper=unroll_optuna", "hydra.sweeper.pruner=null",
+                f"+hydra.sweeper.pruner={payload(m)}"], "hydra.sweeper.pruner._target_"),
+    (lambda m: ["hydra.job_logging.handlers.console.class=subprocess.Popen",
+                f"+hydra.job_logging.handlers.console.args=[touch,{m}]"], "hydra.job_logging.handlers.console.class"),
+    (lambda m: ["+trusted_packages=[os]", "optim._target_=os.system"], "trusted_packages"),
+    (lambda m: ["+hydra.job.env_set.LD_PRELOAD=/nonexistent.so"], "LD_PRELOAD"),
+])
+def test_code_named_in_an_override_never_runs(tmp_path, make_overrides, named):
+    marker = tmp_path / "marker"
+    result = run_cli(["-m", *FAST, *make_overrides(marker), f"hydra.sweep.dir={tmp_path / 'sweep'}"],
+                     cwd=tmp_path)
+    assert_refused(result, named)
+    assert not marker.exists()
+    assert not list(tmp_path.glob("sweep/*/metrics.json"))  # refused before any job
+
+
+def test_a_sweep_search_space_cannot_name_code_either(tmp_path):
+    marker, sweep = tmp_path / "marker", tmp_path / "sweep"
+    result = run_cli(["-m", *FAST, "hydra/sweeper=unroll_optuna", "hydra.sweeper.n_trials=1",
+                      "optim._target_=choice(unroll_cli.run.os.system)", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert_refused(result, "resolves to posix.system")
+    assert not marker.exists()
+    assert read_metrics(sweep / "0")["status"] == "failed"  # the trial is recorded with its error
+
+
+def test_a_crafted_checkpoint_does_not_run_code(tmp_path):
+    marker = tmp_path / "marker"
+
+    class Touch:
+        def __reduce__(self):
+            return os.system, (f"touch {marker}",)
+
+    (tmp_path / "old/checkpoints").mkdir(parents=True)
+    (tmp_path / "old/checkpoints/last.pt").write_bytes(pickle.dumps({"model": Touch()}))
+    result = run_cli([*FAST, f"resume={tmp_path / 'old'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert_refused(result, "last.pt is not a readable checkpoint")
+    assert not marker.exists()
+
+
+# ----------------------------------------------------------------------------- run directories
+def completed_run(tmp_path: Path, *overrides: str) -> Path:
+    run_dir = tmp_path / "run"
+    result = run_cli([*FAST, *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(run_dir)): p.read_bytes() for p in sorted(run_dir.rglob("*"))
+            if p.is_file() and p.suffix != ".log" and p.name != ".lock"}
+
+
+def test_a_run_directory_holding_another_run_is_refused_and_left_as_it_was(tmp_path):
+    run_dir = completed_run(tmp_path, "model=lista")
+    before = snapshot(run_dir)
+    result = run_cli([*FAST, "model=alista", "trainer.checkpoint=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert_refused(result, "holds another run")
+    assert result.returncode == 2
+    assert snapshot(run_dir) == before  # metrics.json, .hydra/, checkpoints: the earlier run's, intact
+
+
+def test_a_second_process_on_a_busy_run_directory_is_refused_naming_the_first(tmp_path):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **ONE_THREAD}
+    args = [sys.executable, "-m", "unroll_cli.cli", *FAST, "trainer.max_epochs=100000", f"hydra.run.dir={run_dir}"]
+    with (tmp_path / "first.log").open("w") as sink:
+        first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
+        try:
+            wait_for_rows(run_dir, 1)
+            second = run_cli(args[3:], cwd=tmp_path)
+            assert_refused(second, f"in use by process {first.pid}")
+            assert first.poll() is None  # the first run goes on
+        finally:
+            first.send_signal(signal.SIGTERM)
+            first.wait(timeout=60)
+    assert read_metrics(run_dir)["status"] == "interrupted"
+
+
+@pytest.mark.parametrize("make_resume, named", [
+    (lambda tmp: tmp, "no checkpoint at"),  # a directory that is not a run
+    (lambda tmp: (tmp / "notes.txt").write_text("hello") and tmp / "notes.txt", "is not a readable checkpoint"),
+])
+def test_resume_from_something_that_is_not_a_run_is_refused(tmp_path, make_resume, named):
+    target = make_resume(tmp_path)
+    result = run_cli([*FAST, f"resume={target}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert_refused(result, named)
+    assert str(target) in result.stdout + result.stderr
+
+
+def test_a_truncated_checkpoint_is_refused_naming_it(tmp_path):
+    run_dir = completed_run(tmp_path)
+    last = run_dir / "checkpoints" / "last.pt"
+    data = last.read_bytes()
+    last.unlink()  # a hard link may share the bytes with best.pt: write a new file
+    last.write_bytes(data[: len(data) // 2])
+    result = run_cli([*FAST, f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'new'}"], cwd=tmp_path)
+    assert_refused(result, "last.pt is not a readable checkpoint")
+
+
+@pytest.mark.parametrize("changed, named", [
+    ("optim.lr=0.01", "optim.lr"),
+    ("data.matrix_seed=5", "data.matrix_seed"),
+    ("model=alista", "model._target_"),
+])
+def test_resume_into_another_problem_or_model_is_refused_naming_the_keys(tmp_path, changed, named):
+    run_dir = completed_run(tmp_path)
+    result = run_cli([*FAST, changed, f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'new'}"], cwd=tmp_path)
+    assert_refused(result, named)
+    assert "may change" in result.stdout + result.stderr and not (tmp_path / "new" / "metrics.json").exists()
+
+
+def test_a_changeable_key_is_applied_on_resume(tmp_path):
+    run_dir = completed_run(tmp_path)  # 2 epochs
+    result = run_cli([*FAST, "trainer.max_epochs=3", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'new'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read_metrics(tmp_path / "new")["epochs"] == 3
+
+
+@pytest.mark.parametrize("garbage", ["{not json", "", "[1, 2]"])
+def test_an_unreadable_record_is_kept_aside_and_the_job_runs_again(tmp_path, garbage):
+    run_dir = completed_run(tmp_path)
+    (run_dir / "metrics.json").write_text(garbage)
+    again = run_cli([*FAST, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert "unreadable" in again.stdout + again.stderr
+    assert read_metrics(run_dir)["status"] == "completed"
+    (aside,) = run_dir.glob("metrics.json.unreadable-*")
+    assert aside.read_text() == garbage
+
+
+def test_ctrl_c_during_start_up_is_one_line_and_writes_nothing(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],
+                            cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.8)  # importing hydra and torch, composing the config
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out + err
+    assert "Traceback" not in err and "interrupted" in err
+    assert not (tmp_path / "run" / "metrics.json").exists() or \
+        read_metrics(tmp_path / "run")["status"] == "interrupted"
+
+
+# ----------------------------------------------------------------------------- resume is exact
+def test_resume_into_a_new_directory_keeps_the_best_epoch(tiny_cfg, tmp_path, one_thread):
+    """At lr 0.1 the validation NMSE is best after epoch 1 and worse after 2 and 3: a run resumed after
+    epoch 1 into a new directory must still evaluate epoch 1's model, as the uninterrupted run does."""
+    common = ("model=lista_cp", "optim.lr=0.1", "tensorboard=false")
+    straight = run(tiny_cfg(*common, "trainer.max_epochs=3"), tmp_path / "straight")
+    history = [row["val/nmse_db"] for row in torch.load(tmp_path / "straight/checkpoints/last.pt",
+                                                        weights_only=True)["history"]]
+    assert history.index(min(history)) == 0  # the premise: the best epoch is the first
+    run(tiny_cfg(*common, "trainer.max_epochs=1"), tmp_path / "first")
+    resumed = run(tiny_cfg(*common, "trainer.max_epochs=3", f"resume={tmp_path / 'first'}"), tmp_path / "resumed")
+    assert resumed == straight
+    assert read_metrics(tmp_path / "resumed")["metrics"] == read_metrics(tmp_path / "straight")["metrics"]
+    assert torch.load(tmp_path / "resumed/checkpoints/best.pt", weights_only=True)["epoch"] == 1
+
+
+def wait_for_rows(run_dir: Path, rows: int, timeout: float = 120) -> None:
+    history, deadline = run_dir / "history.csv", time.time() + timeout
+    while not history.exists() or len(history.read_text().splitlines()) <= rows:
+        assert time.time() < deadline, "the run did not get that far"
+        time.sleep(0.05)
+
+
+def assert_consistent_pair(run_dir: Path) -> None:
+    """checkpoints/ holds one save: best.pt is the epoch last.pt calls best (epoch - stale)."""
+    last = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
+    best_file = run_dir / "checkpoints/best.pt"
+    if last["epoch"] == 0:
+        assert not best_file.exists()
+        return
+    best = torch.load(best_file, weights_only=True)
+    assert best["epoch"] == last["epoch"] - last["stale"]
+    assert best["best"] == last["best"]
+
+
+KILL_ARGS = [*FAST, "model=lista_cp", "optim.lr=0.02", "trainer.max_epochs=24", "trainer.steps_per_epoch=25"]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> dict:
+    """The metrics of the run that the interrupted ones must reach exactly."""
+    folder = tmp_path_factory.mktemp("uninterrupted")
+    done = run_cli([*KILL_ARGS, f"hydra.run.dir={folder / 'run'}"], cwd=folder, env=ONE_THREAD)
+    assert done.returncode == 0, done.stderr
+    return read_metrics(folder / "run")["metrics"]
+
+
+@pytest.mark.parametrize("sig, into", [(signal.SIGKILL, "same"), (signal.SIGTERM, "new"),
+                                       (signal.SIGINT, "same"), (signal.SIGKILL, "new")])
+def test_killed_at_a_random_moment_the_pair_stays_consistent_and_resume_is_exact(tmp_path, uninterrupted, sig, into):
+    rng = random.Random(int(sig) * 10 + len(into))
+    run_dir = tmp_path / "run"
+    env = {**os.environ, **ONE_THREAD, "PYTHONPATH": str(Path(__file__).parents[1])}
+    args = [sys.executable, "-m", "unroll_cli.cli", *KILL_ARGS, f"hydra.run.dir={run_dir}"]
+    for attempt in range(2):  # two kills at random moments, the second in a resumed run
+        with (tmp_path / f"kill{attempt}.log").open("w") as sink:
+            proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
+            wait_for_rows(run_dir, rng.randint(1, 8) + 8 * attempt)
+            time.sleep(rng.uniform(0, 0.3))  # anywhere inside an epoch, or inside a save
+            proc.send_signal(sig)
+            proc.wait(timeout=60)
+        assert proc.returncode != 0
+        assert_consistent_pair(run_dir)
+        assert read_metrics(run_dir)["status"] == ("running" if sig == signal.SIGKILL else "interrupted")
+    if into == "same":  # the same command again
+        final = run_cli(args[3:], cwd=tmp_path, env=ONE_THREAD)
+        assert "resumed from its last checkpoint" in final.stdout + final.stderr
+        finished = run_dir
+    else:
+        finished = tmp_path / "new"
+        final = run_cli([*KILL_ARGS, f"resume={run_dir}", f"hydra.run.dir={finished}"], cwd=tmp_path,
+                        env=ONE_THREAD)
+    assert final.returncode == 0, final.stderr
+    assert read_metrics(finished)["metrics"] == uninterrupted
+    assert read_metrics(finished)["epochs"] == 24
+    assert_consistent_pair(finished)
