@@ -77,6 +77,21 @@ def test_the_memory_refusal_gives_the_estimate(tmp_path):
     assert float(amount) * {"GB": 1, "TB": 1e3, "PB": 1e6}[unit] >= 24
 
 
+@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+def test_a_sweep_attempts_every_job_and_records_each_failure(tmp_path, launcher):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", *FAST, "data.m=-5,20", "seed=0,1", f"hydra/launcher={launcher}",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode != 0 and "data.m=-5 is not allowed" in result.stdout + result.stderr
+    swept = lambda record: tuple(o for o in record["overrides"] if o.startswith(("data.m=", "seed=")))  # noqa: E731
+    records = {swept(r): r for r in map(read_metrics, sweep.glob("[0-9]*"))}
+    assert sorted(records) == [("data.m=-5", "seed=0"), ("data.m=-5", "seed=1"),
+                               ("data.m=20", "seed=0"), ("data.m=20", "seed=1")]
+    for (m, _), record in records.items():
+        assert record["status"] == ("failed" if m == "data.m=-5" else "completed")
+        assert m != "data.m=-5" or "data.m=-5 is not allowed" in record["error"]
+
+
 # ----------------------------------------------------------------------------- code from the config
 def payload(marker: Path) -> str:
     """A node that runs ``touch marker`` when Hydra instantiates it, spelled inside the project."""
