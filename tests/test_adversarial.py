@@ -12,6 +12,7 @@ import os
 import pickle
 import random
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ import pytest
 import torch
 
 from conftest import TINY, read_metrics, run_cli
+from unroll_cli.config import ConfigError
 from unroll_cli.run import run
 
 FAST = [*TINY, "tensorboard=false"]
@@ -116,7 +118,8 @@ def test_code_named_in_an_override_never_runs(tmp_path, make_overrides, named):
                      cwd=tmp_path)
     assert_refused(result, named)
     assert not marker.exists()
-    assert not list(tmp_path.glob("sweep/*/metrics.json"))  # refused before any job
+    # Hydra's own nodes are refused before any job starts; the run's nodes by the job, recorded as failed
+    assert all(read_metrics(file.parent)["status"] == "failed" for file in tmp_path.glob("sweep/*/metrics.json"))
 
 
 def test_a_sweep_search_space_cannot_name_code_either(tmp_path):
@@ -126,6 +129,27 @@ def test_a_sweep_search_space_cannot_name_code_either(tmp_path):
     assert_refused(result, "resolves to posix.system")
     assert not marker.exists()
     assert read_metrics(sweep / "0")["status"] == "failed"  # the trial is recorded with its error
+
+
+def test_trusted_packages_in_a_config_file_allow_the_users_own_classes(tmp_path):
+    """A user's optimizer class runs when a config file of theirs trusts its package, and only then."""
+    (tmp_path / "my_optim.py").write_text(
+        "import pathlib, torch\n\n"
+        "class MarkedAdam(torch.optim.Adam):\n"
+        "    def __init__(self, params, **kwargs):\n"
+        "        pathlib.Path('used').touch()\n"
+        "        super().__init__(params, **kwargs)\n")
+    (tmp_path / "my_conf/experiment").mkdir(parents=True)
+    (tmp_path / "my_conf/experiment/mine.yaml").write_text(
+        "# @package _global_\ntrusted_packages: [my_optim]\noptim:\n  _target_: my_optim.MarkedAdam\n")
+    search = f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]"
+    refused = run_cli([*FAST, "optim._target_=my_optim.MarkedAdam", f"hydra.run.dir={tmp_path / 'a'}"],
+                      cwd=tmp_path)
+    assert_refused(refused, "optim._target_='my_optim.MarkedAdam' is not allowed")
+    assert not (tmp_path / "used").exists()
+    trusted = run_cli([*FAST, search, "+experiment=mine", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert (tmp_path / "used").exists() and read_metrics(tmp_path / "b")["status"] == "completed"
 
 
 def test_a_crafted_checkpoint_does_not_run_code(tmp_path):
@@ -143,11 +167,19 @@ def test_a_crafted_checkpoint_does_not_run_code(tmp_path):
 
 
 # ----------------------------------------------------------------------------- run directories
-def completed_run(tmp_path: Path, *overrides: str) -> Path:
-    run_dir = tmp_path / "run"
-    result = run_cli([*FAST, *overrides, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    """One completed run of FAST; tests that damage it work on a copy (:func:`copy_of`)."""
+    folder = tmp_path_factory.mktemp("finished")
+    result = run_cli([*FAST, f"hydra.run.dir={folder / 'run'}"], cwd=folder)
     assert result.returncode == 0, result.stderr
-    return run_dir
+    return folder / "run"
+
+
+def copy_of(run_dir: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    return copy
 
 
 def snapshot(run_dir: Path) -> dict[str, bytes]:
@@ -155,8 +187,8 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
             if p.is_file() and p.suffix != ".log" and p.name != ".lock"}
 
 
-def test_a_run_directory_holding_another_run_is_refused_and_left_as_it_was(tmp_path):
-    run_dir = completed_run(tmp_path, "model=lista")
+def test_a_run_directory_holding_another_run_is_refused_and_left_as_it_was(tmp_path, finished):
+    run_dir = finished
     before = snapshot(run_dir)
     result = run_cli([*FAST, "model=alista", "trainer.checkpoint=false", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert_refused(result, "holds another run")
@@ -192,8 +224,8 @@ def test_resume_from_something_that_is_not_a_run_is_refused(tmp_path, make_resum
     assert str(target) in result.stdout + result.stderr
 
 
-def test_a_truncated_checkpoint_is_refused_naming_it(tmp_path):
-    run_dir = completed_run(tmp_path)
+def test_a_truncated_checkpoint_is_refused_naming_it(tmp_path, finished):
+    run_dir = copy_of(finished, tmp_path)
     last = run_dir / "checkpoints" / "last.pt"
     data = last.read_bytes()
     last.unlink()  # a hard link may share the bytes with best.pt: write a new file
@@ -207,24 +239,33 @@ def test_a_truncated_checkpoint_is_refused_naming_it(tmp_path):
     ("data.matrix_seed=5", "data.matrix_seed"),
     ("model=alista", "model._target_"),
 ])
-def test_resume_into_another_problem_or_model_is_refused_naming_the_keys(tmp_path, changed, named):
-    run_dir = completed_run(tmp_path)
-    result = run_cli([*FAST, changed, f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'new'}"], cwd=tmp_path)
+def test_resume_into_another_problem_or_model_is_refused_naming_the_keys(tmp_path, finished, changed, named):
+    result = run_cli([*FAST, changed, f"resume={finished}", f"hydra.run.dir={tmp_path / 'new'}"], cwd=tmp_path)
     assert_refused(result, named)
     assert "may change" in result.stdout + result.stderr and not (tmp_path / "new" / "metrics.json").exists()
 
 
-def test_a_changeable_key_is_applied_on_resume(tmp_path):
-    run_dir = completed_run(tmp_path)  # 2 epochs
-    result = run_cli([*FAST, "trainer.max_epochs=3", f"resume={run_dir}", f"hydra.run.dir={tmp_path / 'new'}"],
-                     cwd=tmp_path)
+def test_a_checkpoint_of_another_device_kind_is_refused(tiny_cfg, tmp_path):
+    run(tiny_cfg("tensorboard=false", "device=cpu"), tmp_path / "run")
+    last = tmp_path / "run/checkpoints/last.pt"
+    state = torch.load(last, weights_only=True)
+    last.unlink()
+    torch.save({**state, "device": "cuda"}, last)
+    with pytest.raises(ConfigError, match="written on cuda, this run is on cpu"):
+        run(tiny_cfg("tensorboard=false", "device=cpu", f"resume={tmp_path / 'run'}"), tmp_path / "new")
+    assert not (tmp_path / "new").exists()
+
+
+def test_a_changeable_key_is_applied_on_resume(tmp_path, finished):
+    result = run_cli([*FAST, "trainer.max_epochs=3", f"resume={finished}", f"hydra.run.dir={tmp_path / 'new'}"],
+                     cwd=tmp_path)  # the finished run has 2 epochs
     assert result.returncode == 0, result.stderr
     assert read_metrics(tmp_path / "new")["epochs"] == 3
 
 
-@pytest.mark.parametrize("garbage", ["{not json", "", "[1, 2]"])
-def test_an_unreadable_record_is_kept_aside_and_the_job_runs_again(tmp_path, garbage):
-    run_dir = completed_run(tmp_path)
+@pytest.mark.parametrize("garbage", ["{not json", "[1, 2]"])
+def test_an_unreadable_record_is_kept_aside_and_the_job_runs_again(tmp_path, finished, garbage):
+    run_dir = copy_of(finished, tmp_path)
     (run_dir / "metrics.json").write_text(garbage)
     again = run_cli([*FAST, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr

@@ -22,7 +22,7 @@ from unroll_cli.run import resolve_device
 CONTRACT = ["metrics.json", "history.csv", "layers.csv", "results.md", "A.npy",
             "figures/nmse_per_layer.png", "figures/thresholds.png", "figures/training_curve.png",
             "checkpoints/last.pt", "checkpoints/best.pt",
-            ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml"]
+            ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "app.log"]
 
 
 def numpy_ista_nmse(A: np.ndarray, y: np.ndarray, x: np.ndarray, lam: float, layers: int) -> list[float]:

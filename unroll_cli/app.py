@@ -22,8 +22,8 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from unroll_cli.config import ConfigError, register_configs
-from unroll_cli.record.recorder import RunRecorder, atomic_write_text
+from unroll_cli.config import ConfigError, TrainingFailure, register_configs, validate
+from unroll_cli.record.atomic import atomic_write_text
 from unroll_cli.record.run_dir import claim, locked
 from unroll_cli.targets import check_hydra_node, refuse_trust_from_overrides
 
@@ -45,9 +45,6 @@ def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig, ove
 
 def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
     """Claim ``run_dir`` (skip, resume or start), then run; input errors raise ConfigError."""
-    from unroll_cli.run import run  # torch only when a job runs
-    from unroll_cli.sweep.optuna_study import trial_reporter
-
     refuse_trust_from_overrides(o.partition("=")[0] for o in overrides)
     check_hydra_node(hydra_cfg, trusted=list(cfg.trusted_packages))
     decision = claim(run_dir, overrides, cfg.resume)
@@ -56,13 +53,20 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: li
     if decision.action == "skip":  # the same job of a re-run sweep: keep its results
         print(f"results: {run_dir} (already completed)")
         return decision.value
-    write_hydra_files(run_dir, cfg, hydra_cfg, overrides)
-    if decision.action == "resume" and cfg.resume is None:
-        cfg.resume = str(run_dir)  # the same job of a re-run sweep, a requeued or a killed job
     try:
+        validate(cfg)  # before torch is imported: a refused value costs no start-up
+        write_hydra_files(run_dir, cfg, hydra_cfg, overrides)
+        if decision.action == "resume" and cfg.resume is None:
+            cfg.resume = str(run_dir)  # the same job of a re-run sweep, a requeued or a killed job
+        from unroll_cli.run import run
+        from unroll_cli.sweep.optuna_study import trial_reporter
+
         return run(cfg, run_dir, overrides, pruning=trial_reporter(hydra_cfg))
     except ConfigError as error:  # a sweep's job is recorded as failed (an earlier resumable state is kept)
         if hydra_cfg.mode == RunMode.MULTIRUN and decision.action == "fresh":
+            from unroll_cli.record.recorder import RunRecorder
+
+            write_hydra_files(run_dir, cfg, hydra_cfg, overrides)
             recorder = RunRecorder(run_dir, tensorboard=False)
             recorder.start(model=cfg.model.get("name"), overrides=overrides)
             recorder.fail("failed", f"ConfigError: {error}")
@@ -71,19 +75,17 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: li
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train_job(cfg: DictConfig) -> float:
-    from unroll_cli.train.trainer import NonFiniteLossError
-
     hydra_cfg = HydraConfig.get()
     run_dir, overrides = Path(hydra_cfg.runtime.output_dir), list(hydra_cfg.overrides.task)
     multirun = hydra_cfg.mode == RunMode.MULTIRUN
     try:
         with locked(run_dir):
             value = run_job(cfg, hydra_cfg, run_dir, overrides)
-    except (ConfigError, FileNotFoundError, NonFiniteLossError) as error:
+    except (ConfigError, FileNotFoundError, TrainingFailure) as error:
         log.error("%s", error)
         if multirun:
             raise JobFailed(f"{run_dir}: {error}") from None
-        sys.exit(1 if isinstance(error, NonFiniteLossError) else 2)
+        sys.exit(1 if isinstance(error, TrainingFailure) else 2)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is marked interrupted; stop the sweep too
         print(f"interrupted: {run_dir} (run the same command again to resume)", file=sys.stderr)
         sys.exit(130)

@@ -3,8 +3,8 @@
 Hydra builds the callbacks, the sweeper and the launcher, and configures logging, from the composed
 ``hydra`` node before any job starts, so a job cannot check those itself. ``unroll-train`` therefore
 composes the config once from the command line first (Hydra's compose API, without the sweep
-values, which each job checks as its own config) and checks every ``_target_`` there
-(:mod:`unroll_cli.targets`). The command-line flags are Hydra's (``--help``, ``-m``, ``--cfg``,
+values) and checks every ``_target_`` of its ``hydra`` node (:mod:`unroll_cli.targets`); each job
+checks the rest of its own config before it instantiates anything. The command-line flags are Hydra's (``--help``, ``-m``, ``--cfg``,
 ``--info``, ``-cn``, ...), except three it refuses: ``--experimental-rerun`` (it unpickles a file,
 which can run code), and ``-cp``/``-cd`` (use ``hydra.searchpath=[file://DIR]`` to add a config
 folder: the composition checked here is then the one Hydra runs).
@@ -45,7 +45,7 @@ def check_command_line(argv: list[str]) -> None:
     from hydra import compose, initialize_config_module
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    from unroll_cli.targets import check_hydra_node, check_targets, refuse_trust_from_overrides
+    from unroll_cli.targets import check_hydra_node, refuse_trust_from_overrides
 
     try:
         with contextlib.redirect_stderr(io.StringIO()):
@@ -72,6 +72,4 @@ def check_command_line(argv: list[str]) -> None:
             cfg = compose(config_name=args.config_name or "train", overrides=fixed, return_hydra_config=True)
     except Exception:  # the same composition fails in Hydra, with its own message, before it runs anything
         return
-    trusted = list(cfg.get("trusted_packages") or [])
-    check_hydra_node(cfg.hydra, trusted)
-    check_targets(cfg, trusted)
+    check_hydra_node(cfg.hydra, trusted=list(cfg.get("trusted_packages") or []))

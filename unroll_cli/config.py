@@ -21,6 +21,11 @@ class ConfigError(ValueError):
     """A configuration value that cannot work; raised before any training."""
 
 
+class TrainingFailure(RuntimeError):
+    """A run that failed while training for a reason the user can act on (not a bug): recorded as
+    failed and reported in one line."""
+
+
 # ----------------------------------------------------------------------------- data
 @dataclass
 class SyntheticSparseCodingConfig:
@@ -282,7 +287,7 @@ def _check_finite(node: Any, key: str) -> None:
 
 
 def validate(cfg: DictConfig) -> None:
-    """Check keys, value ranges and choices that a type alone cannot express.
+    """Check keys, value ranges and choices that a type alone cannot express, then the targets.
 
     Raises :class:`ConfigError` naming the key and the allowed values.
     """
@@ -295,7 +300,6 @@ def validate(cfg: DictConfig) -> None:
     _check_keys(cfg)
     for key in ("data", "model", "optim", "sched", "trainer", "eval"):
         _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
-    check_targets(cfg, trusted=list(cfg.trusted_packages))
     _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
     data, model, trainer = cfg.data, cfg.model, cfg.trainer
     if "m" in data:
@@ -343,3 +347,4 @@ def validate(cfg: DictConfig) -> None:
     _require(cfg.eval.support_tol >= 0, "eval.support_tol", cfg.eval.support_tol, "a number >= 0")
     for name in cfg.eval.baselines:
         _require(name in ("ista", "fista"), "eval.baselines", name, "ista and/or fista")
+    check_targets(cfg, trusted=list(cfg.trusted_packages))  # last: it imports the targets' packages

@@ -10,8 +10,10 @@ ends, however it ends), so a second process on the same directory refuses, namin
   killed): resume from its checkpoint, and say so;
 * another job's files (other overrides): refuse, before anything is written.
 
-"The same job" means the same overrides, ``resume=...`` aside. An unreadable ``metrics.json`` is
-moved aside (``metrics.json.unreadable-<time>``) and the job runs again.
+"The same job" means the same overrides, ``resume=...`` aside (read from ``metrics.json``, or from
+``.hydra/overrides.yaml`` when results are there without a readable record). A directory without
+results (a run refused before it started) holds no run. An unreadable ``metrics.json`` is moved
+aside (``metrics.json.unreadable-<time>``) and the job runs again.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def _earlier(run_dir: Path) -> tuple[dict | None, list[str] | None, str]:
             os.replace(file, aside)
             record, note = None, f"{file} was unreadable ({error}); kept as {aside.name}, the job runs again"
     overrides = record.get("overrides") if record else None
-    if overrides is None:
+    if overrides is None and (note or (run_dir / "checkpoints").exists()):  # results whose record is lost
         try:
             overrides = yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text())
         except (OSError, yaml.YAMLError):

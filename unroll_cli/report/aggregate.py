@@ -27,7 +27,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from unroll_cli.record.recorder import atomic_write
+from unroll_cli.record.atomic import atomic_write
 
 RUN_COLUMNS = ["run", "status", "error", "params", "wall_s"]
 

@@ -30,7 +30,7 @@ from hydra.types import RunMode
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from unroll_cli.record.recorder import atomic_write
+from unroll_cli.record.atomic import atomic_write
 
 log = logging.getLogger(__name__)
 

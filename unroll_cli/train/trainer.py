@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
+from unroll_cli.config import TrainingFailure
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.train.checkpoints import CheckpointStore
 from unroll_cli.train.cuda_graphs import GraphedLoss
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 CHECK_EVERY = 20  # steps between loss read-backs (each one synchronises with the device)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TrainingFailure):
     """The training loss became NaN or infinite."""
 
 
