@@ -111,6 +111,10 @@ def payload(marker: Path) -> str:
                 f"+hydra.job_logging.handlers.console.args=[touch,{m}]"], "hydra.job_logging.handlers.console.class"),
     (lambda m: ["+trusted_packages=[os]", "optim._target_=os.system"], "trusted_packages"),
     (lambda m: ["+hydra.job.env_set.LD_PRELOAD=/nonexistent.so"], "LD_PRELOAD"),
+    (lambda m: ["hydra/sweeper=unroll_optuna", "hydra.sweeper.sampler=null",
+                f"+hydra.sweeper.sampler={payload(m)}"], "hydra.sweeper.sampler._target_"),
+    (lambda m: ["hydra.launcher._target_=unroll_cli.run.os.system"], "hydra.launcher._target_"),
+    (lambda m: ["trainer._target_=unroll_cli.run.os.system"], "trainer._target_"),
 ])
 def test_code_named_in_an_override_never_runs(tmp_path, make_overrides, named):
     marker = tmp_path / "marker"
