@@ -19,6 +19,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -46,7 +47,7 @@ def assert_refused(result: subprocess.CompletedProcess, named: str, run_dir: Pat
     (["data.snr_db=nan"], "data.snr_db"),
     (["data.kappa=-inf"], "data.kappa"),
     (["trainer.grad_clip=-1"], "trainer.grad_clip"),
-    (["eval.support_tol=-1"], "eval.support_tol"),
+    (["data.support_tol=-1"], "data.support_tol"),
     (["trainer.patience=-1"], "trainer.patience"),
     (["trainer.max_epochs=-1"], "trainer.max_epochs"),
     (["+seeed=3"], "seeed"),
@@ -368,3 +369,33 @@ def test_killed_at_a_random_moment_the_pair_stays_consistent_and_resume_is_exact
     assert read_metrics(finished)["metrics"] == uninterrupted
     assert read_metrics(finished)["epochs"] == 24
     assert_consistent_pair(finished)
+
+
+# ----------------------------------------------------------------------------- a user's own model
+def test_a_users_own_model_from_their_own_folders(tmp_path):
+    """The README's example, as a user types it: a module and a YAML file in their own folders."""
+    (tmp_path / "my_models.py").write_text(
+        "from unroll_cli.models.lista import LISTACP\n\n\n"
+        "class HalfThresholdLISTACP(LISTACP):\n"
+        "    \"\"\"LISTA-CP whose thresholds start at half of ISTA's.\"\"\"\n\n"
+        "    def __init__(self, A, layers, lam, tied=True):\n"
+        "        super().__init__(A, layers, lam / 2, tied)\n")
+    (tmp_path / "my_conf/model").mkdir(parents=True)
+    (tmp_path / "my_conf/model/half_cp.yaml").write_text(
+        "# @package _global_\n"
+        "trusted_packages: [my_models]\n"
+        "model:\n"
+        "  _target_: my_models.HalfThresholdLISTACP\n"
+        "  name: half_cp\n"
+        "  task: sparse_coding\n"
+        "  layers: 4\n"
+        "  lam: 0.4\n")
+    run_dir = tmp_path / "run"
+    result = run_cli([*FAST, "optim.lr=1e-9", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
+                      "model=half_cp", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_metrics(run_dir)["model"] == "half_cp"
+    # barely trained (lr 1e-9): the thresholds are the class's, lam / 2 / L, L = 1.001 ||A||^2 of the saved A
+    A = np.load(run_dir / "A.npy").astype(np.float64)
+    theta = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]["theta.0"].item()
+    assert theta == pytest.approx(0.4 / 2 / (1.001 * np.linalg.norm(A, 2) ** 2), rel=1e-5)

@@ -22,7 +22,7 @@ from unroll_cli.run import resolve_device
 CONTRACT = ["metrics.json", "history.csv", "layers.csv", "results.md", "A.npy",
             "figures/nmse_per_layer.png", "figures/thresholds.png", "figures/training_curve.png",
             "checkpoints/last.pt", "checkpoints/best.pt",
-            ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "app.log"]
+            ".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "app.log", "dictionary.npy"]
 
 
 def numpy_ista_nmse(A: np.ndarray, y: np.ndarray, x: np.ndarray, lam: float, layers: int) -> list[float]:
@@ -63,6 +63,7 @@ def test_run_writes_every_file_of_the_contract(tmp_path):
 
     # The ISTA baseline, recomputed independently from the saved A and the test set's seed.
     A = np.load(run_dir / "A.npy").astype(np.float64)
+    assert np.array_equal(np.load(run_dir / "dictionary.npy"), np.load(run_dir / "A.npy"))  # LISTA-CP's is A
     gen = torch.Generator().manual_seed(2)
     x = sample_codes(64, 40, 0.1, gen, "cpu")
     y = measure(x, torch.as_tensor(A, dtype=torch.float32), None, gen)
@@ -108,9 +109,9 @@ def test_runs_started_together_never_share_a_directory(tmp_path):
 def test_help_lists_groups_and_cfg_prints_the_composed_config(tmp_path):
     help_text = run_cli(["--help"], cwd=tmp_path).stdout
     models = next(line for line in help_text.splitlines() if line.startswith("model: "))
-    assert models == ("model: alista, all_free, cnn, fista, ista, lbp, lista, lista_cp, lista_cpss, "
-                      "lista_ss, ml_fista, ml_ista, ml_lista, tilista")
-    for group in ("data:", "optim:", "sched:", "trainer:", "eval:", "experiment:"):
+    shipped = sorted(p.stem for p in (Path(__file__).parents[1] / "unroll_cli/conf/model").glob("*.yaml"))
+    assert models == "model: " + ", ".join(shipped)
+    for group in ("data:", "optim:", "sched:", "trainer:", "experiment:"):
         assert f"\n{group}" in help_text
     job = yaml.safe_load(run_cli(["--cfg", "job", "model=alista", "data.m=30"], cwd=tmp_path).stdout)
     assert job["model"]["_target_"] == "unroll_cli.models.lista.ALISTA"

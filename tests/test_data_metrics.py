@@ -10,7 +10,8 @@ import torch
 from omegaconf import OmegaConf
 from scipy.io import savemat
 
-from unroll_cli.data.synthetic import SyntheticSparseCoding, gaussian_matrix, measure, sample_codes
+from unroll_cli.data.synthetic import gaussian_matrix, measure, sample_codes
+from unroll_cli.tasks.sparse_coding import SyntheticSparseCoding
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 
 
@@ -18,7 +19,7 @@ def make_task(**overrides) -> SyntheticSparseCoding:
     settings = dict(m=30, n=60, p=0.1, snr_db=None, kappa=None, col_normalized=True, online=True,
                     n_train=256, n_val=100, n_test=100, batch_size=32, matrix_seed=0, val_seed=1,
                     test_seed=2, A_path=None, seed=0,
-                    trainer=OmegaConf.create({"steps_per_epoch": 3, "loss": "supervised"}))
+                    trainer=OmegaConf.create({"steps_per_epoch": 3}))
     settings.update(overrides)
     return SyntheticSparseCoding(**settings)
 

@@ -76,7 +76,7 @@ def test_sulam2020_sets_the_notebooks_settings(dataset, lr, epochs, window):
     assert cfg.model.name == "ml_ista" and cfg.model.unfoldings == 6
     assert cfg.optim._target_ == "torch.optim.SGD" and cfg.optim.lr == lr and cfg.optim.momentum == 0.9
     assert cfg.sched._target_ == "torch.optim.lr_scheduler.StepLR" and cfg.sched.gamma == 0.2
-    assert cfg.trainer.max_epochs == epochs and list(cfg.eval.acc_mean_epochs) == window
+    assert cfg.trainer.max_epochs == epochs and list(cfg.data.acc_mean_epochs) == window
     # the experiment must not turn the CNN baseline into an unfolded model
     assert compose_cfg([f"+experiment=sulam2020_{dataset}", "model=cnn"]).model.unfoldings == 0
     assert compose_cfg([f"+experiment=sulam2020_{dataset}", "model=lbp"]).model.unfoldings == 6

@@ -16,7 +16,8 @@ from torchvision import transforms
 from torchvision.datasets import MNIST
 
 from unroll_cli.data import images as im
-from unroll_cli.data.images import DatasetNotFoundError, ImageClassification, random_crop
+from unroll_cli.data.images import DatasetNotFoundError, random_crop
+from unroll_cli.tasks.classification import ImageClassification
 
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 

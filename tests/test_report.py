@@ -12,8 +12,8 @@ import pytest
 import yaml
 
 from conftest import TINY, run_cli
-from unroll_cli.report.aggregate import (expand_sweep, load_runs, missing_jobs, planned_jobs, plot_metric,
-                                         read_runs, summarize)
+from unroll_cli.report.aggregate import (expand_sweep, load_runs, missing_jobs, paper_cells, planned_jobs,
+                                         plot_metric, read_runs, summarize)
 from unroll_cli.report.aggregate import main as report_main
 
 
@@ -75,12 +75,16 @@ def test_grouping_is_over_everything_but_the_seed(tmp_path):
     assert by_seed.loc["0", "test/acc mean"] == 3.0
 
 
-def write_run(root, name, overrides, metrics, status="completed"):
-    """A run directory in the contract, written by hand (no training)."""
+def write_run(root, name, overrides, metrics, status="completed", optimized=None):
+    """A run directory in the contract, written by hand (no training); ``optimized``: the name of the metric
+    it records as optimized."""
     run = root / name
     (run / ".hydra").mkdir(parents=True)
     (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
-    (run / "metrics.json").write_text(json.dumps({"status": status, "metrics": metrics, "overrides": overrides}))
+    record = {"status": status, "metrics": metrics, "overrides": overrides}
+    if optimized:
+        record["optimized"] = {"name": optimized, "value": metrics.get(optimized)}
+    (run / "metrics.json").write_text(json.dumps(record))
 
 
 def test_plot_of_a_metric_against_a_swept_parameter_and_wrong_names(tmp_path, capsys):
@@ -109,11 +113,18 @@ def test_plot_of_a_metric_against_a_swept_parameter_and_wrong_names(tmp_path, ca
     assert "--group-by optim.lrr: not an override" in capsys.readouterr().err
 
 
-def listed(stdout: str) -> list[dict[str, str]]:
-    """The rows of the report's printed 'run(s) not completed' table, as {column: cell}."""
-    lines = stdout.split("not completed:\n\n")[1].split("\n\n")[0].splitlines()
+def printed_table(stdout: str, heading: str | None = None) -> list[dict[str, str]]:
+    """The rows of the Markdown table the report printed under the line ending in ``heading`` (by default
+    first), as {column: cell}."""
+    text = stdout.split(f"{heading}\n\n")[1] if heading else stdout
+    lines = text.split("\n\n")[0].splitlines()
     cells = lambda line: [cell.strip() for cell in line.strip("|").split("|")]  # noqa: E731
     return [dict(zip(cells(lines[0]), cells(line))) for line in lines[2:]]
+
+
+def listed(stdout: str) -> list[dict[str, str]]:
+    """The rows of the report's printed 'run(s) not completed' table, as {column: cell}."""
+    return printed_table(stdout, "not completed:")
 
 
 def report(*args: str, cwd=None) -> subprocess.CompletedProcess:
@@ -276,3 +287,138 @@ def test_only_unfinished_runs_list_them_write_the_files_and_exit_1(tmp_path, cap
     assert not (tmp_path / "report.png").exists()
     assert list(pd.read_csv(tmp_path / "report.csv").columns)[0] == "model"
     assert summarize(load_runs([str(tmp_path)])).empty
+
+
+def test_a_printed_cell_is_mean_std_and_count_at_the_means_decimals():
+    runs = pd.DataFrame({"run": list("abcd"), "status": ["completed"] * 4, "error": None,
+                         "model": ["x", "x", "x", "y"], "seed": ["0", "1", "2", "0"],
+                         "test/nmse_db": [-30.3, -30.5, -30.45, -29.0], "published/test/nmse_db": [-30.5] * 4,
+                         "test/acc": [0.91, 0.92, 0.93, 0.5]})
+    cells = paper_cells(summarize(runs)).set_index("model")
+    assert list(cells.columns) == ["test/nmse_db", "published/test/nmse_db", "test/nmse_db diff", "test/acc"]
+    # x: mean -91.25 / 3 = -30.4167; deviations 0.1167, -0.0833, -0.0333: std sqrt(0.021667 / 2) = 0.1041
+    assert cells.loc["x", "test/nmse_db"] == "-30.42 ± 0.10 (3)"
+    assert cells.loc["x", "published/test/nmse_db"] == "-30.50"
+    assert cells.loc["x", "test/nmse_db diff"] == "0.08"  # -30.4167 + 30.5, at the mean's 2 decimals
+    # below 1: 4 significant digits of the mean, the std at the same decimals (std of .91 .92 .93: 0.01)
+    assert cells.loc["x", "test/acc"] == "0.9200 ± 0.0100 (3)"
+
+
+def test_a_single_run_cell_has_no_std():
+    runs = pd.DataFrame({"run": ["a"], "status": ["completed"], "error": None, "model": ["y"],
+                         "test/nmse_db": [-30.414], "test/acc": [0.5]})
+    cells = paper_cells(summarize(runs)).iloc[0]
+    assert (cells["test/nmse_db"], cells["test/acc"]) == ("-30.41 (1)", "0.5000 (1)")
+
+
+# A gradient x lambda x seed sweep like PUDLE's table (PSNR of the two seeds, the published value).
+PSNR = {("g_dec", "0.08"): [30.0, 31.0], ("g_dec", "0.12"): [32.0, 32.5],
+        ("g_ae_ls", "0.08"): [28.0, 29.0], ("g_ae_ls", "0.12"): [27.0, 30.0]}
+PUBLISHED = {("g_dec", "0.08"): 30.6, ("g_dec", "0.12"): 32.1,
+             ("g_ae_ls", "0.08"): 28.4, ("g_ae_ls", "0.12"): 28.9}
+
+
+def write_grad_lam_runs(root, extra=()):
+    """The runs of PSNR (g_dec first), each also with ``extra`` overrides and a test/ssim of 0.9."""
+    for i, ((grad, lam), psnrs) in enumerate(PSNR.items()):
+        for seed, psnr in enumerate(psnrs):
+            write_run(root, f"{i}{seed}", [f"model.grad={grad}", f"model.lam={lam}", f"seed={seed}", *extra],
+                      {"test/psnr": psnr, "test/ssim": 0.9, "published/test/psnr": PUBLISHED[grad, lam]},
+                      optimized="test/psnr")
+
+
+def test_a_pivot_of_gradient_by_lambda_pools_the_seeds_of_completed_runs(tmp_path, capsys):
+    write_grad_lam_runs(tmp_path)
+    write_run(tmp_path, "failed", ["model.grad=g_dec", "model.lam=0.08", "seed=2"], {"test/psnr": 0.0},
+              status="failed")  # never averaged in
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam", "--metrics", "test/psnr"]) == 1
+    out = capsys.readouterr().out
+    # the grid, rows and columns as the runs have them; each cell's mean, sample std and count by hand
+    assert printed_table(out, "model.grad by model.lam:") == [
+        {"model.grad": "g_dec", "0.08": "30.50 ± 0.71 (2)", "0.12": "32.25 ± 0.35 (2)"},
+        {"model.grad": "g_ae_ls", "0.08": "28.50 ± 0.71 (2)", "0.12": "28.50 ± 2.12 (2)"}]
+    assert printed_table(out, "published/test/psnr:") == [
+        {"model.grad": "g_dec", "0.08": "30.60", "0.12": "32.10"},
+        {"model.grad": "g_ae_ls", "0.08": "28.40", "0.12": "28.90"}]
+    long = pd.read_csv(tmp_path / "report_pivot.csv")
+    assert list(long.columns) == ["model.grad", "model.lam", "metric", "mean", "std", "count", "published"]
+    assert list(zip(long["model.grad"], long["model.lam"])) == [
+        ("g_dec", 0.08), ("g_dec", 0.12), ("g_ae_ls", 0.08), ("g_ae_ls", 0.12)]
+    assert set(long["metric"]) == {"test/psnr"} and set(long["count"]) == {2}
+    assert np.allclose(long["mean"], [30.5, 32.25, 28.5, 28.5])
+    assert np.allclose(long["std"], np.array([1.0, 0.5, 1.0, 3.0]) / np.sqrt(2))  # |a - b| / sqrt(2)
+    assert list(long["published"]) == [30.6, 32.1, 28.4, 28.9]
+
+
+def test_the_pivot_is_of_the_optimized_metric_unless_metrics_are_chosen(tmp_path, capsys):
+    write_grad_lam_runs(tmp_path)
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam"]) == 0
+    out = capsys.readouterr().out
+    assert "test/psnr, mean ± std (n)" in out and "test/ssim, mean ± std (n)" not in out
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam", "--metrics", "test/*"]) == 0
+    ssim = printed_table(capsys.readouterr().out, "test/ssim, mean ± std (n) of the completed runs, "
+                         "model.grad by model.lam:")
+    assert ssim[0] == {"model.grad": "g_dec", "0.08": "0.9000 ± 0.0000 (2)", "0.12": "0.9000 ± 0.0000 (2)"}
+    assert set(pd.read_csv(tmp_path / "report_pivot.csv")["metric"]) == {"test/psnr", "test/ssim"}
+    write_run(tmp_path, "other", ["model.grad=g_dec", "model.lam=0.08", "seed=2"], {"test/ssim": 0.8},
+              optimized="test/ssim")
+    with pytest.raises(SystemExit) as exit:
+        report_main([str(tmp_path), "--pivot", "model.grad", "model.lam"])
+    assert exit.value.code == 2 and "choose the metrics with --metrics" in capsys.readouterr().err
+
+
+def test_pivot_rows_and_columns_numbers_in_numeric_order_others_as_they_come(tmp_path, capsys):
+    cells = [(grad, lam) for grad in ("g_dec", "g_ae_ls") for lam in ("1e-3", "3e-4", "1e-4")]
+    for i, (grad, lam) in enumerate(cells):
+        write_run(tmp_path, str(i), [f"model.grad={grad}", f"model.lam={lam}"], {"test/psnr": 20.0 + i},
+                  optimized="test/psnr")
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam"]) == 0
+    grid = printed_table(capsys.readouterr().out, "model.grad by model.lam:")
+    assert grid == [{"model.grad": "g_dec", "1e-4": "22.00 (1)", "3e-4": "21.00 (1)", "1e-3": "20.00 (1)"},
+                    {"model.grad": "g_ae_ls", "1e-4": "25.00 (1)", "3e-4": "24.00 (1)", "1e-3": "23.00 (1)"}]
+    assert list(grid[0]) == ["model.grad", "1e-4", "3e-4", "1e-3"]  # not string order (1e-3 < 1e-4)
+    assert list(pd.read_csv(tmp_path / "report_pivot.csv")["mean"]) == [22.0, 21.0, 20.0, 25.0, 24.0, 23.0]
+
+
+def test_a_pivot_refuses_to_pool_another_varying_override_or_an_unknown_one(tmp_path, capsys):
+    write_grad_lam_runs(tmp_path, extra=["model.layers=4"])
+    write_run(tmp_path, "deeper", ["model.grad=g_dec", "model.lam=0.08", "seed=0", "model.layers=8"],
+              {"test/psnr": 40.0}, optimized="test/psnr")
+    pooled = ("--pivot model.grad model.lam: the completed runs also differ in model.layers, which would be "
+              "pooled into one cell; select the runs with a glob, or use --group-by")
+    unknown = "--pivot model.gradd: not an override of these runs (model.grad, model.lam, seed, model.layers)"
+    for pivot, message in ((["model.grad", "model.lam"], pooled), (["model.gradd", "model.lam"], unknown)):
+        with pytest.raises(SystemExit) as exit:
+            report_main([str(tmp_path), "--pivot", *pivot])
+        assert exit.value.code == 2
+        assert capsys.readouterr().err.splitlines()[-1] == f"unroll-report: error: {message}"
+    assert not (tmp_path / "report_pivot.csv").exists() and not (tmp_path / "report.csv").exists()
+    record = json.loads((tmp_path / "deeper" / "metrics.json").read_text())
+    (tmp_path / "deeper" / "metrics.json").write_text(json.dumps({**record, "status": "failed"}))
+    # only the completed runs are pooled: a failed one may differ
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam"]) == 1
+    assert pd.read_csv(tmp_path / "report_pivot.csv")["count"].tolist() == [2, 2, 2, 2]
+
+
+def test_csvs_keep_mean_std_and_count_columns_the_printed_tables_and_latex_have_cells(tmp_path, capsys):
+    write_grad_lam_runs(tmp_path)
+    (tmp_path / "00" / "layers.csv").write_text("layer,test/psnr\n0,21.0\n1,30.0\n")
+    (tmp_path / "01" / "layers.csv").write_text("layer,test/psnr\n0,22.0\n1,31.0\n")
+    assert report_main([str(tmp_path), "--metrics", "test/psnr", "--layers"]) == 0
+    table = pd.read_csv(tmp_path / "report.csv")
+    assert list(table.columns) == ["model.grad", "model.lam", "test/psnr mean", "test/psnr std",
+                                   "test/psnr count", "published/test/psnr", "test/psnr diff"]
+    row = table.set_index(["model.grad", "model.lam"]).loc[("g_dec", 0.08)]
+    assert row["test/psnr mean"] == 30.5 and row["test/psnr count"] == 2
+    assert abs(row["test/psnr std"] - np.sqrt(0.5)) < 1e-12  # ddof=1: sqrt((0.5² + 0.5²) / 1)
+    layers = pd.read_csv(tmp_path / "report_layers.csv")
+    assert list(layers.columns) == ["model.grad", "model.lam", "layer", "test/psnr mean", "test/psnr std",
+                                    "test/psnr count"]
+    assert list(layers["test/psnr mean"]) == [21.5, 30.5]
+    out = capsys.readouterr().out
+    assert {"model.grad": "g_dec", "model.lam": "0.08", "test/psnr": "30.50 ± 0.71 (2)",
+            "published/test/psnr": "30.60", "test/psnr diff": "-0.10"} in printed_table(out)
+    assert printed_table(out, "Per layer:")[1] == {"model.grad": "g_dec", "model.lam": "0.08", "layer": "1",
+                                                   "test/psnr": "30.50 ± 0.71 (2)"}
+    tex = (tmp_path / "report.tex").read_text()
+    assert r"g\_dec & 0.08 & 30.50 $\pm$ 0.71 (2) & 30.60 & -0.10 \\" in tex and "±" not in tex

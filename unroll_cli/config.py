@@ -10,7 +10,7 @@ import math
 import os
 import secrets
 from dataclasses import dataclass, field, fields, is_dataclass
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -26,83 +26,30 @@ class TrainingFailure(RuntimeError):
     failed and reported in one line."""
 
 
-# ----------------------------------------------------------------------------- data
-@dataclass
-class SyntheticSparseCodingConfig:
-    """y = A x + noise with Bernoulli(p) x N(0,1) codes (Chen et al. 2018, Sec. 4.1)."""
-
-    _target_: str = "unroll_cli.data.synthetic.SyntheticSparseCoding"
-    m: int = 250
-    n: int = 500
-    p: float = 0.1
-    snr_db: Optional[float] = None  # null: noiseless
-    kappa: Optional[float] = None  # condition number of A; null: plain Gaussian A
-    col_normalized: bool = True
-    online: bool = True  # fresh batches every step (TF code) or a fixed set (HyperLISTA)
-    n_train: int = 51200  # size of the fixed training set when online is false
-    n_val: int = 1000
-    n_test: int = 1000
-    batch_size: int = 64
-    matrix_seed: int = 0
-    val_seed: int = 1
-    test_seed: int = 2
-    A_path: Optional[str] = None  # .npy or .mat file holding the user's own A
+# ----------------------------------------------------------------------------- the schema registry
+_SCHEMAS: list[tuple[str, str, type]] = []
 
 
-@dataclass
-class ImageDataConfig:
-    """Image classification through torchvision's dataset classes, held as tensors on the device."""
+def register_schema(group: str, name: str) -> Callable[[type], type]:
+    """Class decorator: the dataclass schema of a config group option, stored in Hydra's ConfigStore
+    as ``schema/<group>/<name>`` for the YAML files' defaults lists. Tasks and models declare
+    theirs beside their class (a new family is one module and one YAML file)."""
+    def store(cls: type) -> type:
+        schema = dataclass(cls)
+        _SCHEMAS.append((group, name, schema))
+        return schema
 
-    _target_: str = "unroll_cli.data.images.ImageClassification"
-    name: str = MISSING  # mnist | fashion_mnist | cifar10 | svhn
-    root: str = "./data"
-    download: bool = True
-    batch_size: int = 128
-    eval_batch_size: int = 1000
-    arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10
-    normalize_mean: Optional[List[float]] = None
-    normalize_std: Optional[List[float]] = None
-    random_crop_padding: int = 0
-    hflip: bool = False
-    val_size: int = 0  # 0: evaluate on the test set every epoch, as the paper's notebooks
-    n_train: Optional[int] = None  # a random subset of the training set, for quick runs
+    return store
 
 
-# ----------------------------------------------------------------------------- models
-@dataclass
-class ClassicalModelConfig:
-    """ISTA / FISTA: no learning; the baselines at the same depth."""
-
-    _target_: str = MISSING
-    name: str = MISSING
-    task: str = "sparse_coding"  # the kind of data the model fits
-    layers: int = 16
-    lam: float = 0.4
-
-
-@dataclass
-class LearnedModelConfig(ClassicalModelConfig):
-    """Step/threshold-learning models with optional support selection (TiLISTA, ALISTA)."""
-
-    ss_p_per_layer: float = 0.0  # percent of entries added to the selected support per layer
-    ss_p_max: float = 0.0  # cap on that percent
-
-
-@dataclass
-class LISTAModelConfig(LearnedModelConfig):
-    """LISTA / LISTA-CP (and their support-selection variants): weights tied or per layer."""
-
-    tied: bool = True
-
-
-@dataclass
-class MultiLayerModelConfig:
-    """Multi-layer ISTA family (Sulam et al. 2020): architecture from the data, T unfoldings."""
-
-    _target_: str = MISSING
-    name: str = MISSING
-    task: str = "classification"
-    unfoldings: int = 6
+def constrained(default: Any, allowed: str, ok: Callable[[Any], bool], changeable: bool = False) -> Any:
+    """A schema field with its allowed values: :func:`validate` checks ``ok(value)`` before any work
+    and names the key and ``allowed`` when it fails. ``changeable``: a resumed run may set another
+    value (it changes only the report, not the problem or the training)."""
+    metadata = {"allowed": allowed, "ok": ok, "changeable": changeable}
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: type(default)(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 # ----------------------------------------------------------------------------- optim / sched
@@ -151,12 +98,14 @@ class TrainerConfig:
     """End-to-end training: every parameter, the loss on the last layer's estimate."""
 
     _target_: str = "unroll_cli.train.trainer.Trainer"
-    max_epochs: int = 20
-    steps_per_epoch: int = 100  # batches per epoch of online data (a fixed set: one pass per epoch)
-    patience: Optional[int] = None  # early stopping: epochs without validation improvement
-    loss: str = "supervised"  # supervised (MSE to the true code) | lasso (unsupervised)
-    grad_clip: Optional[float] = None
-    precision: str = "fp32"  # fp32 | bf16 (autocast)
+    max_epochs: int = constrained(20, "an integer >= 0", lambda v: v >= 0)
+    # batches per epoch of online data (a fixed set: one pass per epoch)
+    steps_per_epoch: int = constrained(100, "an integer >= 1", lambda v: v >= 1)
+    # early stopping: epochs without validation improvement
+    patience: Optional[int] = constrained(None, "null (no early stopping) or an integer >= 1",
+                                          lambda v: v is None or v >= 1)
+    grad_clip: Optional[float] = constrained(None, "null (no clipping) or a norm > 0", lambda v: v is None or v > 0)
+    precision: str = constrained("fp32", "fp32 or bf16 (autocast)", lambda v: v in ("fp32", "bf16"))
     compile: bool = False
     cuda_graphs: bool = False  # on CUDA: replay each step's forward and backward as CUDA graphs
     checkpoint: bool = True
@@ -172,19 +121,9 @@ class LayerwiseTrainerConfig(TrainerConfig):
     _target_: str = "unroll_cli.train.layerwise.LayerwiseTrainer"
     stage_lr_factors: List[float] = field(default_factory=lambda: [1.0, 0.2, 0.02])
     layer_decay: float = 0.3
-    val_every_steps: int = 10
-    stage_patience_steps: int = 4000
-    stage_max_steps: int = 200000
-
-
-@dataclass
-class EvalConfig:
-    nmse: str = "pooled"  # pooled (LISTA-CPSS/ALISTA code) | per_sample (Open-L2O)
-    support_tol: float = 0.0  # |x_hat_i| > tol counts as a detected nonzero
-    baselines: List[str] = field(default_factory=lambda: ["ista", "fista"])
-    # classification: first and last epoch (1-based, inclusive) of the reported mean accuracy;
-    # null: the last 10 epochs
-    acc_mean_epochs: Optional[List[int]] = None
+    val_every_steps: int = constrained(10, "an integer >= 1", lambda v: v >= 1)
+    stage_patience_steps: int = constrained(4000, "an integer >= 1", lambda v: v >= 1)
+    stage_max_steps: int = constrained(200000, "an integer >= 1", lambda v: v >= 1)
 
 
 # ----------------------------------------------------------------------------- published numbers
@@ -207,13 +146,12 @@ class TrainConfig:
     optim: Any = MISSING
     sched: Any = MISSING
     trainer: Any = MISSING
-    eval: EvalConfig = field(default_factory=EvalConfig)
     paper: Optional[Any] = None  # published numbers of the experiment, with their source
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = False
     resume: Optional[str] = None  # a run directory or a checkpoint file to continue from
-    optimized_metric: Optional[str] = None  # null: test/nmse_db (sparse coding), test/acc (classification)
+    optimized_metric: Optional[str] = None  # null: the task's primary metric
     tensorboard: bool = True
     # packages whose classes a config file may name in _target_ besides the built-in allow-list
     # (unroll_cli.targets); set in a config file, never on the command line
@@ -226,18 +164,22 @@ _RUN_UID = f"{os.getpid()}{secrets.token_hex(2)}"
 
 
 def register_configs() -> None:
-    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists, and the
-    ``run_uid`` resolver of the run directory names."""
+    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists: the shared
+    ones here, and those the task and model modules declare (:func:`register_schema`), which are
+    imported for that; and the ``run_uid`` resolver of the run directory names."""
+    import importlib
+    import pkgutil
+
+    import unroll_cli.models
+    import unroll_cli.tasks
+
     OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID, replace=True)
+    for package in (unroll_cli.tasks, unroll_cli.models):
+        for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            importlib.import_module(module.name)
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
     for group, name, node in [
-        ("data", "synthetic_sc", SyntheticSparseCodingConfig),
-        ("data", "image", ImageDataConfig),
-        ("model", "multilayer", MultiLayerModelConfig),
-        ("model", "classical", ClassicalModelConfig),
-        ("model", "learned", LearnedModelConfig),
-        ("model", "lista", LISTAModelConfig),
         ("optim", "adam", AdamConfig),
         ("optim", "sgd", SGDConfig),
         ("sched", "constant", ConstantSchedConfig),
@@ -245,11 +187,15 @@ def register_configs() -> None:
         ("sched", "cosine", CosineSchedConfig),
         ("trainer", "end_to_end", TrainerConfig),
         ("trainer", "layerwise", LayerwiseTrainerConfig),
+        *_SCHEMAS,
     ]:
         cs.store(group=f"schema/{group}", name=name, node=node)
 
 
 # ----------------------------------------------------------------------------- value checks
+GROUPS = ("data", "model", "optim", "sched", "trainer")
+
+
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
@@ -257,8 +203,7 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 
 def _check_keys(cfg: DictConfig) -> None:
     """Keys added with ``+key=value`` bypass Hydra's schema check: refuse those the schema lacks."""
-    nodes = [("", cfg, TrainConfig)] + [(f"{key}.", cfg[key], OmegaConf.get_type(cfg[key]))
-                                         for key in ("data", "model", "optim", "sched", "trainer", "eval")]
+    nodes = [("", cfg, TrainConfig)] + [(f"{key}.", cfg[key], OmegaConf.get_type(cfg[key])) for key in GROUPS]
     for prefix, node, schema in nodes:
         if is_dataclass(schema):
             known = {f.name for f in fields(schema)}
@@ -286,65 +231,46 @@ def _check_finite(node: Any, key: str) -> None:
         raise ConfigError(f"{key}={node} is not allowed: a finite number")
 
 
+def _check_constraints(node: DictConfig, key: str) -> None:
+    """The allowed values a schema declares for its fields (:func:`constrained`)."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    for f in fields(schema):
+        if "ok" in f.metadata and not f.metadata["ok"](node[f.name]):
+            value = node[f.name]
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"{key}.{f.name}={value!r} is not allowed: {f.metadata['allowed']}")
+
+
+def changeable_keys(cfg: DictConfig) -> list[str]:
+    """The keys the schemas mark as changeable on resume (:func:`constrained`)."""
+    keys = []
+    for group in GROUPS:
+        schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
+        if is_dataclass(schema):
+            keys += [f"{group}.{f.name}" for f in fields(schema) if f.metadata.get("changeable")]
+    return keys
+
+
 def validate(cfg: DictConfig) -> None:
-    """Check keys, value ranges and choices that a type alone cannot express, then the targets.
+    """Check keys, NaN/infinity, the values each schema allows, then the targets.
 
     Raises :class:`ConfigError` naming the key and the allowed values.
     """
     from unroll_cli.targets import check_targets
 
-    for key in ("data", "model", "optim", "sched", "trainer", "eval"):
+    for key in GROUPS:
         if cfg.get(key) is None:
             raise ConfigError(f"{key} is missing (removed with ~{key}?): choose one of the {key} options "
                               "(unroll-train --help lists them)")
     _check_keys(cfg)
-    for key in ("data", "model", "optim", "sched", "trainer", "eval"):
+    for key in GROUPS:
         _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
+        _check_constraints(cfg[key], key)
     _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
-    data, model, trainer = cfg.data, cfg.model, cfg.trainer
-    if "m" in data:
-        _require(data.m > 0, "data.m", data.m, "an integer > 0")
-        _require(data.n > 0, "data.n", data.n, "an integer > 0")
-        _require(0 < data.p <= 1, "data.p", data.p, "a probability in (0, 1]")
-        _require(data.kappa is None or data.kappa >= 1, "data.kappa", data.kappa, "null or >= 1")
-        for k in ("n_val", "n_test", "batch_size", "n_train"):
-            _require(data[k] > 0, f"data.{k}", data[k], "an integer > 0")
-    if "layers" in model:
-        _require(model.layers >= 1, "model.layers", model.layers, "an integer >= 1")
-        _require(model.lam >= 0, "model.lam", model.lam, "a number >= 0")
-    if "unfoldings" in model:
-        _require(model.unfoldings >= 0, "model.unfoldings", model.unfoldings, "an integer >= 0")
-    if "arch" in data:
-        _require(data.arch in ("mnist", "cifar10"), "data.arch", data.arch, "mnist or cifar10")
-        _require(data.batch_size > 0, "data.batch_size", data.batch_size, "an integer > 0")
-    acc_epochs = cfg.eval.acc_mean_epochs
-    if acc_epochs is not None:
-        _require(len(acc_epochs) == 2 and 1 <= acc_epochs[0] <= acc_epochs[1] <= trainer.max_epochs,
-                 "eval.acc_mean_epochs", list(acc_epochs),
-                 f"[first, last] with 1 <= first <= last <= trainer.max_epochs ({trainer.max_epochs})")
-    for k in ("ss_p_per_layer", "ss_p_max"):
-        if k in model:
-            _require(0 <= model[k] <= 100, f"model.{k}", model[k], "a percentage in [0, 100]")
-    _require(cfg.optim.lr > 0, "optim.lr", cfg.optim.lr, "a number > 0")
-    _require(trainer.max_epochs >= 0, "trainer.max_epochs", trainer.max_epochs, "an integer >= 0")
-    _require(trainer.steps_per_epoch >= 1, "trainer.steps_per_epoch", trainer.steps_per_epoch,
-             "an integer >= 1")
-    _require(trainer.patience is None or trainer.patience >= 1, "trainer.patience", trainer.patience,
-             "null (no early stopping) or an integer >= 1")
-    _require(trainer.grad_clip is None or trainer.grad_clip > 0, "trainer.grad_clip", trainer.grad_clip,
-             "null (no clipping) or a norm > 0")
-    _require(trainer.loss in ("supervised", "lasso"), "trainer.loss", trainer.loss,
-             "supervised or lasso")
-    _require(trainer.precision in ("fp32", "bf16"), "trainer.precision", trainer.precision,
-             "fp32 or bf16")
-    _require(not (trainer.cuda_graphs and trainer.compile), "trainer.cuda_graphs", trainer.cuda_graphs,
-             "false with trainer.compile=true (choose one)")
-    for k in ("val_every_steps", "stage_patience_steps", "stage_max_steps"):
-        if k in trainer:
-            _require(trainer[k] >= 1, f"trainer.{k}", trainer[k], "an integer >= 1")
-    _require(cfg.eval.nmse in ("pooled", "per_sample"), "eval.nmse", cfg.eval.nmse,
-             "pooled or per_sample")
-    _require(cfg.eval.support_tol >= 0, "eval.support_tol", cfg.eval.support_tol, "a number >= 0")
-    for name in cfg.eval.baselines:
-        _require(name in ("ista", "fista"), "eval.baselines", name, "ista and/or fista")
+    _require(cfg.optim.get("lr", 1) > 0, "optim.lr", cfg.optim.get("lr"), "a number > 0")
+    trainer = cfg.trainer
+    _require(not (trainer.get("cuda_graphs") and trainer.get("compile")), "trainer.cuda_graphs",
+             trainer.get("cuda_graphs"), "false with trainer.compile=true (choose one)")
     check_targets(cfg, trusted=list(cfg.trusted_packages))  # last: it imports the targets' packages

@@ -1,6 +1,6 @@
 """One run, start to end: validate, build data and model, train, evaluate, record.
 
-``run(cfg)`` is the whole flow of DESIGN.md section 1 and is callable from tests without the CLI.
+``run(cfg)`` is the whole flow of one run (docs/architecture.md) and is callable from tests without the CLI.
 It returns the optimized metric (``cfg.optimized_metric``) so Hydra sweepers can minimise it.
 """
 from __future__ import annotations
@@ -19,19 +19,15 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from unroll_cli.config import ConfigError, validate
+from unroll_cli.config import ConfigError, changeable_keys, validate
 from unroll_cli.memory import require_memory
 from unroll_cli.record.recorder import RunRecorder
-from unroll_cli.record.results import evaluate_classification, evaluate_sparse_coding
 from unroll_cli.sweep.optuna_study import RunPruned
 from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
                                           load_checkpoint, resume_conflicts)
 from unroll_cli.train.cpu_memory import keep_freed_memory
 
 log = logging.getLogger(__name__)
-
-PRIMARY_METRIC = {"sparse_coding": "test/nmse_db", "classification": "test/acc"}
-
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -65,14 +61,13 @@ def instantiate_checked(config, **kwargs):
 
 
 def build_task(cfg: DictConfig, device: torch.device):
-    """Instantiate ``data._target_``; every task also gets the run's seed, device, trainer and eval
-    settings, and takes from them what it needs (batches per epoch, loss, metric conventions).
+    """Instantiate ``data._target_`` (the task); every task also gets the run's seed, device and
+    trainer settings, and takes from them what it needs (e.g. batches per epoch).
     A task class's ``memory_estimate`` is checked against the device first."""
     estimate = getattr(get_class(cfg.data._target_), "memory_estimate", None)
     if estimate is not None:
         require_memory(estimate(cfg.data, cfg.trainer), cfg, device)
-    return instantiate_checked(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer,
-                               eval=cfg.eval, _recursive_=False)
+    return instantiate_checked(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer, _recursive_=False)
 
 
 def build_model(model_cfg: DictConfig, task, cfg: DictConfig | None = None) -> torch.nn.Module:
@@ -126,11 +121,13 @@ def resume_point(cfg: DictConfig, device: torch.device) -> dict:
         log.warning("resume=%s: the checkpoint holds no config (an older version wrote it); "
                     "it is not checked against this run's", cfg.resume)
     else:
-        conflicts = resume_conflicts(state["config"], OmegaConf.to_container(cfg, resolve=True))
+        changeable = changeable_keys(cfg)
+        conflicts = resume_conflicts(state["config"], OmegaConf.to_container(cfg, resolve=True), changeable)
         if conflicts:
             raise ConfigError(f"resume={cfg.resume}: this run's config differs from the checkpoint's in "
                               f"{'; '.join(conflicts)}. A resume continues the same problem and model: only "
-                              f"{', '.join(CHANGEABLE_ON_RESUME)} may change (start a new run otherwise)")
+                              f"{', '.join([*CHANGEABLE_ON_RESUME, *changeable])} may change "
+                              "(start a new run otherwise)")
     if state.get("device", device.type) != device.type:
         raise ConfigError(f"resume={cfg.resume}: the checkpoint was written on {state['device']}, this run "
                           f"is on {device.type} (set device={state['device']})")
@@ -180,6 +177,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     model = build_model(cfg.model, task, cfg).to(device)
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer_class = get_class(cfg.trainer._target_)
+    trainer_class.check_model(model, cfg.model.name)
 
     run_dir = Path(run_dir)
     if resume_state is None:
@@ -198,9 +196,9 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
                                     on_validation=pruning(task.monitor_mode) if pruning else None)
             trainer.fit()
             model.eval()
-            evaluate = {"sparse_coding": evaluate_sparse_coding,
-                        "classification": evaluate_classification}[task.kind]
-            metrics = evaluate(cfg, model, task, recorder)
+            metrics = task.report(model, recorder, cfg.model.name, cfg.paper)
+            if callable(getattr(model, "dictionary", None)):  # the learned arrays, beside the run's tables
+                recorder.write_array("dictionary.npy", model.dictionary().detach().cpu().numpy())
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, or a cluster's requeue (submitit exits)
         recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM/requeue); continue with "
                       f"resume={recorder.dir}", metrics)
@@ -213,7 +211,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     except Exception as error:
         recorder.fail("failed", f"{type(error).__name__}: {error}", metrics)
         raise
-    optimized = cfg.optimized_metric or PRIMARY_METRIC[task.kind]
+    optimized = cfg.optimized_metric or task.primary_metric
     value = float(metrics.get(optimized, float("nan")))
     if optimized not in metrics:
         log.error("optimized_metric=%s is not among this run's metrics: %s", optimized, ", ".join(metrics))

@@ -1,4 +1,4 @@
-"""Synthetic sparse coding, y = A x + noise: the problem of LISTA-CPSS and ALISTA.
+"""Synthetic sparse coding data, y = A x + noise: the problem of LISTA-CPSS and ALISTA.
 
 Chen et al. 2018 (Sec. 4.1) and the authors' TF code (``utils/prob.py``): A is m x n with N(0, 1/m)
 entries and unit-norm columns (optionally a condition number kappa set through log-spaced singular
@@ -10,15 +10,8 @@ CPU so every device sees the same ones. Training data follow the run's ``seed``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator
-
 import numpy as np
 import torch
-from omegaconf import DictConfig
-
-from unroll_cli.evaluate.metrics import nmse_db, support_recovery
-
-Batch = tuple[torch.Tensor, torch.Tensor]  # (y, x)
 
 
 def gaussian_matrix(m: int, n: int, seed: int, kappa: float | None = None,
@@ -100,132 +93,3 @@ def measure(x: torch.Tensor, A: torch.Tensor, snr_db: float | None, gen: torch.G
         return y
     std = y.std(dim=1, keepdim=True) * 10.0 ** (-snr_db / 20.0)
     return y + std * torch.randn(y.shape, generator=gen, device=y.device)
-
-
-class SyntheticSparseCoding:
-    """The sparse-coding Task: data, the training loss and the per-layer evaluation."""
-
-    kind = "sparse_coding"
-    monitor, monitor_mode = "val/nmse_db", "min"
-
-    def __init__(self, m: int, n: int, p: float, snr_db: float | None, kappa: float | None,
-                 col_normalized: bool, online: bool, n_train: int, n_val: int, n_test: int,
-                 batch_size: int, matrix_seed: int, val_seed: int, test_seed: int,
-                 A_path: str | None, seed: int = 0, device: str | torch.device = "cpu",
-                 trainer: DictConfig | None = None, eval: DictConfig | None = None):
-        if A_path:
-            A = load_matrix(A_path)
-            if A.shape != (m, n):
-                raise ValueError(f"data.A_path holds a {A.shape[0]}x{A.shape[1]} matrix but "
-                                 f"data.m={m}, data.n={n}: set them to the file's shape")
-        else:
-            A = gaussian_matrix(m, n, matrix_seed, kappa, col_normalized)
-        self.p, self.snr_db, self.online = p, snr_db, online
-        self._kappa = None if A_path else kappa
-        self.batch_size = batch_size
-        self.nmse = eval.nmse if eval is not None else "pooled"
-        self.support_tol = eval.support_tol if eval is not None else 0.0
-        self.baselines = list(eval.baselines) if eval is not None else []
-        self.loss_kind = trainer.loss if trainer is not None else "supervised"
-        self.device = torch.device(device)
-        self.A = A.to(self.device)
-        self.val = self._fixed_set(A, n_val, val_seed)
-        self.test = self._fixed_set(A, n_test, test_seed)
-        self.gen = torch.Generator(device=self.device).manual_seed(seed)
-        if online:
-            self.steps_per_epoch = trainer.steps_per_epoch if trainer is not None else 1
-            self.train_set = None
-        else:
-            self.train_set = self._fixed_set(A, n_train, seed + 1_000_003)
-            self.steps_per_epoch = max(1, n_train // batch_size)
-
-    @staticmethod
-    def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
-        """Bytes the task holds (see :mod:`unroll_cli.memory`): A in float64 while it is drawn,
-        and the fixed sets' (y, x) pairs with their temporaries."""
-        width = data.m + data.n
-        estimate = {"data.n": 8 * 4 * data.m * data.n, "data.n_val": 8 * data.n_val * width,
-                    "data.n_test": 8 * data.n_test * width, "data.batch_size": 16 * data.batch_size * width}
-        if not data.online:
-            estimate["data.n_train"] = 8 * data.n_train * width
-        return estimate
-
-    @property
-    def eval_batch_size(self) -> int:
-        """Evaluation sees the whole validation or test set at once."""
-        return max(len(self.val[0]), len(self.test[0]))
-
-    def _fixed_set(self, A: torch.Tensor, size: int, seed: int) -> Batch:
-        gen = torch.Generator().manual_seed(seed)
-        x = sample_codes(size, A.shape[1], self.p, gen, "cpu")
-        y = measure(x, A, self.snr_db, gen)
-        return y.to(self.device), x.to(self.device)
-
-    # ------------------------------------------------------------------ training
-    def model_kwargs(self) -> dict:
-        """What a model needs from the data to be built."""
-        return {"A": self.A}
-
-    def train_batches(self) -> Iterator[Batch]:
-        """One epoch of (y, x) training batches on the task's device."""
-        if self.online:
-            for _ in range(self.steps_per_epoch):
-                x = sample_codes(self.batch_size, self.A.shape[1], self.p, self.gen, self.device)
-                yield measure(x, self.A, self.snr_db, self.gen), x
-        else:
-            y_all, x_all = self.train_set
-            order = torch.randperm(len(x_all), generator=self.gen, device=self.device)
-            for i in range(self.steps_per_epoch):
-                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
-                yield y_all[idx], x_all[idx]
-
-    def loss(self, estimates: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
-        """``trainer.loss``: supervised, the mean over samples of ||x_hat - x||^2; lasso (unsupervised),
-        0.5||y - A x_hat||^2 + lam ||x_hat||_1 with the model's lam."""
-        y, x = batch
-        x_hat = estimates[-1]
-        if self.loss_kind == "supervised":
-            return (x_hat - x).pow(2).sum(dim=1).mean()
-        residual = y - x_hat @ self.A.T
-        return (0.5 * residual.pow(2).sum(dim=1) + model.lam * x_hat.abs().sum(dim=1)).mean()
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-
-    # ------------------------------------------------------------------ evaluation
-    @torch.no_grad()
-    def validate(self, model: torch.nn.Module, depth: int | None = None) -> dict[str, float]:
-        y, x = self.val
-        return {self.monitor: nmse_db(model(y, depth)[-1].float(), x, self.nmse)}
-
-    @torch.no_grad()
-    def evaluate(self, model: torch.nn.Module, prefix: str = "test") -> tuple[dict, list[float]]:
-        """Final metrics on the test set and the NMSE (dB) after every layer, layer 0 (x = 0) first."""
-        y, x = self.test
-        estimates = [e.float() for e in model(y)]
-        per_layer = [0.0] + [nmse_db(e, x, self.nmse) for e in estimates]
-        metrics = {f"{prefix}/nmse_db": per_layer[-1]}
-        for key, value in support_recovery(estimates[-1], x, self.support_tol).items():
-            metrics[f"{prefix}/support_{key}"] = value
-        return metrics, per_layer
-
-    def metric_names(self) -> list[str]:
-        """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
-        support = [f"support_{k}" for k in ("precision", "recall", "f1")]
-        names = ["val/nmse_db"]
-        for prefix in ["test"] + [f"baseline/{b}/test" for b in self.baselines]:
-            names += [f"{prefix}/{metric}" for metric in ["nmse_db", *support]]
-        return names
-
-    def artifacts(self) -> dict[str, np.ndarray]:
-        """Arrays that belong to the run directory (the matrix A defines the problem)."""
-        return {"A.npy": self.A.cpu().numpy()}
-
-    def setting(self) -> str:
-        """The published-figure key of this problem: noiseless, snr40, kappa30, ..."""
-        if self._kappa is not None:
-            return f"kappa{self._kappa:g}"
-        return "noiseless" if self.snr_db is None else f"snr{self.snr_db:g}"

@@ -1,4 +1,4 @@
-"""Metrics and their conventions (DESIGN.md section 5).
+"""Metrics and their conventions.
 
 NMSE in dB has two conventions in the literature, and they differ:
 - ``pooled``: 10 log10(sum_i ||x_hat_i - x_i||^2 / sum_i ||x_i||^2) over the whole test set, as in the

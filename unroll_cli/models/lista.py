@@ -21,8 +21,10 @@ import math
 from numbers import Integral, Real
 
 import torch
+from omegaconf import MISSING
 from torch import Tensor, nn
 
+from unroll_cli.config import constrained, register_schema
 from unroll_cli.models.analytic import analytic_weight
 from unroll_cli.models.prox import soft_threshold, support_selection_threshold
 
@@ -43,6 +45,33 @@ def _check_tied(tied) -> bool:
     if not isinstance(tied, bool):
         raise ValueError(f"tied must be a bool, got {tied!r}")
     return tied
+
+
+@register_schema("model", "classical")
+class ClassicalModelConfig:
+    """ISTA / FISTA: no learning; the baselines at the same depth."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "sparse_coding"  # the kind of data the model fits
+    layers: int = constrained(16, "an integer >= 1", lambda v: v >= 1)
+    lam: float = constrained(0.4, "a number >= 0", lambda v: v >= 0)
+
+
+@register_schema("model", "learned")
+class LearnedModelConfig(ClassicalModelConfig):
+    """Step/threshold-learning models with optional support selection (TiLISTA, ALISTA)."""
+
+    # percent of entries added to the selected support per layer, and its cap
+    ss_p_per_layer: float = constrained(0.0, "a percentage in [0, 100]", lambda v: 0 <= v <= 100)
+    ss_p_max: float = constrained(0.0, "a percentage in [0, 100]", lambda v: 0 <= v <= 100)
+
+
+@register_schema("model", "lista")
+class LISTAModelConfig(LearnedModelConfig):
+    """LISTA / LISTA-CP (and their support-selection variants): weights tied or per layer."""
+
+    tied: bool = True
 
 
 class UnrolledISTA(nn.Module):

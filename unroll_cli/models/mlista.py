@@ -46,8 +46,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+from omegaconf import MISSING
 from torch import Tensor, nn
 
+from unroll_cli.config import constrained, register_schema
 from unroll_cli.models.prox import nonneg_soft_threshold
 
 # Unfolded layers 1-3: (out channels, kernel, stride), layer 1 taking in_channels; one padding
@@ -117,6 +119,16 @@ def conv_transpose2d(g: Tensor, W: Tensor, s: int, p: int, size) -> Tensor:
 def _kernel(W: Tensor) -> Tensor:
     """Kernels are stored channels-last, the activations' layout on CPU (see ``_plan``)."""
     return W.contiguous(memory_format=torch.channels_last)
+
+
+@register_schema("model", "multilayer")
+class MultiLayerModelConfig:
+    """Multi-layer ISTA family (Sulam et al. 2020): architecture from the data, T unfoldings."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "classification"
+    unfoldings: int = constrained(6, "an integer >= 0", lambda v: v >= 0)
 
 
 class _Plan(NamedTuple):

@@ -1,4 +1,4 @@
-"""The run directory writer: the output contract of DESIGN.md section 4.
+"""The run directory writer: the output contract (the README's "What a run writes").
 
 Everything a run writes goes through :class:`RunRecorder`: ``metrics.json`` (status, final metrics,
 wall time, device, versions, parameter count), ``history.csv``, ``layers.csv``, ``results.md``,

@@ -10,6 +10,11 @@ stopped, which are listed but are not failures). In a Hydra grid sweep (a direct
 ``missing``. Published numbers recorded by a run (``published/...`` metrics and columns) are shown
 beside the group's mean, with the difference.
 
+The printed tables and report.tex show a paper's cells, ``mean ± std (n)`` per metric (see paper_cells);
+report.csv, report_layers.csv and the Python API keep separate mean, std and count columns. ``--pivot ROW
+COL`` lays a metric out with a row per value of override ROW and a column per value of COL (see
+summarize_pivot), refusing when another override but the seed varies between the runs it would pool.
+
 Exit code: 0 when every run completed (or was pruned) and no planned job is missing; 1 when some run
 did not complete, is unreadable or is missing; 2 for bad arguments or paths.
 """
@@ -20,6 +25,7 @@ import fnmatch
 import glob
 import itertools
 import json
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -27,9 +33,10 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
-from unroll_cli.record.atomic import atomic_write
+from unroll_cli.record.atomic import atomic_write, atomic_write_text
 
-RUN_COLUMNS = ["run", "status", "error", "params", "wall_s"]
+RUN_COLUMNS = ["run", "status", "error", "params", "wall_s", "optimized"]
+PIVOT_STATS = ["metric", "mean", "std", "count", "published"]
 
 
 class Unreadable(Exception):
@@ -107,14 +114,17 @@ def as_columns(overrides: list[str]) -> dict[str, str]:
 
 
 def read_run(run: Path) -> tuple[dict, list[str] | None]:
-    """The run's row (run, status, error, params, wall_s, overrides, final metrics) and its overrides;
-    an unreadable file gives an ``unreadable`` row with the file named in its error, and None."""
+    """The run's row (run, status, error, params, wall_s, the optimized metric's name, overrides, final
+    metrics) and its overrides; an unreadable file gives an ``unreadable`` row with the file named in its
+    error, and None."""
     try:
         record, overrides = read_record(run)
     except Unreadable as error:
         return {"run": str(run), "status": "unreadable", "error": str(error)}, None
+    optimized = record.get("optimized")
     return {"run": str(run), "status": record.get("status"), "error": record.get("error"),
             "params": record.get("params"), "wall_s": record.get("wall_s"),
+            "optimized": optimized.get("name") if isinstance(optimized, dict) else None,
             **as_columns(overrides), **record.get("metrics", {})}, overrides
 
 
@@ -195,6 +205,11 @@ def readable(runs: pd.DataFrame) -> pd.DataFrame:
     return runs[runs["status"] != "unreadable"]
 
 
+def completed(runs: pd.DataFrame) -> pd.DataFrame:
+    """The completed runs, the only ones averaged in."""
+    return runs[runs["status"] == "completed"]
+
+
 def override_columns(runs: pd.DataFrame, varying: bool = False) -> list[str]:
     """The override keys of the runs; with ``varying``, only those whose value differs between the
     readable runs."""
@@ -202,6 +217,14 @@ def override_columns(runs: pd.DataFrame, varying: bool = False) -> list[str]:
     columns = [c for c in runs.columns if c not in RUN_COLUMNS and c not in metrics]
     known = readable(runs)
     return [c for c in columns if known[c].nunique(dropna=False) > 1] if varying else columns
+
+
+def check_overrides(option: str, keys: list[str], runs: pd.DataFrame) -> None:
+    """ValueError, naming the overrides there are, when one of ``keys`` given to ``option`` is not one."""
+    unknown = [key for key in keys if key not in override_columns(runs)]
+    if unknown:
+        raise ValueError(f"{option} {' '.join(unknown)}: not an override of these runs "
+                         f"({', '.join(override_columns(runs))})")
 
 
 def common_overrides(runs: pd.DataFrame) -> list[str]:
@@ -247,17 +270,15 @@ def mean_std_count(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> 
 def summarize(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
     """Mean, std and count of every metric over the completed runs of each group (by default every
     override that varies, but ``seed``), with published values and the difference beside."""
-    done = runs[runs["status"] == "completed"]
-    return mean_std_count(done, group_keys(runs, group_by), [c for c in runs.columns if "/" in c])
+    return mean_std_count(completed(runs), group_keys(runs, group_by), [c for c in runs.columns if "/" in c])
 
 
 def summarize_layers(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
     """The per-layer table: each completed run's ``layers.csv`` (first column: the layer or number
     of unfoldings), mean, std and count per group and layer, published curve and difference beside."""
-    done = runs[runs["status"] == "completed"]
     keys = group_keys(runs, group_by)
     frames = []
-    for _, run in done.iterrows():
+    for _, run in completed(runs).iterrows():
         file = Path(run["run"]) / "layers.csv"
         if file.is_file():
             layers = pd.read_csv(file)
@@ -268,6 +289,117 @@ def summarize_layers(runs: pd.DataFrame, group_by: list[str] | None = None) -> p
     depth = table.columns[0]
     columns = [c for c in table.columns if c != depth and c not in keys]
     return mean_std_count(table, [*keys, depth], columns)
+
+
+def axis_order(values: pd.Series) -> list:
+    """The distinct ``values``, sorted as numbers when they all are (1e-4 < 3e-4 < 1e-3, not string order),
+    else in order of first appearance."""
+    distinct = pd.Series(values.unique())
+    try:
+        return list(distinct.sort_values(key=pd.to_numeric, kind="stable"))
+    except (ValueError, TypeError):
+        return list(distinct)
+
+
+def check_pivot(runs: pd.DataFrame, row: str, col: str) -> None:
+    """ValueError, on one line, when ``row`` or ``col`` is not an override of the runs, or when another
+    override but the seed varies between the completed runs: a cell would pool different settings."""
+    check_overrides("--pivot", [row, col], runs)
+    if row == col:
+        raise ValueError(f"--pivot {row} {col}: ROW and COL must be two different overrides")
+    done = completed(runs)
+    others = [c for c in override_columns(runs) if c not in (row, col, "seed")]
+    pooled = [c for c in others if done[c].nunique(dropna=False) > 1]
+    if pooled:
+        raise ValueError(f"--pivot {row} {col}: the completed runs also differ in {', '.join(pooled)}, which "
+                         "would be pooled into one cell; select the runs with a glob, or use --group-by")
+
+
+def pivot_metrics(runs: pd.DataFrame, patterns: list[str] | None) -> list[str]:
+    """The metrics to pivot: those ``patterns`` keep (see select_metrics), by default the optimized one
+    (``optimized.name`` of metrics.json) of the completed runs; ValueError when they do not record the same
+    one among their metrics."""
+    if patterns is not None:
+        kept = select_metrics(runs, patterns).columns
+        return [c for c in kept if "/" in c and not c.startswith("published/")]
+    done = completed(runs)
+    names = pd.Series(done.get("optimized", [None] * len(done)), dtype=object)
+    metrics = list(names.unique())
+    if names.isna().any() or len(metrics) > 1 or not set(metrics) <= set(runs.columns):
+        raise ValueError(f"--pivot: the completed runs do not all record the same optimized metric among "
+                         f"their metrics ({', '.join(map(str, metrics))}); choose the metrics with --metrics")
+    return metrics
+
+
+def pivot_axes(runs: pd.DataFrame, row: str, col: str) -> dict[str, pd.Index]:
+    """The values of the overrides ``row`` and ``col`` over the completed runs, each in axis_order."""
+    return {key: pd.Index(axis_order(completed(runs)[key])) for key in (row, col)}
+
+
+def summarize_pivot(runs: pd.DataFrame, row: str, col: str, metrics: list[str]) -> pd.DataFrame:
+    """The pivot in long format: mean, std and count of each of ``metrics`` over the completed runs per
+    value of the overrides ``row`` and ``col`` (seeds pooled; see check_pivot), with the published value;
+    one row per ``(row, col, metric)``, in the order of pivot_axes."""
+    axes = pivot_axes(runs, row, col)
+    parts = []
+    for metric in metrics:
+        published = [f"published/{metric}"] if f"published/{metric}" in runs else []
+        table = mean_std_count(completed(runs), [row, col], [metric, *published])
+        names = {f"{metric} {stat}": stat for stat in ("mean", "std", "count")}
+        names[f"published/{metric}"] = "published"
+        table = table.rename(columns=names).assign(metric=metric).reindex(columns=[row, col, *PIVOT_STATS])
+        parts.append(table.sort_values([row, col], key=lambda keys: axes[keys.name].get_indexer(keys)))
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[row, col, *PIVOT_STATS])
+
+
+def pivot_grid(part: pd.DataFrame, runs: pd.DataFrame, row: str, col: str, cells: list[str]) -> pd.DataFrame:
+    """``cells``, one per row of ``part`` (the long pivot of one metric of ``runs``, see summarize_pivot),
+    laid out with a row per value of ``row`` and a column per value of ``col`` (see pivot_axes); empty where
+    no run completed."""
+    axes = pivot_axes(runs, row, col)
+    grid = part.assign(cell=cells).pivot(index=row, columns=col, values="cell")
+    grid = grid.reindex(index=axes[row], columns=axes[col]).fillna("")
+    return grid.rename_axis(index=row, columns=None).reset_index()
+
+
+def decimals(value: float) -> int:
+    """How many decimals a paper's cell gives ``value``: 2 when its magnitude is 1 or more (or it is 0 or
+    not finite), else as many as give it 4 significant digits (0.9123, 0.001234)."""
+    if not math.isfinite(value) or value == 0 or abs(value) >= 1:
+        return 2
+    return 3 - math.floor(math.log10(abs(value)))
+
+
+def number(value: float, like: float | None = None) -> str:
+    """``value`` with the decimals (see decimals) of ``like``, by default its own; empty when missing. A
+    std or difference is printed at its mean's decimals, as in a paper."""
+    return "" if pd.isna(value) else f"{value:.{decimals(value if like is None else like)}f}"
+
+
+def cell(mean: float, std: float, count: int) -> str:
+    """A paper's cell, ``mean ± std (n)``: ``-30.41 ± 0.12 (3)``; ``-30.41 (1)`` for one run; empty for
+    none."""
+    if not count:
+        return ""
+    return f"{number(mean)}{f' ± {number(std, mean)}' if count > 1 else ''} ({int(count)})"
+
+
+def paper_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (of summarize or summarize_layers) as printed and in report.tex: the keys as they are, then
+    per metric one ``mean ± std (n)`` cell (see cell) named by the metric, with its published value and
+    difference beside as numbers (see number)."""
+    metrics = [c.removesuffix(" mean") for c in table.columns if c.endswith(" mean")]
+    stats = {f"{metric} {stat}" for metric in metrics for stat in ("mean", "std", "count", "diff")}
+    keys = [c for c in table.columns if c not in stats and not c.startswith("published/")]
+    cells = {}
+    for metric in metrics:
+        mean, std, count = (table[f"{metric} {stat}"] for stat in ("mean", "std", "count"))
+        cells[metric] = [cell(*values) for values in zip(mean, std, count)]
+        if f"{metric} diff" in table:
+            cells[f"published/{metric}"] = [number(value) for value in table[f"published/{metric}"]]
+            cells[f"{metric} diff"] = [number(diff, of) for diff, of in zip(table[f"{metric} diff"], mean)]
+    published = [c for c in table.columns if c.startswith("published/") and c not in cells]  # of no metric
+    return table[keys].assign(**cells, **{c: [number(value) for value in table[c]] for c in published})
 
 
 def not_completed(runs: pd.DataFrame, missing: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -287,7 +419,7 @@ def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> pd.DataF
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    done = runs[runs["status"] == "completed"].copy()
+    done = completed(runs).copy()
     if done.empty:
         return pd.DataFrame(columns=["line", x, "mean", "std", "count"])
     for name, kind in ((metric, "metric"), (x, "override")):
@@ -329,12 +461,38 @@ def make_parser() -> argparse.ArgumentParser:
                         help="only these metrics, shell-style patterns (default: every metric)")
     parser.add_argument("--layers", action="store_true",
                         help="also the per-layer table from every run's layers.csv (report_layers.csv)")
+    parser.add_argument("--pivot", nargs=2, metavar=("ROW", "COL"),
+                        help="also a table per metric (default: the runs' optimized one), a row per value "
+                             "of override ROW, a column per value of COL, seeds pooled (report_pivot.csv)")
     return parser
 
 
 def markdown(table: pd.DataFrame, empty: str) -> str:
-    """``table`` in Markdown, or ``empty`` (in parentheses) when it has no row."""
-    return table.to_markdown(index=False, floatfmt=".4g") if len(table) else f"({empty})"
+    """``table`` in Markdown, its cells as they are (see paper_cells), or ``empty`` (in parentheses) when it
+    has no row."""
+    return table.to_markdown(index=False, disable_numparse=True) if len(table) else f"({empty})"
+
+
+def latex(table: pd.DataFrame) -> str:
+    """``table`` in LaTeX, with its special characters escaped (``g_dec``) and ``±`` as ``$\\pm$``."""
+    return table.to_latex(index=False, escape=True).replace("±", r"$\pm$")
+
+
+def report_pivot(runs: pd.DataFrame, row: str, col: str, metrics: list[str], out: Path) -> Path:
+    """Writes the pivot (see summarize_pivot) to report_pivot.csv and prints, per metric, its cells and,
+    when the runs carry them, its published values; returns the file."""
+    long = summarize_pivot(runs, row, col, metrics)
+    atomic_write(out / "report_pivot.csv", lambda tmp: long.to_csv(tmp, index=False))
+    for metric, part in long.groupby("metric", sort=False):
+        cells = [cell(*values) for values in zip(part["mean"], part["std"], part["count"])]
+        print(f"\n{metric}, mean ± std (n) of the completed runs, {row} by {col}:\n")
+        print(markdown(pivot_grid(part, runs, row, col, cells), "no completed run"))
+        if part["published"].notna().any():
+            print(f"\npublished/{metric}:\n")
+            print(markdown(pivot_grid(part, runs, row, col, [number(v) for v in part["published"]]), ""))
+    if long.empty:
+        print(f"\n--pivot {row} {col}: " + ("no completed run" if completed(runs).empty else "no metric chosen"))
+    return out / "report_pivot.csv"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -350,25 +508,30 @@ def main(argv: list[str] | None = None) -> int:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     if runs.empty:
         parser.error("no run directories (with metrics.json) under " + " ".join(args.paths))
-    unknown = [key for key in args.group_by or [] if key not in override_columns(runs)]
-    if unknown:
-        parser.error(f"--group-by {' '.join(unknown)}: not an override of these runs "
-                     f"({', '.join(override_columns(runs))})")
+    try:
+        check_overrides("--group-by", args.group_by or [], runs)
+        if args.pivot:
+            check_pivot(runs, *args.pivot)
+        pivoted = pivot_metrics(runs, args.metrics) if args.pivot else []
+    except ValueError as error:
+        parser.error(str(error))
     table = summarize(select_metrics(runs, args.metrics), args.group_by)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
     atomic_write(out / "report.csv", lambda tmp: table.to_csv(tmp, index=False))
-    atomic_write(out / "report.tex", lambda tmp: table.to_latex(tmp, index=False, float_format="%.3f"))
+    atomic_write_text(out / "report.tex", latex(paper_cells(table)))
     common = common_overrides(runs)
     if common:
         print("Every run: " + " ".join(common) + "\n")
-    print(markdown(table, "no completed run"))
+    print(markdown(paper_cells(table), "no completed run"))
     written = [out / "report.csv", out / "report.tex", out / "runs.csv"]
     if args.layers:
         layers = select_metrics(summarize_layers(runs, args.group_by), args.metrics)
         atomic_write(out / "report_layers.csv", lambda tmp: layers.to_csv(tmp, index=False))
         written.append(out / "report_layers.csv")
-        print("\nPer layer:\n\n" + markdown(layers, "no completed run with a layers.csv"))
+        print("\nPer layer:\n\n" + markdown(paper_cells(layers), "no completed run with a layers.csv"))
+    if args.pivot:
+        written.append(report_pivot(runs, *args.pivot, pivoted, out))
     bad = not_completed(runs, missing)
     if not bad.empty:
         print(f"\n{len(bad)} run(s) not completed:\n")

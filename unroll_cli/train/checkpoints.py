@@ -18,7 +18,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 
@@ -26,11 +26,11 @@ from unroll_cli.config import ConfigError
 
 LINK, GENERATIONS = "checkpoints", "checkpoints.d"
 
-#: Config keys (shell patterns) a resumed run may change; every other difference is refused.
+#: Shared config keys (shell patterns) a resumed run may change; a task's or model's schema marks
+#: its own (``constrained(..., changeable=True)``); every other difference is refused.
 CHANGEABLE_ON_RESUME = (
     "resume", "trainer.max_epochs", "trainer.patience", "trainer.progress", "trainer.checkpoint",
-    "tensorboard", "optimized_metric", "eval.support_tol", "eval.baselines", "eval.acc_mean_epochs",
-    "paper", "paper.*",
+    "tensorboard", "optimized_metric", "paper", "paper.*",
 )
 
 
@@ -138,12 +138,14 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resume_conflicts(saved: dict[str, Any], current: dict[str, Any]) -> list[str]:
-    """``key: saved -> current`` for every difference outside :data:`CHANGEABLE_ON_RESUME`."""
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any], changeable: Iterable[str] = ()) -> list[str]:
+    """``key: saved -> current`` for every difference outside :data:`CHANGEABLE_ON_RESUME` and
+    ``changeable``."""
     before, after = flatten(saved), flatten(current)
+    patterns = (*CHANGEABLE_ON_RESUME, *changeable)
     changed = []
     for key in sorted(set(before) | set(after)):
         if before.get(key, "<absent>") != after.get(key, "<absent>") and not any(
-                fnmatch.fnmatchcase(key, pattern) for pattern in CHANGEABLE_ON_RESUME):
+                fnmatch.fnmatchcase(key, pattern) for pattern in patterns):
             changed.append(f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}")
     return changed

@@ -17,12 +17,20 @@ from typing import Iterator
 
 import torch
 
+from unroll_cli.config import ConfigError
 from unroll_cli.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
 
 
 class LayerwiseTrainer(Trainer):
+    @classmethod
+    def check_model(cls, model: torch.nn.Module, name: str) -> None:
+        """The schedule needs the model's per-layer parameter groups (``layer_parameters(t)``, ``layers``)."""
+        if not (callable(getattr(model, "layer_parameters", None)) and isinstance(getattr(model, "layers", None), int)):
+            raise ConfigError(f"trainer=layerwise needs a model with per-layer parameter groups "
+                              f"(layer_parameters and layers); model={name} has none: use trainer=default")
+
     def batches(self) -> Iterator:
         while True:
             yield from self.task.train_batches()

@@ -61,6 +61,10 @@ class Trainer:
             log.info("trainer.cuda_graphs: the device is %s, not CUDA: training eagerly", self.device)
         self.global_step = 0
 
+    @classmethod
+    def check_model(cls, model: torch.nn.Module, name: str) -> None:
+        """Refuse, before any work, a model this trainer cannot train (end to end: any model)."""
+
     # ------------------------------------------------------------------ shared pieces
     def trainable(self, params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
         return [p for p in params if p.requires_grad]
@@ -83,6 +87,10 @@ class Trainer:
         if self.s.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
         optimizer.step()
+        after_step = getattr(self.model, "after_step", None)
+        if after_step is not None:  # a model's projection after every step (e.g. unit-norm atoms)
+            with torch.no_grad():
+                after_step()
         self.global_step += 1
         return loss.detach()
 

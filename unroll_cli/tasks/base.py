@@ -1,0 +1,56 @@
+"""The task protocol: everything a kind of problem owns, so that the run flow, the trainers, the
+recorder and the report never branch on the kind of problem or the model family.
+
+A task is the class a ``data`` config instantiates (``data._target_``); its schema is declared beside
+it with :func:`unroll_cli.config.register_schema`, its options (loss, metric conventions, ...) are
+``data.*`` keys. :func:`unroll_cli.run.run` builds it with the config's own keys plus ``seed``,
+``device`` and ``trainer`` (the shared trainer settings, e.g. ``steps_per_epoch``), and then uses
+only what :class:`Task` lists. See ``docs/architecture.md`` for the whole flow.
+"""
+from __future__ import annotations
+
+from typing import Any, Iterator, Protocol
+
+import torch
+from omegaconf import DictConfig
+
+
+class Task(Protocol):
+    """What :func:`unroll_cli.run.run` and the trainers use of a task."""
+
+    kind: str  # the kind of problem; a model's config names the kind it fits (``model.task``)
+    device: torch.device
+    monitor: str  # the validation metric after every epoch or stage ("val/nmse_db", "test/acc", ...)
+    monitor_mode: str  # "min" or "max": which way is better for ``monitor``
+    primary_metric: str  # the run's result when ``optimized_metric`` is null
+    steps_per_epoch: int
+    batch_size: int  # training batch, for the memory estimate
+    eval_batch_size: int  # evaluation batch, for the memory estimate
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What a model needs from the data to be built (a matrix A, an architecture, ...)."""
+
+    def train_batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        """One epoch of batches on the device; ``batch[0]`` is the model's input."""
+
+    def loss(self, outputs: Any, batch: tuple[torch.Tensor, ...], model: torch.nn.Module) -> torch.Tensor:
+        """The training loss of the model's outputs (the choice of loss or gradient is the task's)."""
+
+    def validate(self, model: torch.nn.Module, depth: int | None = None) -> dict[str, float]:
+        """``{monitor: value, ...}`` on the validation data, with the first ``depth`` layers."""
+
+    def metric_names(self) -> list[str]:
+        """Every metric :meth:`report` returns (``optimized_metric`` must be one of them)."""
+
+    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
+        """Evaluate the trained model on the test data: write its tables (``layers.csv``, ...),
+        ``results.md`` and figures through ``recorder``; return the flat metrics for metrics.json."""
+
+    def artifacts(self) -> dict[str, Any]:
+        """Arrays that define the problem, saved in the run directory before training (``A.npy``)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """The data stream's state (random generators), stored in checkpoints for an exact resume."""
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state_dict`."""

@@ -1,0 +1,256 @@
+"""The image classification task (Sulam et al. 2020): MNIST, Fashion-MNIST, CIFAR-10, SVHN held as
+tensors on the device (:mod:`unroll_cli.data.images` reads the files), augmented per batch; accuracy
+per epoch, final, best and averaged over a window of epochs (the official notebooks' number), and
+per number of unfoldings at test time.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import field
+from typing import Iterator, List, Optional, Sequence
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING, DictConfig
+
+from unroll_cli.config import ConfigError, register_schema
+from unroll_cli.data.images import ARCHS, DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
+from unroll_cli.record import figures
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
+
+
+@register_schema("data", "image")
+class ImageDataConfig:
+    """Image classification through torchvision's dataset classes, held as tensors on the device."""
+
+    _target_: str = "unroll_cli.tasks.classification.ImageClassification"
+    name: str = MISSING  # mnist | fashion_mnist | cifar10 | svhn
+    root: str = "./data"
+    download: bool = True
+    batch_size: int = 128
+    eval_batch_size: int = 1000
+    arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10
+    normalize_mean: Optional[List[float]] = None
+    normalize_std: Optional[List[float]] = None
+    random_crop_padding: int = 0
+    hflip: bool = False
+    val_size: int = 0  # 0: evaluate on the test set every epoch, as the paper's notebooks
+    n_train: Optional[int] = None  # a random subset of the training set, for quick runs
+    # first and last epoch (1-based, inclusive) of the reported mean accuracy; null: the last 10
+    acc_mean_epochs: Optional[List[int]] = field(default=None, metadata={"changeable": True})
+
+
+def accuracy_summary(history: list[dict], monitor: str, final: float, epochs: list[int] | None) -> dict:
+    """Best and windowed-mean accuracy over the per-epoch evaluations (Sulam et al.'s notebooks print
+    the mean over epochs 81-99 / 141-149, ``np.mean(acc[-20:-1])``); default window: the last 10."""
+    per_epoch = [row[monitor] for row in history if monitor in row]
+    if not per_epoch:
+        return {"acc_best": final, "acc_last_k_mean": final}
+    first, last = epochs if epochs is not None else (max(1, len(per_epoch) - 9), len(per_epoch))
+    window = per_epoch[first - 1:last]
+    return {"acc_best": max(per_epoch), "acc_last_k_mean": sum(window) / len(window)}
+
+
+class ImageClassification:
+    """The classification Task: images on the device, per-batch augmentation, accuracy metrics.
+
+    An epoch visits every training image once in a fresh random order, in ``ceil(n / batch_size)``
+    batches (the last one smaller, like a DataLoader without ``drop_last``, as in the paper's
+    notebooks). ``val_size > 0`` holds out that many training images (a fixed random subset, seed
+    :data:`SPLIT_SEED`, the same for every run seed); ``n_train`` then takes a fixed random subset of
+    the rest. Shuffling and augmentation draw from one generator seeded by ``seed``, on the device.
+    """
+
+    kind = "classification"
+    monitor_mode = "max"
+    primary_metric = "test/acc"
+
+    def __init__(self, name: str, root: str = "./data", download: bool = True, batch_size: int = 128,
+                 eval_batch_size: int = 1000, arch: str = "mnist",
+                 normalize_mean: Sequence[float] | None = None, normalize_std: Sequence[float] | None = None,
+                 random_crop_padding: int = 0, hflip: bool = False, val_size: int = 0,
+                 n_train: int | None = None, acc_mean_epochs: Sequence[int] | None = None, seed: int = 0,
+                 device: str | torch.device = "cpu", trainer: DictConfig | None = None):
+        self._check(name, batch_size, eval_batch_size, arch, normalize_mean, normalize_std,
+                    random_crop_padding, val_size, n_train)
+        max_epochs = trainer.max_epochs if trainer is not None else None
+        if acc_mean_epochs is not None and not (
+                len(acc_mean_epochs) == 2 and 1 <= acc_mean_epochs[0] <= acc_mean_epochs[1] <= (max_epochs or 1e9)):
+            raise ConfigError(f"data.acc_mean_epochs={list(acc_mean_epochs)} is not allowed: [first, last] with "
+                              f"1 <= first <= last <= trainer.max_epochs ({max_epochs})")
+        self.acc_mean_epochs = None if acc_mean_epochs is None else list(acc_mean_epochs)
+        self.name, self.arch = name, arch
+        self.batch_size, self.eval_batch_size = int(batch_size), int(eval_batch_size)
+        self.padding, self.hflip = int(random_crop_padding), bool(hflip)
+        self.device = torch.device(device)
+        self.in_channels, _, self.num_classes = DATASETS[name]
+        self.monitor = "val/acc" if val_size > 0 else "test/acc"
+
+        train_x, train_y, test_x, test_y = load_dataset(name, root, download)
+        if val_size + (n_train or 0) > len(train_x):
+            raise ConfigError(f"data.val_size={val_size} + data.n_train={n_train} exceed the "
+                              f"{len(train_x)} training images of {name}")
+        val_x = val_y = None
+        if val_size > 0 or n_train is not None:
+            order = torch.randperm(len(train_x), generator=torch.Generator().manual_seed(SPLIT_SEED))
+            val_idx, rest = order[:val_size], order[val_size:]
+            if n_train is not None:
+                rest = rest[:n_train]
+            if val_size > 0:
+                val_x, val_y = train_x[val_idx], train_y[val_idx]
+            train_x, train_y = train_x[rest], train_y[rest]
+
+        on = lambda t: None if t is None else t.to(self.device)  # noqa: E731
+        self.train_images, self.train_labels = on(train_x), on(train_y)
+        self.val_images, self.val_labels = on(val_x), on(val_y)
+        self.test_images, self.test_labels = on(test_x), on(test_y)
+        self.mean = self.std = None
+        if normalize_mean is not None:
+            shape = (1, self.in_channels, 1, 1)
+            self.mean = torch.tensor(list(normalize_mean), dtype=torch.float32, device=self.device).view(shape)
+            self.std = torch.tensor(list(normalize_std), dtype=torch.float32, device=self.device).view(shape)
+        self.steps_per_epoch = math.ceil(len(self.train_images) / self.batch_size)
+        self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
+
+    @staticmethod
+    def _check(name, batch_size, eval_batch_size, arch, mean, std, padding, val_size, n_train) -> None:
+        if name not in DATASETS:
+            raise ConfigError(f"data.name={name!r}: expected one of {', '.join(DATASETS)}")
+        if arch not in ARCHS:
+            raise ConfigError(f"data.arch={arch!r}: expected one of {', '.join(ARCHS)}")
+        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ConfigError(f"data.{key}={value!r}: expected a positive integer")
+        if not isinstance(padding, int) or padding < 0:
+            raise ConfigError(f"data.random_crop_padding={padding!r}: expected an integer >= 0 (0 = no crop)")
+        if not isinstance(val_size, int) or val_size < 0:
+            raise ConfigError(f"data.val_size={val_size!r}: expected an integer >= 0 (0 = the test set)")
+        if n_train is not None and (not isinstance(n_train, int) or n_train < 1):
+            raise ConfigError(f"data.n_train={n_train!r}: expected a positive integer or null (all)")
+        if (mean is None) != (std is None):
+            raise ConfigError("data.normalize_mean and data.normalize_std: set both or neither")
+        channels = DATASETS[name][0]
+        for key, values in (("normalize_mean", mean), ("normalize_std", std)):
+            if values is not None and len(values) != channels:
+                raise ConfigError(f"data.{key}={list(values)}: {name} has {channels} channel(s), "
+                                  f"give {channels} value(s)")
+        if std is not None and any(not s > 0 for s in std):
+            raise ConfigError(f"data.normalize_std={list(std)}: every value must be > 0")
+
+    # ------------------------------------------------------------------ training
+    def model_kwargs(self) -> dict:
+        """What a model needs from the data to be built."""
+        return {"arch": self.arch, "in_channels": self.in_channels, "num_classes": self.num_classes}
+
+    def augment(self, images: torch.Tensor) -> torch.Tensor:
+        """Training preprocessing of a uint8 batch: random crop, flip, scaling, normalisation."""
+        images = random_crop(images, self.padding, self.gen)
+        if self.hflip:
+            images = random_hflip(images, self.gen)
+        return to_float(images, self.mean, self.std)
+
+    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
+        """Evaluation preprocessing of a uint8 batch: scaling and normalisation only."""
+        return to_float(images, self.mean, self.std)
+
+    def train_batches(self) -> Iterator[Batch]:
+        """One epoch of augmented (images, labels) batches on the task's device."""
+        order = torch.randperm(len(self.train_images), generator=self.gen, device=self.device)
+        for i in range(self.steps_per_epoch):
+            idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+            yield self.augment(self.train_images[idx]), self.train_labels[idx]
+
+    def loss(self, outputs: torch.Tensor, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
+        """Negative log-likelihood of the labels; ``outputs`` are log-probabilities."""
+        return F.nll_loss(outputs.float(), batch[1])
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _score(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
+               unfoldings: int | None = None) -> tuple[float, float]:
+        """(accuracy in %, mean NLL) over a held set, in eval mode and eval batches."""
+        was_training = model.training
+        model.eval()
+        correct = torch.zeros((), dtype=torch.long, device=self.device)
+        nll = torch.zeros((), dtype=torch.float64, device=self.device)
+        try:
+            for start in range(0, len(images), self.eval_batch_size):
+                x = self.preprocess(images[start:start + self.eval_batch_size])
+                y = labels[start:start + self.eval_batch_size]
+                out = model(x, unfoldings).float()
+                nll += F.nll_loss(out, y, reduction="sum").double()
+                correct += (out.argmax(dim=1) == y).sum()
+        finally:
+            model.train(was_training)
+        n = max(len(images), 1)
+        return 100.0 * correct.item() / n, nll.item() / n
+
+    def validate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
+        """The monitored accuracy (%) and mean loss: on the validation set, or the test set if val_size=0."""
+        split = self.monitor.split("/")[0]
+        images, labels = ((self.val_images, self.val_labels) if split == "val"
+                          else (self.test_images, self.test_labels))
+        acc, loss = self._score(model, images, labels, unfoldings)
+        return {self.monitor: acc, f"{split}/loss": loss}
+
+    def evaluate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
+        """Test accuracy (%) and mean loss, with ``unfoldings`` iterations (None = the model's default)."""
+        acc, loss = self._score(model, self.test_images, self.test_labels, unfoldings)
+        return {"acc": acc, "loss": loss}
+
+    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
+        """Final, best and windowed-mean test accuracy; accuracy per number of unfoldings T' = 0..T."""
+        final = self.evaluate(model)
+        metrics = {"test/acc": final["acc"], "test/loss": final["loss"]}
+        summary = accuracy_summary(recorder.history, self.monitor, final["acc"], self.acc_mean_epochs)
+        if self.monitor.startswith("test/"):  # per-epoch test accuracy, the paper's protocol
+            metrics.update({f"test/{k}": v for k, v in summary.items()})
+        else:
+            metrics.update({f"val/{k}": v for k, v in summary.items()})
+        depth = model.unfoldings
+        layers = pd.DataFrame({"unfoldings": range(depth + 1),
+                               "test/acc": [self.evaluate(model, t)["acc"] for t in range(depth + 1)]})
+        published = None
+        if paper is not None:
+            published = paper.get("acc", {}).get(self.setting(), {}).get(model_name)
+        if published is not None:
+            metrics[paper.metric.replace("test/", "published/test/")] = float(published)
+        recorder.write_table("layers.csv", layers)
+
+        title = f"{model_name} on {self.setting()}, T={depth}"
+        recorder.write_figure("acc_per_unfolding.png",
+                              figures.per_layer_figure(layers, "unfoldings", "test accuracy (%)", title))
+        recorder.write_figure("filters.png", figures.atoms_figure(model.dictionary(), f"{model_name}: first-layer filters"))
+        if recorder.history:
+            recorder.write_figure("training_curve.png",
+                                  figures.training_curves(pd.DataFrame(recorder.history), "epoch", model_name))
+        headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
+        lines = [f"# {title}", "", headline.to_markdown(index=False, floatfmt=".4g"), ""]
+        if published is not None:
+            reported = metrics[paper.metric]
+            lines += [f"Published {paper.metric}: {published:.2f} ({paper.source}); "
+                      f"this run: {reported:.2f}, difference {reported - published:+.2f}.", ""]
+        lines += ["## Test accuracy per number of unfoldings at test time", "",
+                  layers.to_markdown(index=False, floatfmt=[".0f", ".2f"]), ""]
+        recorder.write_text("results.md", "\n".join(lines))
+        return metrics
+
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
+        split = self.monitor.split("/")[0]
+        return ["test/acc", "test/loss", f"{split}/acc_best", f"{split}/acc_last_k_mean"]
+
+    def artifacts(self) -> dict:
+        return {}
+
+    def setting(self) -> str:
+        """The published-table key: the dataset name."""
+        return self.name

@@ -1,0 +1,242 @@
+"""The sparse-coding task (Chen et al. 2018, Sec. 4.1; Liu et al. 2019): recover the code x from
+y = A x (+ noise), trained on synthetic data (:mod:`unroll_cli.data.synthetic`), evaluated by NMSE
+after every layer beside ISTA and FISTA at the same depth and threshold, and by support recovery.
+
+``data.loss`` chooses the training loss (supervised or LASSO), ``data.nmse`` the NMSE convention
+(pooled as the LISTA-CPSS/ALISTA code, or per-sample dB as Open-L2O), ``data.baselines`` the
+classical algorithms run beside the model.
+"""
+from __future__ import annotations
+
+from typing import Iterator, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from unroll_cli.config import constrained, register_schema
+from unroll_cli.data.synthetic import gaussian_matrix, load_matrix, measure, sample_codes
+from unroll_cli.evaluate.metrics import nmse_db, support_recovery
+from unroll_cli.models.lista import FISTA, ISTA
+from unroll_cli.record import figures
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (y, x)
+BASELINES = {"ista": ISTA, "fista": FISTA}
+METRIC = "test/nmse_db"
+
+positive = lambda v: v > 0  # noqa: E731
+
+
+@register_schema("data", "synthetic_sc")
+class SyntheticSparseCodingConfig:
+    """y = A x + noise with Bernoulli(p) x N(0,1) codes (Chen et al. 2018, Sec. 4.1)."""
+
+    _target_: str = "unroll_cli.tasks.sparse_coding.SyntheticSparseCoding"
+    m: int = constrained(250, "an integer > 0", positive)
+    n: int = constrained(500, "an integer > 0", positive)
+    p: float = constrained(0.1, "a probability in (0, 1]", lambda v: 0 < v <= 1)
+    snr_db: Optional[float] = None  # null: noiseless
+    kappa: Optional[float] = constrained(None, "null or >= 1", lambda v: v is None or v >= 1)  # condition number of A
+    col_normalized: bool = True
+    online: bool = True  # fresh batches every step (TF code) or a fixed set (HyperLISTA)
+    n_train: int = constrained(51200, "an integer > 0", positive)  # the fixed training set when online is false
+    n_val: int = constrained(1000, "an integer > 0", positive)
+    n_test: int = constrained(1000, "an integer > 0", positive)
+    batch_size: int = constrained(64, "an integer > 0", positive)
+    matrix_seed: int = 0
+    val_seed: int = 1
+    test_seed: int = 2
+    A_path: Optional[str] = None  # .npy or .mat file holding the user's own A
+    loss: str = constrained("supervised", "supervised (MSE to the true code) or lasso (unsupervised)",
+                            lambda v: v in ("supervised", "lasso"))
+    nmse: str = constrained("pooled", "pooled (LISTA-CPSS/ALISTA code) or per_sample (Open-L2O)",
+                            lambda v: v in ("pooled", "per_sample"))
+    # |x_hat_i| > support_tol counts as a detected nonzero
+    support_tol: float = constrained(0.0, "a number >= 0", lambda v: v >= 0, changeable=True)
+    baselines: List[str] = constrained(["ista", "fista"], "a list of ista and/or fista",
+                                       lambda v: set(v) <= set(BASELINES), changeable=True)
+
+
+def published_curve(paper: DictConfig | None, setting: str, model_name: str) -> list[float] | None:
+    """The paper's per-layer values for this setting and model, when the experiment has them."""
+    if paper is None:
+        return None
+    curves = (paper.get("nmse_db") or {}).get(setting, {})
+    values = curves.get(model_name)
+    return None if values is None else [float(v) for v in values]
+
+
+class SyntheticSparseCoding:
+    """The sparse-coding task: recover x from y = A x (+ noise); NMSE per layer beside ISTA/FISTA."""
+
+    kind = "sparse_coding"
+    monitor, monitor_mode = "val/nmse_db", "min"
+    primary_metric = "test/nmse_db"
+
+    def __init__(self, m: int, n: int, p: float, snr_db: float | None, kappa: float | None,
+                 col_normalized: bool, online: bool, n_train: int, n_val: int, n_test: int,
+                 batch_size: int, matrix_seed: int, val_seed: int, test_seed: int,
+                 A_path: str | None, loss: str = "supervised", nmse: str = "pooled",
+                 support_tol: float = 0.0, baselines: Sequence[str] = ("ista", "fista"), seed: int = 0,
+                 device: str | torch.device = "cpu", trainer: DictConfig | None = None):
+        if A_path:
+            A = load_matrix(A_path)
+            if A.shape != (m, n):
+                raise ValueError(f"data.A_path holds a {A.shape[0]}x{A.shape[1]} matrix but "
+                                 f"data.m={m}, data.n={n}: set them to the file's shape")
+        else:
+            A = gaussian_matrix(m, n, matrix_seed, kappa, col_normalized)
+        self.p, self.snr_db, self.online = p, snr_db, online
+        self._kappa = None if A_path else kappa
+        self.batch_size = batch_size
+        self.nmse, self.support_tol, self.baselines, self.loss_kind = nmse, support_tol, list(baselines), loss
+        self.device = torch.device(device)
+        self.A = A.to(self.device)
+        self.val = self._fixed_set(A, n_val, val_seed)
+        self.test = self._fixed_set(A, n_test, test_seed)
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
+        if online:
+            self.steps_per_epoch = trainer.steps_per_epoch if trainer is not None else 1
+            self.train_set = None
+        else:
+            self.train_set = self._fixed_set(A, n_train, seed + 1_000_003)
+            self.steps_per_epoch = max(1, n_train // batch_size)
+
+    @staticmethod
+    def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
+        """Bytes the task holds (see :mod:`unroll_cli.memory`): A in float64 while it is drawn,
+        and the fixed sets' (y, x) pairs with their temporaries."""
+        width = data.m + data.n
+        estimate = {"data.n": 8 * 4 * data.m * data.n, "data.n_val": 8 * data.n_val * width,
+                    "data.n_test": 8 * data.n_test * width, "data.batch_size": 16 * data.batch_size * width}
+        if not data.online:
+            estimate["data.n_train"] = 8 * data.n_train * width
+        return estimate
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Evaluation sees the whole validation or test set at once."""
+        return max(len(self.val[0]), len(self.test[0]))
+
+    def _fixed_set(self, A: torch.Tensor, size: int, seed: int) -> Batch:
+        gen = torch.Generator().manual_seed(seed)
+        x = sample_codes(size, A.shape[1], self.p, gen, "cpu")
+        y = measure(x, A, self.snr_db, gen)
+        return y.to(self.device), x.to(self.device)
+
+    # ------------------------------------------------------------------ training
+    def model_kwargs(self) -> dict:
+        """What a model needs from the data to be built."""
+        return {"A": self.A}
+
+    def train_batches(self) -> Iterator[Batch]:
+        """One epoch of (y, x) training batches on the task's device."""
+        if self.online:
+            for _ in range(self.steps_per_epoch):
+                x = sample_codes(self.batch_size, self.A.shape[1], self.p, self.gen, self.device)
+                yield measure(x, self.A, self.snr_db, self.gen), x
+        else:
+            y_all, x_all = self.train_set
+            order = torch.randperm(len(x_all), generator=self.gen, device=self.device)
+            for i in range(self.steps_per_epoch):
+                idx = order[i * self.batch_size:(i + 1) * self.batch_size]
+                yield y_all[idx], x_all[idx]
+
+    def loss(self, estimates: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
+        """``data.loss``: supervised, the mean over samples of ||x_hat - x||^2; lasso (unsupervised),
+        0.5||y - A x_hat||^2 + lam ||x_hat||_1 with the model's lam."""
+        y, x = batch
+        x_hat = estimates[-1]
+        if self.loss_kind == "supervised":
+            return (x_hat - x).pow(2).sum(dim=1).mean()
+        residual = y - x_hat @ self.A.T
+        return (0.5 * residual.pow(2).sum(dim=1) + model.lam * x_hat.abs().sum(dim=1)).mean()
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def validate(self, model: torch.nn.Module, depth: int | None = None) -> dict[str, float]:
+        y, x = self.val
+        return {self.monitor: nmse_db(model(y, depth)[-1].float(), x, self.nmse)}
+
+    @torch.no_grad()
+    def evaluate(self, model: torch.nn.Module, prefix: str = "test") -> tuple[dict, list[float]]:
+        """Final metrics on the test set and the NMSE (dB) after every layer, layer 0 (x = 0) first."""
+        y, x = self.test
+        estimates = [e.float() for e in model(y)]
+        per_layer = [0.0] + [nmse_db(e, x, self.nmse) for e in estimates]
+        metrics = {f"{prefix}/nmse_db": per_layer[-1]}
+        for key, value in support_recovery(estimates[-1], x, self.support_tol).items():
+            metrics[f"{prefix}/support_{key}"] = value
+        return metrics, per_layer
+
+    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
+        """Test metrics of the model and of ISTA/FISTA at the same depth and threshold, the final
+        validation NMSE (what a hyper-parameter search should select on); layers.csv (layer 0: the
+        all-zero start), results.md and the figures."""
+        metrics, per_layer = self.evaluate(model)
+        metrics.update(self.validate(model))
+        depth = len(per_layer)
+        layers = pd.DataFrame({"layer": range(depth), METRIC: per_layer})
+        for name in self.baselines:
+            baseline = BASELINES[name](A=self.A, layers=model.layers, lam=model.lam)
+            baseline_metrics, baseline_layers = self.evaluate(baseline, prefix=f"baseline/{name}/test")
+            metrics.update(baseline_metrics)
+            layers[f"baseline/{name}/{METRIC}"] = baseline_layers
+        published = published_curve(paper, self.setting(), model_name)
+        if published is not None and len(published) >= depth:
+            layers[f"published/{METRIC}"] = published[:depth]
+            metrics[f"published/{METRIC}"] = published[depth - 1]
+        recorder.write_table("layers.csv", layers)
+
+        title = f"{model_name}, {self.A.shape[0]}x{self.A.shape[1]}, {self.setting()}"
+        recorder.write_figure("nmse_per_layer.png", figures.per_layer_figure(layers, "layer", "NMSE (dB)", title))
+        learned = {name: values().tolist() for name, values in (
+            ("threshold", getattr(model, "thresholds", None)), ("step size", getattr(model, "step_sizes", None)))
+            if values is not None and values() is not None}
+        if learned:  # models that declare their thresholds / step sizes
+            recorder.write_figure("thresholds.png", figures.parameters_figure(learned, f"{model_name}: learned per layer"))
+        if recorder.history:
+            history = pd.DataFrame(recorder.history)
+            recorder.write_figure("training_curve.png", figures.training_curves(history, "step", model_name))
+        recorder.write_text("results.md", self.results_markdown(metrics, layers, title, paper))
+        return metrics
+
+    def results_markdown(self, metrics: dict, layers: pd.DataFrame, title: str, paper: DictConfig | None) -> str:
+        """The human-readable table of one run: headline metrics, then NMSE per layer."""
+        headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
+        lines = [f"# {title}", "", headline.to_markdown(index=False, floatfmt=".4g"), "",
+                 "## NMSE (dB) per layer (test set, layer 0 = the all-zero start)", ""]
+        table = layers.copy()
+        published = f"published/{METRIC}"
+        if published in table:
+            table["difference"] = table[METRIC] - table[published]
+        lines += [table.to_markdown(index=False, floatfmt=[".0f"] + [".2f"] * (table.shape[1] - 1)), ""]
+        if paper is not None:
+            lines += [f"Published values: {paper.source} (reading error +-{paper.tolerance_db} dB).", ""]
+        lines += [f"NMSE convention: {self.nmse}; baselines run at the model's depth and lam.", ""]
+        return "\n".join(lines)
+
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
+        support = [f"support_{k}" for k in ("precision", "recall", "f1")]
+        names = ["val/nmse_db"]
+        for prefix in ["test"] + [f"baseline/{b}/test" for b in self.baselines]:
+            names += [f"{prefix}/{metric}" for metric in ["nmse_db", *support]]
+        return names
+
+    def artifacts(self) -> dict[str, np.ndarray]:
+        """Arrays that belong to the run directory (the matrix A defines the problem)."""
+        return {"A.npy": self.A.cpu().numpy()}
+
+    def setting(self) -> str:
+        """The published-figure key of this problem: noiseless, snr40, kappa30, ..."""
+        if self._kappa is not None:
+            return f"kappa{self._kappa:g}"
+        return "noiseless" if self.snr_db is None else f"snr{self.snr_db:g}"
