@@ -418,7 +418,29 @@ def test_csvs_keep_mean_std_and_count_columns_the_printed_tables_and_latex_have_
     out = capsys.readouterr().out
     assert {"model.grad": "g_dec", "model.lam": "0.08", "test/psnr": "30.50 ± 0.71 (2)",
             "published/test/psnr": "30.60", "test/psnr diff": "-0.10"} in printed_table(out)
-    assert printed_table(out, "Per layer:")[1] == {"model.grad": "g_dec", "model.lam": "0.08", "layer": "1",
+    assert printed_table(out, "layers.csv:")[1] == {"model.grad": "g_dec", "model.lam": "0.08", "layer": "1",
                                                    "test/psnr": "30.50 ± 0.71 (2)"}
     tex = (tmp_path / "report.tex").read_text()
     assert r"g\_dec & 0.08 & 30.50 $\pm$ 0.71 (2) & 30.60 & -0.10 \\" in tex and "±" not in tex
+
+
+def test_a_per_item_table_is_grouped_by_the_index_columns_its_run_declared(tmp_path, capsys):
+    """items.csv of two seeds per model, declared as indexed by (image, sigma) by the RunRecorder."""
+    from unroll_cli.record.recorder import RunRecorder
+
+    values = {}
+    for model in ("a", "b"):
+        for seed in (0, 1):
+            name = f"{model}{seed}"
+            write_run(tmp_path, name, [f"model={model}", f"seed={seed}"], {"test/psnr": 20.0 + seed})
+            items = pd.DataFrame({"image": ["x.png", "x.png", "y.png"], "sigma": [15, 25, 25],
+                                  "psnr": [30.0 + seed, 25.0 + seed, 26.0 + 2 * seed]})
+            RunRecorder(tmp_path / name, tensorboard=False).write_table("items.csv", items, index=["image", "sigma"])
+            values[(model, seed)] = items
+    assert report_main([str(tmp_path), "--table", "items.csv"]) == 0
+    table = pd.read_csv(tmp_path / "report_items.csv")
+    assert list(table.columns[:3]) == ["model", "image", "sigma"] and len(table) == 2 * 3
+    row = table[(table["model"] == "b") & (table["image"] == "y.png")].iloc[0]
+    assert row["psnr mean"] == pytest.approx((26.0 + 28.0) / 2) and row["psnr count"] == 2
+    assert row["psnr std"] == pytest.approx(np.std([26.0, 28.0], ddof=1))
+    assert "items.csv:" in capsys.readouterr().out

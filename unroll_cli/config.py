@@ -136,6 +136,9 @@ class PaperConfig:
     tolerance_db: Optional[float] = None  # reading error of values taken from a figure
     nmse_db: Optional[Dict[str, Any]] = None  # setting -> model -> per-layer values
     acc: Optional[Dict[str, Any]] = None  # setting -> model -> accuracy (%)
+    psnr: Optional[Dict[str, Any]] = None  # setting -> variant -> PSNR (dB)
+    variant: Optional[str] = None  # this run's key among a setting's values (null: the model's name)
+    note: Optional[str] = None  # said in results.md (e.g. a shortened recipe)
 
 
 # ----------------------------------------------------------------------------- top level

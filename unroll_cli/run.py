@@ -85,23 +85,28 @@ def build_model(model_cfg: DictConfig, task, cfg: DictConfig | None = None) -> t
     return instantiate_checked(kwargs, **task.model_kwargs())
 
 
+@contextmanager
+def refused_as(key: str):
+    """Whatever a class raises for the values it was given becomes one ConfigError naming ``key``."""
+    try:
+        yield
+    except Exception as error:
+        cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
+        reason = str(cause).splitlines()[0] if str(cause) else ""
+        raise ConfigError(f"{key}: {type(cause).__name__}: {reason} (check the {key}.* values)") from None
+
+
 def check_optimizer(cfg: DictConfig) -> None:
     """Build the optimizer and scheduler on a dummy parameter and step them: a bad ``optim`` or
     ``sched`` value (betas out of range, ``sched.step_size=0``, ...) fails here, before any work."""
     parameter = torch.zeros(1, requires_grad=True)
-    for key in ("optim", "sched"):
-        try:
-            if key == "optim":
-                optimizer = instantiate(cfg.optim, _partial_=True)([parameter])
-            else:
-                scheduler = instantiate(cfg.sched, optimizer=optimizer)
-                for _ in range(3):
-                    optimizer.step()
-                    scheduler.step()
-        except Exception as error:  # whatever the class raises for the value it was given
-            cause = error.__cause__ if isinstance(error, InstantiationException) and error.__cause__ else error
-            raise ConfigError(f"{key}: {type(cause).__name__}: {str(cause).splitlines()[0] if str(cause) else ''} "
-                              f"(check the {key}.* values)") from None
+    with refused_as("optim"):
+        optimizer = instantiate(cfg.optim, _partial_=True)([parameter])
+    with refused_as("sched"):
+        scheduler = instantiate(cfg.sched, optimizer=optimizer)
+        for _ in range(3):
+            optimizer.step()
+            scheduler.step()
 
 
 def check_optimized_metric(cfg: DictConfig, task) -> None:

@@ -34,3 +34,19 @@ def support_recovery(x_hat: torch.Tensor, x: torch.Tensor, tol: float = 0.0) -> 
     recall = hits / n_true if n_true else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {"precision": precision, "recall": recall, "f1": f1}
+
+
+def psnr_db(estimate: torch.Tensor, clean: torch.Tensor, peak: str | float = "max",
+            clamp: bool = True) -> torch.Tensor:
+    """PSNR (dB) of each image (first dimension) of ``estimate`` against ``clean``:
+    20 log10(peak) - 10 log10(mean((clean - estimate)^2)), in float64.
+
+    ``peak="max"``: the clean image's maximum, as PUDLE's and DenSaE's ``compute_psnr``; a number
+    (1.0: the [0, 1] range) otherwise. ``clamp``: the estimate is clamped to [0, 1] first, as theirs.
+    """
+    estimate, clean = estimate.double(), clean.double()
+    if clamp:
+        estimate = estimate.clamp(0.0, 1.0)
+    mse = (clean - estimate).pow(2).flatten(1).mean(dim=1)
+    top = clean.flatten(1).amax(dim=1) if peak == "max" else torch.full_like(mse, float(peak))
+    return 20.0 * torch.log10(top) - 10.0 * torch.log10(mse)

@@ -70,3 +70,20 @@ def atoms_figure(filters: torch.Tensor, title: str, max_atoms: int = 64):
         ax.imshow(atom.squeeze(-1) if atom.shape[-1] == 1 else atom, cmap="gray", interpolation="nearest")
     fig.suptitle(title, fontsize=9)
     return fig
+
+
+def image_rows_figure(rows: list[list[tuple[str, torch.Tensor]]], title: str):
+    """Gray images in [0, 1] (each (H, W), shown without rescaling), one row per list, each panel
+    with its own title (e.g. noisy / denoised / clean with their PSNR)."""
+    cols = max(len(row) for row in rows)
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 2.6 * len(rows) + 0.4), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax_row, row in zip(axes, rows):
+        for ax, (label, image) in zip(ax_row, row):
+            ax.imshow(image.detach().float().cpu().clamp(0, 1), cmap="gray", vmin=0, vmax=1,
+                      interpolation="nearest")
+            ax.set_title(label, fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -14,7 +14,7 @@ import os
 import platform
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -22,6 +22,7 @@ import pandas as pd
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
 
 STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
+TABLES = "tables.json"  # each table's index columns
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -98,8 +99,14 @@ class RunRecorder:
             self._writer = None
 
     # ------------------------------------------------------------------ files
-    def write_table(self, name: str, table: pd.DataFrame) -> None:
+    def write_table(self, name: str, table: pd.DataFrame, index: Sequence[str] | None = None) -> None:
+        """A CSV table and its index columns (default: the first), declared in ``tables.json`` so that
+        ``unroll-report`` groups each table by its own indices (layer; image and sigma; ...)."""
         atomic_write(self.dir / name, lambda tmp: table.to_csv(tmp, index=False))
+        tables = self.dir / TABLES
+        declared = json.loads(tables.read_text()) if tables.is_file() else {}
+        declared[name] = list(index) if index is not None else [str(table.columns[0])]
+        atomic_write_text(tables, json.dumps(declared, indent=2) + "\n")
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write_text(self.dir / name, text)

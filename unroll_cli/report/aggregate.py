@@ -34,6 +34,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
+from unroll_cli.record.recorder import TABLES
 
 RUN_COLUMNS = ["run", "status", "error", "params", "wall_s", "optimized"]
 PIVOT_STATS = ["metric", "mean", "std", "count", "published"]
@@ -273,22 +274,37 @@ def summarize(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataF
     return mean_std_count(completed(runs), group_keys(runs, group_by), [c for c in runs.columns if "/" in c])
 
 
-def summarize_layers(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
-    """The per-layer table: each completed run's ``layers.csv`` (first column: the layer or number
-    of unfoldings), mean, std and count per group and layer, published curve and difference beside."""
+def table_index(run_dir: Path, name: str, table: pd.DataFrame) -> list[str]:
+    """The index columns a run declared for its table ``name`` (``tables.json``), else the first column."""
+    try:
+        declared = json.loads((run_dir / TABLES).read_text()).get(name)
+    except (OSError, ValueError, AttributeError):
+        declared = None
+    return [c for c in declared if c in table] if isinstance(declared, list) else [str(table.columns[0])]
+
+
+def summarize_table(runs: pd.DataFrame, name: str, group_by: list[str] | None = None) -> pd.DataFrame:
+    """A per-run table (``layers.csv``, ``items.csv``, ...) over the completed runs: mean, std and count
+    of every column per group and per value of the table's declared index columns, published values
+    and the difference beside."""
     keys = group_keys(runs, group_by)
-    frames = []
+    frames, index = [], []
     for _, run in completed(runs).iterrows():
-        file = Path(run["run"]) / "layers.csv"
+        file = Path(run["run"]) / name
         if file.is_file():
-            layers = pd.read_csv(file)
-            frames.append(layers.assign(**{key: run[key] for key in keys}))
+            table = pd.read_csv(file)
+            index = index or table_index(Path(run["run"]), name, table)
+            frames.append(table.assign(**{key: run[key] for key in keys}))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
-    depth = table.columns[0]
-    columns = [c for c in table.columns if c != depth and c not in keys]
-    return mean_std_count(table, [*keys, depth], columns)
+    columns = [c for c in table.columns if c not in index and c not in keys and pd.api.types.is_numeric_dtype(table[c])]
+    return mean_std_count(table, [*keys, *index], columns)
+
+
+def summarize_layers(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
+    """The per-layer table (``layers.csv``; its index: the layer, or the number of unfoldings)."""
+    return summarize_table(runs, "layers.csv", group_by)
 
 
 def axis_order(values: pd.Series) -> list:
@@ -461,6 +477,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="only these metrics, shell-style patterns (default: every metric)")
     parser.add_argument("--layers", action="store_true",
                         help="also the per-layer table from every run's layers.csv (report_layers.csv)")
+    parser.add_argument("--table", nargs="+", default=[], metavar="NAME",
+                        help="also these per-run tables (e.g. items.csv), grouped by their declared index "
+                             "columns (report_<name>)")
     parser.add_argument("--pivot", nargs=2, metavar=("ROW", "COL"),
                         help="also a table per metric (default: the runs' optimized one), a row per value "
                              "of override ROW, a column per value of COL, seeds pooled (report_pivot.csv)")
@@ -525,11 +544,12 @@ def main(argv: list[str] | None = None) -> int:
         print("Every run: " + " ".join(common) + "\n")
     print(markdown(paper_cells(table), "no completed run"))
     written = [out / "report.csv", out / "report.tex", out / "runs.csv"]
-    if args.layers:
-        layers = select_metrics(summarize_layers(runs, args.group_by), args.metrics)
-        atomic_write(out / "report_layers.csv", lambda tmp: layers.to_csv(tmp, index=False))
-        written.append(out / "report_layers.csv")
-        print("\nPer layer:\n\n" + markdown(paper_cells(layers), "no completed run with a layers.csv"))
+    for name in ["layers.csv"] * args.layers + args.table:
+        summary = select_metrics(summarize_table(runs, name, args.group_by), args.metrics)
+        report_file = out / f"report_{Path(name).stem}.csv"
+        atomic_write(report_file, lambda tmp: summary.to_csv(tmp, index=False))
+        written.append(report_file)
+        print(f"\n{name}:\n\n" + markdown(paper_cells(summary), f"no completed run with a {name}"))
     if args.pivot:
         written.append(report_pivot(runs, *args.pivot, pivoted, out))
     bad = not_completed(runs, missing)

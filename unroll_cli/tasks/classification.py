@@ -223,7 +223,7 @@ class ImageClassification:
             published = paper.get("acc", {}).get(self.setting(), {}).get(model_name)
         if published is not None:
             metrics[paper.metric.replace("test/", "published/test/")] = float(published)
-        recorder.write_table("layers.csv", layers)
+        recorder.write_table("layers.csv", layers, index=["unfoldings"])
 
         title = f"{model_name} on {self.setting()}, T={depth}"
         recorder.write_figure("acc_per_unfolding.png",

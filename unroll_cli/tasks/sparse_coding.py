@@ -193,7 +193,7 @@ class SyntheticSparseCoding:
         if published is not None and len(published) >= depth:
             layers[f"published/{METRIC}"] = published[:depth]
             metrics[f"published/{METRIC}"] = published[depth - 1]
-        recorder.write_table("layers.csv", layers)
+        recorder.write_table("layers.csv", layers, index=["layer"])
 
         title = f"{model_name}, {self.A.shape[0]}x{self.A.shape[1]}, {self.setting()}"
         recorder.write_figure("nmse_per_layer.png", figures.per_layer_figure(layers, "layer", "NMSE (dB)", title))
