@@ -209,7 +209,7 @@ def test_a_lasso_run_lowers_the_validation_lasso_objective(tiny_cfg, tmp_path, o
 
 
 def test_per_sample_nmse_is_the_mean_of_per_sample_db(tiny_cfg, tmp_path, one_thread):
-    """data.nmse=per_sample: test/nmse_db of the best model (val monitored), differing from pooled."""
+    """data.nmse=per_sample: test and val NMSE of the best model (val monitored), differing from pooled."""
     cfg, _, record = run_tiny(tiny_cfg, tmp_path, "model=lista_cp", "data.nmse=per_sample")
     task, model = rebuilt(cfg, tmp_path, "best.pt")
     y, x = task.test
@@ -217,4 +217,7 @@ def test_per_sample_nmse_is_the_mean_of_per_sample_db(tiny_cfg, tmp_path, one_th
     assert ((x ** 2).sum(axis=1) > 0).all()  # premise: every sample's relative error is defined
     per_sample = per_sample_nmse_db(x_hat, x)
     assert record["metrics"]["test/nmse_db"] == pytest.approx(per_sample, abs=1e-6)
+    y_val, (x_val,) = task.val[0], as_numpy(task.val[1])
+    assert record["metrics"]["val/nmse_db"] == pytest.approx(per_sample_nmse_db(last_layer(model, y_val), x_val),
+                                                             abs=1e-6)
     assert abs(per_sample - pooled_nmse_db(x_hat, x)) > 0.01  # well above the 1e-6 agreement

@@ -10,6 +10,8 @@ per layer, or one threshold per coordinate).
   ML-ISTA, Sulam et al. 2020).
 * ``hard_threshold``: prox of the l0 penalty (LIHT).
 * ``block_soft_threshold``: prox of the group-lasso penalty ``lam*sum_g ||x_g||_2``.
+* ``group_soft_threshold``: the same over consecutive groups of ``group_size`` entries, and its
+  one-sided ("group-sparse ReLU") variant (Theodosis et al., arXiv 2102.07003; ICASSP 2023).
 * ``support_selection_threshold``: the support-selection shrinkage ``shrink_ss``
   of LISTA-SS / LISTA-CPSS (Chen, Liu, Wang & Yin, NeurIPS 2018).
 """
@@ -121,6 +123,24 @@ def block_soft_threshold(x: Tensor, lam, dim=-1) -> Tensor:
     norm = torch.linalg.vector_norm(x, dim=dim, keepdim=True)
     tiny = torch.finfo(x.dtype).tiny
     return x * (torch.relu(norm - lam) / norm.clamp_min(tiny))
+
+
+def group_soft_threshold(x: Tensor, threshold, group_size: int, dim: int = 1, one_sided: bool = False) -> Tensor:
+    """Block soft threshold over consecutive groups of ``group_size`` entries along ``dim``:
+    ``x_g <- (1 - threshold / ||x_g||_2)_+ x_g``, the prox of ``threshold * sum_g ||x_g||_2``.
+
+    ``one_sided``: the group-sparse ReLU of the authors' code (Theodosis & Ba, ICASSP 2023),
+    ``(1 - threshold / ||x_g||_2)_+ ReLU(x_g)`` with the norm of the pre-ReLU group. An all-zero
+    group maps to 0 with a finite (zero) gradient.
+    """
+    dim = dim % x.dim()
+    if x.shape[dim] % group_size:
+        raise ValueError(f"group_size={group_size} does not divide the {x.shape[dim]} entries of dim {dim}")
+    groups = x.unflatten(dim, (-1, group_size))
+    out = block_soft_threshold(groups, threshold, dim + 1)
+    if one_sided:  # (1 - t/||x_g||)_+ ReLU(x_g) = (1 - t/||x_g||)_+ x_g [x_g > 0]
+        out = out * (groups > 0).to(out.dtype)
+    return out.flatten(dim, dim + 1)
 
 
 def selection_count(n: int, percent: float) -> int:
