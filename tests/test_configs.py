@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from hydra.utils import get_class
+from PIL import Image
 
 from conftest import compose_cfg
 from test_image_data import make_cifar, make_idx_set, make_svhn
@@ -14,7 +15,10 @@ from unroll_cli.config import validate
 from unroll_cli.run import build_model, build_task, check_optimizer
 
 CONF = Path(__file__).parents[1] / "unroll_cli" / "conf"
-SMALL = {"synthetic_sc": ["data.m=20", "data.n=40", "data.n_val=16", "data.n_test=16"]}
+SMALL = {"synthetic_sc": lambda root: ["data.m=20", "data.n=40", "data.n_val=16", "data.n_test=16"],
+         "bsd_denoise": lambda root: [f"data.train_dir={root / 'gray/train'}", f"data.test_dir={root / 'gray/test'}",
+                                      "data.crop=16"]}
+IMAGE_FILES = lambda root: [f"data.root={root}", "data.download=false"]  # noqa: E731
 
 
 def options(group: str) -> list[str]:
@@ -29,12 +33,16 @@ def image_root(tmp_path_factory) -> Path:
     make_idx_set(root / "FashionMNIST" / "raw", rng, gz=False)
     make_cifar(root, rng)
     make_svhn(root, rng)
+    for split, count in (("train", 3), ("test", 2)):
+        (root / "gray" / split).mkdir(parents=True)
+        for i in range(count):
+            Image.fromarray(rng.integers(0, 256, (20 + i, 24), dtype=np.uint8)).save(root / "gray" / split / f"{i}.png")
     return root
 
 
 def task_of(data: str, image_root: Path, *extra: str):
-    overrides = [f"data={data}", *SMALL.get(data, [f"data.root={image_root}", "data.download=false"]), *extra]
-    if data != "synthetic_sc":
+    overrides = [f"data={data}", *SMALL.get(data, IMAGE_FILES)(image_root), *extra]
+    if data not in SMALL:  # a classification set: a model that fits it
         overrides.append("model=ml_ista")
     cfg = compose_cfg(overrides)
     validate(cfg)
@@ -58,7 +66,7 @@ def test_every_data_config_builds_its_task(data, image_root, monkeypatch):
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_config_builds_its_model_on_a_fitting_task(model, image_root):
     kind = compose_cfg([f"model={model}"]).model.task
-    data = "synthetic_sc" if kind == "sparse_coding" else "mnist"
+    data = {"sparse_coding": "synthetic_sc", "classification": "mnist", "denoising": "bsd_denoise"}[kind]
     cfg, task = task_of(data, image_root, f"model={model}")
     module = build_model(cfg.model, task, cfg)
     assert isinstance(module, torch.nn.Module)

@@ -125,7 +125,8 @@ def block_soft_threshold(x: Tensor, lam, dim=-1) -> Tensor:
     return x * (torch.relu(norm - lam) / norm.clamp_min(tiny))
 
 
-def group_soft_threshold(x: Tensor, threshold, group_size: int, dim: int = 1, one_sided: bool = False) -> Tensor:
+def group_soft_threshold(x: Tensor, threshold, group_size: int, dim: int = 1,
+                         one_sided: bool = False) -> Tensor:
     """Block soft threshold over consecutive groups of ``group_size`` entries along ``dim``:
     ``x_g <- (1 - threshold / ||x_g||_2)_+ x_g``, the prox of ``threshold * sum_g ||x_g||_2``.
 

@@ -60,7 +60,7 @@ def atoms_figure(filters: torch.Tensor, title: str, max_atoms: int = 64):
     atoms = filters.detach().float().cpu()[:max_atoms]
     lo = atoms.flatten(1).min(dim=1).values[:, None, None, None]
     hi = atoms.flatten(1).max(dim=1).values[:, None, None, None]
-    atoms = ((atoms - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1)
+    atoms = ((atoms - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()
     cols = int(math.ceil(math.sqrt(len(atoms))))
     rows = int(math.ceil(len(atoms) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.4), squeeze=False)
@@ -81,7 +81,7 @@ def image_rows_figure(rows: list[list[tuple[str, torch.Tensor]]], title: str):
         ax.axis("off")
     for ax_row, row in zip(axes, rows):
         for ax, (label, image) in zip(ax_row, row):
-            ax.imshow(image.detach().float().cpu().clamp(0, 1), cmap="gray", vmin=0, vmax=1,
+            ax.imshow(image.detach().float().cpu().clamp(0, 1).numpy(), cmap="gray", vmin=0, vmax=1,
                       interpolation="nearest")
             ax.set_title(label, fontsize=8)
     fig.suptitle(title, fontsize=9)

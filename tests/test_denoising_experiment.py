@@ -1,0 +1,47 @@
+"""The PUDLE denoising experiment end to end: its published table beside each run, the gradient x
+lambda pivot of a sweep, and a trained dictionary evaluated again."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import compose_cfg, read_metrics
+from test_denoising_task import folders  # noqa: F401  (the fixture: tiny train and test folders)
+from unroll_cli.report.aggregate import main as report_main
+from unroll_cli.run import run
+
+TINY_RECIPE = ["data.crop=16", "model.filters=4", "model.kernel_size=5", "model.stride=2", "model.layers=3",
+               "trainer.max_epochs=1", "trainer.progress=false", "tensorboard=false"]
+
+
+def recipe(folders, *overrides):  # noqa: F811
+    train_dir, test_dir, _, _ = folders
+    return compose_cfg(["+experiment=tolooshams2022_denoise", f"data.train_dir={train_dir}",
+                        f"data.test_dir={test_dir}", *TINY_RECIPE, *overrides])
+
+
+def test_a_sweep_shows_the_published_table_beside_its_runs_and_pivots_it(folders, tmp_path, one_thread):  # noqa: F811
+    """Tolooshams & Ba 2022, sigma 25, lam 0.16: g_dec 25.25 dB, g_ae-ls 25.63 dB."""
+    for job, grad in enumerate(["g_dec", "g_ae_ls"]):
+        overrides = [f"model.grad={grad}", "model.lam=0.16"]
+        run(recipe(folders, *overrides), tmp_path / str(job), overrides)
+        metrics = read_metrics(tmp_path / str(job))["metrics"]
+        assert metrics["published/test/psnr"] == {"g_dec": 25.25, "g_ae_ls": 25.63}[grad]
+        assert "Published test/psnr" in (tmp_path / str(job) / "results.md").read_text()
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam"]) == 0
+    pivot = pd.read_csv(tmp_path / "report_pivot.csv")
+    published = dict(zip(pivot["model.grad"], pivot["published"]))
+    assert published == {"g_dec": 25.25, "g_ae_ls": 25.63}
+    for job, grad in enumerate(["g_dec", "g_ae_ls"]):
+        psnr = read_metrics(tmp_path / str(job))["metrics"]["test/psnr"]
+        assert pivot.loc[pivot["model.grad"] == grad, "mean"].item() == pytest.approx(psnr)
+
+
+def test_a_trained_dictionary_evaluates_again_to_the_same_psnr(folders, tmp_path, one_thread):  # noqa: F811
+    run(recipe(folders), tmp_path / "trained")
+    again = recipe(folders, f"model.dictionary_path={tmp_path / 'trained' / 'dictionary.npy'}",
+                   "trainer.max_epochs=0")
+    run(again, tmp_path / "evaluated")
+    trained, evaluated = (pd.read_csv(tmp_path / name / "items.csv") for name in ("trained", "evaluated"))
+    np.testing.assert_allclose(evaluated["psnr"], trained["psnr"], rtol=1e-6)

@@ -1,0 +1,407 @@
+"""Unrolled sparse-coding autoencoders with a tied dictionary ``D``, for image denoising.
+
+The encoder unrolls T proximal-gradient steps with step ``alpha`` and threshold ``lam * alpha``
+from ``z_0 = 0``, and the decoder is the dictionary itself:
+
+    z_{t+1} = S(z_t - alpha D^T (D z_t - x))   (so z_1 = S(alpha D^T x)),   x_hat = D z_T,
+
+or the same steps taken at FISTA's extrapolated points (Beck & Teboulle 2009).
+
+* ``SparseAutoencoder``: PUDLE, Tolooshams & Ba, "Stable and Interpretable Unrolled Dictionary
+  Learning", TMLR 2022 (code: btolooshams/stable-interpretable-unrolled-dl, ``AE``/``CAE``);
+  ``S`` is the soft or hard threshold, one- or two-sided.
+* ``GroupSparseAutoencoder``: Theodosis, Tolooshams, Tankala, Tasissa & Ba, "On the convergence of
+  group-sparse autoencoders" (arXiv 2102.07003) and Theodosis & Ba, "Learning silhouettes with group
+  sparse autoencoders" (ICASSP 2023); ``S`` is the block soft threshold over groups of code entries.
+
+Convolutional (``conv``): ``D^T x = conv2d(x, W, stride)`` and ``D z = conv_transpose2d(z, W,
+stride)`` sized back to the input, its exact adjoint; ``W`` is (filters, C, k, k). Dense: ``D`` is a
+(d, atoms) matrix on images flattened to ``d = C*H*W``.
+
+Gradient of the dictionary (``grad``: PUDLE's estimators g_dec, g_ae-lasso and g_ae-ls, as the authors'
+``src/train_dl_choose_gd.py`` computes them): ``g_dec`` detaches ``z_T`` before the decoder in
+training (only ``D z_T`` gives ``D`` a gradient, ``(D z_T - x) z_T^T``); ``g_ae_lasso`` and ``g_ae_ls``
+backpropagate through the unrolled encoder, with and without the penalty in the loss
+(:meth:`TiedAutoencoder.loss_penalty`).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from numbers import Integral, Real
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from unroll_cli.config import constrained, register_schema
+from unroll_cli.models.mlista import _check_int, conv2d, conv_transpose2d
+from unroll_cli.models.prox import group_soft_threshold, hard_threshold, nonneg_soft_threshold, soft_threshold
+
+GRADS = ("g_dec", "g_ae_lasso", "g_ae_ls")
+EVAL_SIDE = 512  # images evaluated whole are assumed at most this many pixels on a side (memory estimate)
+
+
+def _choice(default: str, *values: str):
+    """A schema field taking one of ``values``."""
+    return constrained(default, ", ".join(values[:-1]) + " or " + values[-1], lambda v: v in values)
+
+
+def _positive(default: float):
+    """A schema field ``> 0``."""
+    return constrained(default, "a number > 0", lambda v: v > 0)
+
+
+def _at_least(default, low: int, integer: bool = True):
+    """A schema field ``>= low`` (an integer, or a number)."""
+    return constrained(default, f"{'an integer' if integer else 'a number'} >= {low}", lambda v: v >= low)
+
+
+@dataclass
+class TiedAutoencoderConfig:
+    """What both autoencoders share: encoder, dictionary shape, gradient and initialisation."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "denoising"  # the kind of data the model fits
+    layers: int = _at_least(15, 1)  # T, the unrolled steps
+    lam: float = _at_least(0.12, 0, integer=False)  # threshold lam * step
+    step: float = _positive(0.1)
+    encoder: str = _choice("ista", "ista", "fista")
+    grad: str = _choice("g_ae_ls", *GRADS)
+    two_sided: bool = True
+    normalize: bool = True  # unit-norm atoms at init and after every optimizer step
+    conv: bool = True
+    filters: int = _at_least(64, 1)
+    kernel_size: int = _at_least(9, 1)
+    stride: int = _at_least(4, 1)
+    atoms: int = _at_least(500, 1)  # dense dictionary (conv false): its columns
+    # dense: d = C*H*W of the input; null takes it from the task's training images
+    input_dim: Optional[int] = constrained(None, "null or an integer >= 1", lambda v: v is None or v >= 1)
+    init: str = _choice("random", "random", "data")
+    dictionary_path: Optional[str] = None  # a .npy dictionary to evaluate or fine-tune (overrides init)
+
+
+@register_schema("model", "sparse_ae")
+class SparseAEConfig(TiedAutoencoderConfig):
+    """PUDLE (Tolooshams & Ba 2022): soft or hard threshold."""
+
+    threshold: str = _choice("soft", "soft", "hard")
+
+
+@register_schema("model", "group_sparse_ae")
+class GroupSparseAEConfig(TiedAutoencoderConfig):
+    """Group-sparse autoencoder (Theodosis et al.): block soft threshold, atoms from the data."""
+
+    step: float = _positive(0.003)  # data atoms are coherent: ||D||^2 is about 330 on BSD crops
+    atoms: int = _at_least(320, 1)
+    init: str = _choice("data", "random", "data")
+    group_size: int = _at_least(4, 1)
+
+
+def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _check_bool(name: str, value) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be a bool, got {value!r}")
+    return value
+
+
+def _check_number(name: str, value, positive: bool) -> float:
+    ok = isinstance(value, Real) and not isinstance(value, bool) and (value > 0 if positive else value >= 0)
+    if not ok:
+        raise ValueError(f"{name} must be a real number {'>' if positive else '>='} 0, got {value!r}")
+    return float(value)
+
+
+def fista_momentum(layers: int) -> list[float]:
+    """``(t_k - 1) / t_{k+1}`` for k = 1..layers, ``t_1 = 1``, ``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2``
+    (Beck & Teboulle 2009): the extrapolation applied after step k."""
+    momentum, tk = [], 1.0
+    for _ in range(layers):
+        tk_next = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
+        momentum.append((tk - 1.0) / tk_next)
+        tk = tk_next
+    return momentum
+
+
+def unit_atoms(weight: Tensor, conv: bool) -> Tensor:
+    """Atoms scaled to unit norm: each filter (Frobenius) or each column; a zero atom stays zero."""
+    norm = torch.linalg.vector_norm(weight, dim=(1, 2, 3) if conv else 0, keepdim=True)
+    return weight / norm.clamp_min(torch.finfo(weight.dtype).tiny)
+
+
+def load_dictionary(path: str, shape: tuple[int, ...], saved_shape: tuple[int, ...] | None = None) -> Tensor:
+    """The dictionary in the .npy file ``path`` (read with ``allow_pickle=False``), of ``shape``; an
+    array of ``saved_shape`` (a dense model's ``dictionary.npy``, atoms first) is transposed to it."""
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"model.dictionary_path: no file at {file}")
+    try:
+        array = np.load(file, allow_pickle=False)
+    except Exception as error:  # numpy raises many kinds on malformed files
+        raise ValueError(f"model.dictionary_path: {file} is not a readable .npy file "
+                         f"({type(error).__name__}: {error}); save the dictionary with numpy.save") from None
+    if saved_shape is not None and array.shape == saved_shape:
+        array = array.reshape(saved_shape[0], -1).T
+    if array.shape != shape:
+        also = f" (or {saved_shape}, a run's dictionary.npy)" if saved_shape else ""
+        raise ValueError(f"model.dictionary_path: {file} holds an array of shape {array.shape}, but the "
+                         f"config needs {shape}{also}")
+    if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
+        raise ValueError(f"model.dictionary_path: {file} must hold finite real numbers, got {array.dtype}")
+    return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.get_default_dtype())
+
+
+def random_patches(images: Tensor, count: int, size: int) -> Tensor:
+    """``count`` random ``size`` x ``size`` patches (count, C, size, size) of random ``images``."""
+    n, _, h, w = images.shape
+    if h < size or w < size:
+        raise ValueError(f"init=data: the task's images are {h}x{w}, smaller than kernel_size={size}")
+    pick = zip(torch.randint(n, (count,)).tolist(), torch.randint(h - size + 1, (count,)).tolist(),
+               torch.randint(w - size + 1, (count,)).tolist())
+    return torch.stack([images[i, :, r:r + size, c:c + size] for i, r, c in pick])
+
+
+class TiedAutoencoder(nn.Module):
+    """The encoder, decoder, gradient modes and dictionary of both autoencoders (module docstring);
+    subclasses supply the threshold ``_shrink`` and the penalty ``_penalty`` of the code."""
+
+    def __init__(self, in_channels: int, layers: int = 15, lam: float = 0.12, step: float = 0.1,
+                 encoder: str = "ista", grad: str = "g_ae_ls", two_sided: bool = True,
+                 normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,
+                 stride: int = 4, atoms: int = 500, input_dim: int | None = None, init: str = "random",
+                 dictionary_path: str | None = None, init_images: Tensor | None = None):
+        super().__init__()
+        self.layers = _check_int("layers", layers, 1)
+        self.lam, self.step = _check_number("lam", lam, False), _check_number("step", step, True)
+        fista = _check_choice("encoder", encoder, ("ista", "fista")) == "fista"
+        self.momentum = fista_momentum(self.layers) if fista else None
+        self.grad = _check_choice("grad", grad, GRADS)
+        self.two_sided = _check_bool("two_sided", two_sided)
+        self.normalize = _check_bool("normalize", normalize)
+        self.conv = _check_bool("conv", conv)
+        self.in_channels = _check_int("in_channels", in_channels, 1)
+        images = self._check_images(init_images)
+        if self.conv:
+            self.stride = _check_int("stride", stride, 1)
+            k = _check_int("kernel_size", kernel_size, 1)
+            shape = (_check_int("filters", filters, 1), self.in_channels, k, k)
+        else:
+            self.image_shape = self._dense_image_shape(input_dim, images)
+            shape = (math.prod(self.image_shape), _check_int("atoms", atoms, 1))
+        if dictionary_path is not None:
+            saved = None if self.conv else (shape[1], *self.image_shape)
+            weight = load_dictionary(dictionary_path, shape, saved)
+        else:
+            weight = self._initial_atoms(shape, _check_choice("init", init, ("random", "data")), images)
+        self.weight = nn.Parameter(weight)
+        self._check_step(images)
+        self._code: Tensor | None = None  # z_T of the last forward, for loss_penalty
+
+    # -- construction ------------------------------------------------------
+    def _check_images(self, images: Tensor | None) -> Tensor | None:
+        """The task's training crops (k, C, H, W) as a CPU tensor of the default dtype."""
+        if images is None:
+            return None
+        if not isinstance(images, Tensor):
+            raise ValueError(f"init_images must be a tensor, got {type(images).__name__}")
+        if images.dim() != 4 or images.shape[1] != self.in_channels or images.shape[0] == 0:
+            raise ValueError(f"init_images must be a non-empty (k, {self.in_channels}, H, W) tensor, "
+                             f"got {tuple(images.shape)}")
+        return images.detach().to("cpu", torch.get_default_dtype())
+
+    def _dense_image_shape(self, input_dim: int | None, images: Tensor | None) -> tuple[int, int, int]:
+        """(C, H, W) of the dense model's input: the task's images, else ``input_dim`` as (C, d/C, 1)."""
+        if images is not None:
+            if input_dim is not None and input_dim != images[0].numel():
+                raise ValueError(f"input_dim={input_dim} but the task's images have C*H*W = "
+                                 f"{images[0].numel()}")
+            return tuple(images.shape[1:])
+        if input_dim is None or _check_int("input_dim", input_dim, 1) % self.in_channels:
+            raise ValueError(f"conv=false needs the task's images or input_dim, a multiple of in_channels="
+                             f"{self.in_channels}; got input_dim={input_dim!r}")
+        return self.in_channels, input_dim // self.in_channels, 1
+
+    def _initial_atoms(self, shape: tuple[int, ...], init: str, images: Tensor | None) -> Tensor:
+        """Unit-norm atoms: Gaussian (conv filters then divided by the channels, as PUDLE's ``CAE``), or
+        from the data: random patches (conv), or random flattened images (dense, as the silhouettes code)."""
+        if init == "random":
+            atoms = unit_atoms(torch.randn(shape), self.conv)
+            return atoms / self.in_channels if self.conv else atoms
+        if images is None:
+            raise ValueError("init=data needs the task's training images (init_images)")
+        if self.conv:
+            return unit_atoms(random_patches(images, shape[0], shape[2]), True)
+        if len(images) < shape[1]:
+            raise ValueError(f"init=data: atoms={shape[1]} needs at least that many training images, the "
+                             f"task gave {len(images)}; lower atoms or use init=random")
+        return unit_atoms(images[torch.randperm(len(images))[:shape[1]]].flatten(1).T, False)
+
+    @torch.no_grad()
+    def _check_step(self, images: Tensor | None) -> None:
+        """Refuse a step with which the encoder's gradient steps diverge, ``step * ||D||_2^2 >= 2``;
+        ``||D^T D||_2`` by 30 power iterations on a 64 x 64 image (conv; the input's size if smaller)."""
+        if self.conv:
+            side = max(self.weight.shape[-1], 64 if images is None else min(64, *images.shape[-2:]))
+            shape = (1, self.in_channels, side, side)
+        else:
+            shape = (1, *self.image_shape)
+        v = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+        for _ in range(30):
+            v = self._synthesis(self._analysis(v), v)
+            norm = torch.linalg.vector_norm(v).item()
+            v /= max(norm, 1e-300)
+        if self.step * norm >= 2:
+            raise ValueError(f"step={self.step}: the encoder diverges with this dictionary (step * ||D||^2 = "
+                             f"{self.step * norm:.3g} >= 2): choose step < {2 / norm:.3g}")
+
+    # -- the operators -----------------------------------------------------
+    def _analysis(self, x: Tensor) -> Tensor:
+        """``D^T x``: (N, K, H', W') codes (conv) or (N, atoms)."""
+        if self.conv:
+            return conv2d(x, self.weight, None, self.stride, 0)
+        return x.flatten(1) @ self.weight
+
+    def _synthesis(self, z: Tensor, like: Tensor) -> Tensor:
+        """``D z`` shaped like the input ``like``."""
+        if self.conv:
+            return conv_transpose2d(z, self.weight, self.stride, 0, like.shape[-2:])
+        return (z @ self.weight.T).view_as(like)
+
+    def _shrink(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def _penalty(self, z: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    # -- interface ---------------------------------------------------------
+    def forward(self, x: Tensor, depth: int | None = None) -> list[Tensor]:
+        """Reconstructions ``D z_t`` after layers 1..depth (default all ``layers``), each shaped like x."""
+        depth = self.layers if depth is None else depth
+        if isinstance(depth, bool) or not isinstance(depth, Integral) or not 1 <= depth <= self.layers:
+            raise ValueError(f"depth must be an integer in [1, {self.layers}], got {depth!r}")
+        self._check_input(x)
+        g_dec = self.training and self.grad == "g_dec"
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not g_dec):
+            z, outputs = self._encode(x, depth)
+        if g_dec:  # z_T is a constant: only the decoder gives D a gradient
+            outputs[-1] = self._synthesis(z, x)
+        self._code = None if self.grad == "g_ae_ls" else z
+        return outputs
+
+    def _encode(self, x: Tensor, depth: int) -> tuple[Tensor, list[Tensor]]:
+        """``z_depth`` and ``D z_t`` for t = 1..depth: ISTA steps ``z <- S(v - alpha D^T (D v - x))`` at
+        ``v = z`` or, for FISTA, at ``v = z_t + m_t (z_t - z_{t-1})`` (``D v`` by linearity)."""
+        z = self._shrink(self.step * self._analysis(x))
+        outputs = [self._synthesis(z, x)]
+        v, Dv = z, outputs[0]
+        for t in range(1, depth):
+            z_next = self._shrink(v - self.step * self._analysis(Dv - x))
+            outputs.append(self._synthesis(z_next, x))
+            v, Dv = z_next, outputs[-1]
+            if self.momentum is not None:
+                m = self.momentum[t]
+                v, Dv = v + m * (z_next - z), Dv + m * (Dv - outputs[-2])
+            z = z_next
+        return z, outputs
+
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() != 4 or x.shape[1] != self.in_channels:
+            raise ValueError(f"x must have shape (N, {self.in_channels}, H, W), got {tuple(x.shape)}")
+        if self.conv and min(x.shape[-2:]) < self.weight.shape[-1]:
+            raise ValueError(f"images must be at least kernel_size={self.weight.shape[-1]} on a side, "
+                             f"got {tuple(x.shape[-2:])}")
+        if not self.conv and x[0].numel() != self.weight.shape[0]:
+            raise ValueError(f"x must hold C*H*W = {self.weight.shape[0]} values per image, "
+                             f"got {tuple(x.shape)}")
+
+    def loss_penalty(self) -> Tensor:
+        """``lam`` times the code penalty of the last forward's ``z_T``, mean over the batch, for the
+        lasso loss (``g_dec``: on the detached code, no gradient; ``g_ae_lasso``); zero for ``g_ae_ls``."""
+        if self._code is None:
+            return self.weight.new_zeros(())
+        return self.lam * self._penalty(self._code) / self._code.shape[0]
+
+    @torch.no_grad()
+    def after_step(self) -> None:
+        """Unit-norm atoms after every optimizer step (``normalize``, PUDLE's recipe)."""
+        if self.normalize:
+            self.weight.copy_(unit_atoms(self.weight, self.conv))
+
+    def dictionary(self) -> Tensor:
+        """The atoms, detached: (K, C, k, k) filters, or the dense columns as (atoms, C, H, W) images."""
+        if self.conv:
+            return self.weight.detach()
+        return self.weight.detach().T.reshape(-1, *self.image_shape)
+
+    @staticmethod
+    def memory_estimate(config: dict, in_channels: int, train_batch: int, eval_batch: int,
+                        init_images: Tensor | None = None) -> dict[str, int]:
+        """Bytes a run needs (see :mod:`unroll_cli.memory`): the dictionary with its gradient and Adam's
+        moments; per layer about three codes and two images kept for the backward pass; at evaluation
+        every layer's image and a few codes, for images up to ``EVAL_SIDE`` pixels on a side. A
+        convolutional code is ``filters / stride^2`` times the pixels of the image."""
+        pixels = init_images[0].numel() if init_images is not None else in_channels * EVAL_SIDE ** 2
+        eval_pixels = max(pixels, in_channels * EVAL_SIDE ** 2)
+        if config["conv"]:
+            filters, k, stride = config["filters"], config["kernel_size"], config["stride"]
+            ratio = filters / (in_channels * stride ** 2)
+            weights, code, eval_code = filters * in_channels * k * k, ratio * pixels, ratio * eval_pixels
+        else:
+            pixels = eval_pixels = config["input_dim"] or pixels
+            weights, code, eval_code = pixels * config["atoms"], config["atoms"], config["atoms"]
+        layers = config["layers"]
+        train = layers * train_batch * (3 * code + 2 * pixels)
+        evaluation = eval_batch * (layers * eval_pixels + 3 * eval_code)
+        return {"model.layers": int(4 * (4 * weights + train + evaluation))}
+
+
+class SparseAutoencoder(TiedAutoencoder):
+    """PUDLE (Tolooshams & Ba, TMLR 2022): ``S`` is the soft threshold (``sign(z) ReLU(|z| - b)``, or
+    ``ReLU(z - b)`` one-sided) or the hard threshold (``z [|z| > b]``, or ``z [z > b]``), with
+    ``b = lam alpha``."""
+
+    def __init__(self, in_channels: int, threshold: str = "soft", **options):
+        super().__init__(in_channels, **options)
+        self.threshold = _check_choice("threshold", threshold, ("soft", "hard"))
+
+    def _shrink(self, z: Tensor) -> Tensor:
+        b = self.lam * self.step
+        if self.threshold == "hard":
+            return hard_threshold(z if self.two_sided else torch.relu(z), b)
+        return soft_threshold(z, b) if self.two_sided else nonneg_soft_threshold(z, b)
+
+    def _penalty(self, z: Tensor) -> Tensor:
+        """``||z||_1`` summed over the batch."""
+        return z.abs().sum()
+
+
+class GroupSparseAutoencoder(TiedAutoencoder):
+    """Group-sparse autoencoder (Theodosis et al., arXiv 2102.07003; ICASSP 2023): ``S`` is the block soft
+    threshold ``z_g <- (1 - lam alpha / ||z_g||_2)_+ z_g`` over groups of ``group_size`` consecutive code
+    entries (conv: channels at each position; dense: atoms), one-sided ``(1 - lam alpha / ||z_g||)_+
+    ReLU(z_g)`` as the authors' code; atoms from the data by default (the silhouettes code)."""
+
+    def __init__(self, in_channels: int, group_size: int = 4, init: str = "data", step: float = 0.003,
+                 atoms: int = 320, **options):
+        super().__init__(in_channels, init=init, step=step, atoms=atoms, **options)
+        self.group_size = _check_int("group_size", group_size, 1)
+        entries = self.weight.shape[0 if self.conv else 1]
+        if entries % self.group_size:
+            raise ValueError(f"group_size={group_size} must divide the {entries} "
+                             f"{'filters' if self.conv else 'atoms'}")
+
+    def _shrink(self, z: Tensor) -> Tensor:
+        return group_soft_threshold(z, self.lam * self.step, self.group_size, 1, one_sided=not self.two_sided)
+
+    def _penalty(self, z: Tensor) -> Tensor:
+        """``sum_g ||z_g||_2`` summed over the batch (the group-lasso penalty)."""
+        return torch.linalg.vector_norm(z.unflatten(1, (-1, self.group_size)), dim=2).sum()

@@ -1,0 +1,371 @@
+"""The image denoising task of PUDLE (Tolooshams & Ba, TMLR 2022) and DenSaE (Tasissa et al., TMLR 2024):
+remove additive white Gaussian noise from gray natural images, trained on random crops of CBSD432,
+tested on the full BSD68 images by PSNR (the PUDLE code, btolooshams/stable-interpretable-unrolled-dl:
+``src/train_conv_denoise.py``, ``src/utils/utils.py``).
+
+Training (PUDLE's ``train_conv_denoise.py``): every step, random ``crop`` x ``crop`` windows of the
+training images (zero-padded at the bottom/right when smaller), random horizontal and vertical flips,
+and fresh noise sigma/255 * N(0, 1), not clipped; the loss is supervised (the target is the clean
+image). Test: every full test image, one at a time (their sizes differ), with noise fixed by
+``test_seed`` for each of ``test_sigmas``; PSNR per image with the authors' ``compute_psnr``
+convention by default (peak = max of the clean image, estimate clamped to [0, 1]), then the mean and
+std over images. Images are read by :mod:`unroll_cli.data.image_folder` (gray = PIL's "L" luma).
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Iterator, List, Optional, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from omegaconf import DictConfig
+
+from unroll_cli.config import constrained, register_schema
+from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_flips, random_window
+from unroll_cli.evaluate.metrics import psnr_db
+from unroll_cli.record import figures
+
+Batch = tuple[torch.Tensor, torch.Tensor]  # (noisy, clean), each (N, 1, crop, crop)
+METRIC = "test/psnr"
+INIT_SEED, INIT_CROPS = 0, 64  # the training crops a model may initialise its dictionary from (every run)
+VAL_SPLIT = 1  # seeds the validation noise apart from the test noise
+
+positive = lambda v: v > 0  # noqa: E731
+null_or_positive = lambda v: v is None or v > 0  # noqa: E731
+
+
+def valid_peak(value: Any) -> bool:
+    """``data.psnr_peak``: "max" or a positive number."""
+    return value == "max" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
+
+
+@register_schema("data", "bsd_denoise")
+class ImageDenoisingConfig:
+    """Gray image denoising, AWGN at sigma (0-255 scale): CBSD432 crops for training, BSD68 for test."""
+
+    _target_: str = "unroll_cli.tasks.denoising.ImageDenoising"
+    train_dir: str = "${oc.env:UNROLL_DATA,./data}/CBSD432"
+    test_dir: str = "${oc.env:UNROLL_DATA,./data}/BSD68"
+    crop: int = constrained(129, "an integer > 0", positive)
+    hflip: bool = True
+    vflip: bool = True
+    sigma: float = constrained(25.0, "a noise std >= 0 on the 0-255 scale", lambda v: v >= 0)
+    test_sigmas: List[float] = constrained(
+        [25.0], "a non-empty list of distinct noise stds >= 0 (0-255 scale)",
+        lambda v: len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v), changeable=True)
+    test_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0)
+    batch_size: int = constrained(1, "an integer > 0", positive)
+    steps_per_epoch: Optional[int] = constrained(
+        None, "null (one pass over the training images) or an integer > 0", null_or_positive)
+    n_train: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
+    n_test: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
+    val_size: int = constrained(0, "an integer >= 0 (0: validate on the test images)", lambda v: v >= 0)
+    psnr_peak: Any = constrained("max", "max (the clean image's maximum) or a number > 0", valid_peak)
+    clamp: bool = True
+    n_figures: int = constrained(3, "an integer >= 0", lambda v: v >= 0, changeable=True)
+
+
+def sigma_metric(sigma: float) -> str:
+    """The metric name of the test PSNR at one noise level: test/psnr_s25."""
+    return f"{METRIC}_s{sigma:g}"
+
+
+def fixed_noisy(images: list[torch.Tensor], sigma: float, seed: int, split: int = 0) -> list[torch.Tensor]:
+    """``images`` + sigma/255 * N(0, 1), not clipped, drawn on the CPU from a generator seeded by
+    (seed, sigma, split) alone: the same noise in every run, on every device, whatever the other
+    noise levels; image i's noise does not depend on how many images follow it."""
+    key = np.random.SeedSequence([seed, round(sigma * 1000), split]).generate_state(1)[0]
+    gen = torch.Generator().manual_seed(int(key))
+    return [image + sigma / 255.0 * torch.randn(image.shape, generator=gen).to(image.device)
+            for image in images]
+
+
+def paper_variant(paper: DictConfig | None, model_name: str) -> str:
+    """This run's key among a paper's values: the paper config's ``variant`` (e.g. ``g_dec@0.16``),
+    or the model's name."""
+    return (paper.get("variant") if paper is not None else None) or model_name
+
+
+def published_psnr(paper: DictConfig | None, setting: str, variant: str) -> float | None:
+    """``paper.psnr[setting][variant]`` when the experiment's paper config has it."""
+    if paper is None:
+        return None
+    value = ((paper.get("psnr") or {}).get(setting) or {}).get(variant)
+    return None if value is None else float(value)
+
+
+class ImageDenoising:
+    """The denoising Task: gray images on the device, random crops per step, PSNR per image and layer.
+
+    An epoch visits every training image once in a fresh random order, one random crop each, in
+    ``ceil(n / batch_size)`` batches (the last one smaller); ``steps_per_epoch`` instead draws that many
+    full batches from consecutive fresh orders. ``n_train`` / ``n_test`` keep the first files in
+    sorted order; ``val_size`` holds out the last ``val_size`` training files (in sorted order, the
+    same for every seed) as full validation images with noise fixed at ``sigma``; 0 validates on the
+    test images at ``sigma`` (the papers' per-epoch test curves), which must then be the first of
+    ``test_sigmas`` since the monitor is ``test/psnr``. Crops, flips and training noise draw from one
+    generator seeded by ``seed``, on the device.
+    """
+
+    kind = "denoising"
+    monitor_mode = "max"
+    primary_metric = METRIC
+    eval_batch_size = 1  # full test images differ in size: one at a time
+
+    def __init__(self, train_dir: str, test_dir: str, crop: int = 129, hflip: bool = True, vflip: bool = True,
+                 sigma: float = 25.0, test_sigmas: Sequence[float] = (25.0,), test_seed: int = 0,
+                 batch_size: int = 1, steps_per_epoch: int | None = None, n_train: int | None = None,
+                 n_test: int | None = None, val_size: int = 0, psnr_peak: str | float = "max",
+                 clamp: bool = True, n_figures: int = 3, seed: int = 0, device: str | torch.device = "cpu",
+                 trainer: DictConfig | None = None):
+        self.sigma, self.test_sigmas = float(sigma), [float(s) for s in test_sigmas]
+        self.test_seed = int(test_seed)
+        self.crop, self.hflip, self.vflip = int(crop), bool(hflip), bool(vflip)
+        self.batch_size = int(batch_size)
+        self.peak, self.clamp, self.n_figures = psnr_peak, bool(clamp), int(n_figures)
+        self.monitor = "val/psnr" if val_size else METRIC
+        if self.monitor == METRIC and self.test_sigmas[0] != self.sigma:
+            raise ValueError(f"data.val_size=0 validates on the test images at data.sigma={sigma:g} as "
+                             f"test/psnr, the PSNR at the first of data.test_sigmas={self.test_sigmas}: put "
+                             f"{sigma:g} first there, or set data.val_size > 0")
+        train_files, val_files, test_files = self._files(train_dir, test_dir, n_train, n_test, val_size)
+        self.device = torch.device(device)
+        self.train_images = [pad_to(image, self.crop) for image in self._load(train_files)]
+        self.test_names = [f.relative_to(Path(test_dir).expanduser()).as_posix() for f in test_files]
+        self.test_clean = self._load(test_files)
+        self.test_noisy = {s: fixed_noisy(self.test_clean, s, self.test_seed) for s in self.test_sigmas}
+        self.val_set = self._validation_set(val_files)
+        n = len(self.train_images)
+        self.steps_per_epoch = steps_per_epoch or math.ceil(n / self.batch_size)
+        self.samples_per_epoch = n if steps_per_epoch is None else steps_per_epoch * self.batch_size
+        self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
+        self.init_images = self._init_crops()
+
+    @staticmethod
+    def _files(train_dir: str, test_dir: str, n_train: int | None, n_test: int | None,
+               val_size: int) -> tuple[list[Path], list[Path], list[Path]]:
+        """(training, validation, test) files, checked before anything is loaded: the last
+        ``val_size`` training files validate, the first ``n_train`` of the others train, the first
+        ``n_test`` test files test (null: all)."""
+        files, test_files = image_files(train_dir, "data.train_dir"), image_files(test_dir, "data.test_dir")
+        if val_size + (n_train or 0) > len(files) or val_size >= len(files):
+            raise ValueError(f"data.val_size={val_size} + data.n_train={n_train}: data.train_dir={train_dir} "
+                             f"holds {len(files)} images (at least one must remain for training)")
+        if n_test is not None and n_test > len(test_files):
+            raise ValueError(f"data.n_test={n_test}: data.test_dir={test_dir} holds {len(test_files)} images")
+        rest = files[:len(files) - val_size]
+        return rest[:n_train], files[len(files) - val_size:], test_files[:n_test]
+
+    def _validation_set(self, files: list[Path]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """(clean, noisy) validation images: the held-out files with noise fixed at sigma, or the test
+        images at sigma when there are none."""
+        if not files:
+            return self.test_clean, self.test_noisy[self.sigma]
+        clean = self._load(files)
+        return clean, fixed_noisy(clean, self.sigma, self.test_seed, VAL_SPLIT)
+
+    @staticmethod
+    def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
+        """Bytes of a training batch (noisy, clean, noise; float32) and of the initialisation crops
+        (see :mod:`unroll_cli.memory`); the images themselves are bounded by the files."""
+        pixels = data.crop * data.crop
+        return {"data.batch_size": 3 * 4 * data.batch_size * pixels, "data.crop": 4 * INIT_CROPS * pixels}
+
+    def _load(self, files: list[Path]) -> list[torch.Tensor]:
+        """The files as (H, W) gray tensors on the device (sizes differ: a list)."""
+        return [load_gray(f).to(self.device) for f in files]
+
+    def _init_crops(self) -> torch.Tensor:
+        """(k, 1, crop, crop) clean crops of k = min(64, n) distinct training images, drawn with
+        :data:`INIT_SEED` (the same for every run): data a model may initialise its dictionary from."""
+        gen = torch.Generator().manual_seed(INIT_SEED)
+        k = min(INIT_CROPS, len(self.train_images))
+        picks = torch.randperm(len(self.train_images), generator=gen)[:k].tolist()
+        return torch.stack([random_window(self.train_images[i], self.crop, gen) for i in picks]).unsqueeze(1)
+
+    # ------------------------------------------------------------------ training
+    def model_kwargs(self) -> dict:
+        """What a model needs from the data to be built: one (gray) channel, and training crops."""
+        return {"in_channels": 1, "init_images": self.init_images}
+
+    def _epoch_order(self) -> list[int]:
+        """The training images of one epoch: consecutive fresh random orders, cut to the epoch's size."""
+        n = len(self.train_images)
+        orders = [torch.randperm(n, generator=self.gen, device=self.device)
+                  for _ in range(math.ceil(self.samples_per_epoch / n))]
+        return torch.cat(orders)[:self.samples_per_epoch].tolist()  # one read-back per epoch
+
+    def train_batches(self) -> Iterator[Batch]:
+        """One epoch of (noisy, clean) batches: a random crop of each image, random flips, then fresh
+        noise sigma/255 * N(0, 1), not clipped (PUDLE's training loader)."""
+        order = self._epoch_order()
+        for i in range(self.steps_per_epoch):
+            picks = order[i * self.batch_size:(i + 1) * self.batch_size]
+            clean = torch.stack([random_flips(random_window(self.train_images[j], self.crop, self.gen),
+                                              self.hflip, self.vflip, self.gen) for j in picks]).unsqueeze(1)
+            noise = torch.randn(clean.shape, generator=self.gen, device=self.device)
+            yield clean + self.sigma / 255.0 * noise, clean
+
+    def loss(self, outputs: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
+        """0.5 * sum over pixels of (clean - last estimate)^2, mean over the batch (PUDLE's DLLoss2D,
+        supervised: the target is the clean image), plus ``model.loss_penalty()`` when the model has
+        one (its gradient mode's penalty, e.g. lam * ||z_T||_1)."""
+        clean = batch[1]
+        loss = 0.5 * (clean - outputs[-1].float()).pow(2).flatten(1).sum(dim=1).mean()
+        penalty = getattr(model, "loss_penalty", None)
+        extra = penalty() if penalty is not None else None
+        return loss if extra is None else loss + extra
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def _scores(self, model: torch.nn.Module, clean: list[torch.Tensor], noisy: list[torch.Tensor],
+                depth: int | None = None, keep: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """PSNR (dB) of every image (rows) at layer 0 (the noisy input, scored like an estimate) and
+        after each layer up to ``depth`` (columns), in eval mode, one image at a time; and the final
+        estimates of the first ``keep`` images."""
+        was_training = model.training
+        model.eval()
+        rows, kept = [], []
+        try:
+            for i, (x, y) in enumerate(zip(clean, noisy)):
+                estimates = [y[None, None]] + [e.float() for e in model(y[None, None], depth)]
+                target = x.expand(len(estimates), 1, *x.shape)
+                rows.append(psnr_db(torch.cat(estimates), target, self.peak, self.clamp))
+                if i < keep:
+                    kept.append(estimates[-1][0, 0])
+        finally:
+            model.train(was_training)
+        return torch.stack(rows).cpu(), kept
+
+    def validate(self, model: torch.nn.Module, depth: int | None = None) -> dict[str, float]:
+        """The mean PSNR (dB) over the validation images (the test images if val_size=0) at sigma."""
+        scores, _ = self._scores(model, *self.val_set, depth)
+        return {self.monitor: scores[:, -1].mean().item()}
+
+    def evaluate(self, model: torch.nn.Module) -> tuple[pd.DataFrame, pd.DataFrame, list]:
+        """Every test image at every test sigma: one row per image and sigma (input and final PSNR),
+        the mean PSNR per layer and sigma (layer 0 = the noisy input), and the figure's panels of the
+        first ``n_figures`` images at the first sigma."""
+        items, layers, panels = [], {}, []
+        for s in self.test_sigmas:
+            keep = self.n_figures if s == self.test_sigmas[0] else 0
+            scores, kept = self._scores(model, self.test_clean, self.test_noisy[s], keep=keep)
+            items.append(pd.DataFrame({"image": self.test_names, "sigma": s,
+                                       "psnr_input": scores[:, 0].numpy(), "psnr": scores[:, -1].numpy()}))
+            layers[sigma_metric(s)] = scores.mean(dim=0).numpy()
+            panels += [self._panel(i, s, scores[i], estimate) for i, estimate in enumerate(kept)]
+        depth = len(layers[sigma_metric(self.test_sigmas[0])])
+        return pd.concat(items, ignore_index=True), pd.DataFrame({"layer": range(depth), **layers}), panels
+
+    def _panel(self, i: int, sigma: float, scores: torch.Tensor, estimate: torch.Tensor) -> list:
+        """Test image i at ``sigma``: noisy, denoised and clean, titled with their PSNR and name."""
+        return [(f"noisy (sigma {sigma:g}), {scores[0]:.2f} dB", self.test_noisy[sigma][i]),
+                (f"denoised, {scores[-1]:.2f} dB", estimate),
+                (f"clean: {self.test_names[i]}", self.test_clean[i])]
+
+    @staticmethod
+    def per_sigma(items: pd.DataFrame) -> pd.DataFrame:
+        """Per test sigma: the mean PSNR of the noisy input and of the estimate, the estimate's std over
+        images (ddof 0, as numpy and the authors' ``np.std``), and the number of images."""
+        return items.groupby("sigma", sort=False).agg(
+            psnr_input=("psnr_input", "mean"), psnr=("psnr", "mean"),
+            psnr_std=("psnr", lambda v: v.std(ddof=0)), images=("psnr", "size")).reset_index()
+
+    def summary(self, table: pd.DataFrame) -> dict[str, float]:
+        """The flat metrics of :meth:`per_sigma`'s table: test/psnr_s{sigma} and its _std for each
+        sigma; the first sigma's also as test/psnr, test/psnr_std and test/psnr_input."""
+        first = table.iloc[0]
+        metrics = {METRIC: first["psnr"], f"{METRIC}_std": first["psnr_std"],
+                   f"{METRIC}_input": first["psnr_input"]}
+        for row in table.itertuples():
+            metrics[sigma_metric(row.sigma)], metrics[f"{sigma_metric(row.sigma)}_std"] = row.psnr, row.psnr_std
+        return {k: float(v) for k, v in metrics.items()}
+
+    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
+        """Test PSNR per sigma (mean, std over images) and of the noisy input, the final validation
+        PSNR, the published value when the paper config has one; layers.csv, items.csv, results.md
+        and the figures."""
+        items, layers, panels = self.evaluate(model)
+        table = self.per_sigma(items)
+        metrics = self.summary(table)
+        if self.monitor != METRIC:  # with val_size=0 the validation value is test/psnr itself
+            metrics.update(self.validate(model))
+        variant = paper_variant(paper, model_name)
+        published = published_psnr(paper, self.setting(), variant)
+        if published is not None:
+            metrics[f"published/{METRIC}"] = published
+        recorder.write_table("layers.csv", layers, index=["layer"])
+        recorder.write_table("items.csv", items, index=["image", "sigma"])
+        title = f"{model_name}, {self.setting()}, {len(self.test_clean)} test images"
+        self.write_figures(model, recorder, model_name, title, layers, panels)
+        recorder.write_text("results.md", self.results_markdown(metrics, table, layers, title, paper, variant))
+        return metrics
+
+    def write_figures(self, model: torch.nn.Module, recorder, model_name: str, title: str, layers: pd.DataFrame,
+                      panels: list) -> None:
+        """PSNR per layer, noisy / denoised / clean test images, the dictionary, the training curves."""
+        recorder.write_figure("psnr_per_layer.png",
+                              figures.per_layer_figure(layers, "layer", "PSNR (dB)", title))
+        if panels:
+            recorder.write_figure("denoised.png", figures.image_rows_figure(panels, title))
+        filters = model.dictionary() if callable(getattr(model, "dictionary", None)) else None
+        if filters is not None and filters.dim() == 4:  # (atoms, channels, h, w)
+            recorder.write_figure("atoms.png", figures.atoms_figure(filters, f"{model_name}: dictionary"))
+        if recorder.history:
+            # the per-epoch test PSNR of val_size=0 is the papers' curve: shown beside the training loss
+            history = pd.DataFrame(recorder.history).rename(columns={METRIC: "val/psnr (test images)"})
+            recorder.write_figure("training_curve.png", figures.training_curves(history, "step", model_name))
+
+    def results_markdown(self, metrics: dict, table: pd.DataFrame, layers: pd.DataFrame, title: str,
+                         paper: DictConfig | None, variant: str) -> str:
+        """The human-readable record of one run: headline metrics, PSNR per sigma and per layer, and
+        the conventions behind them."""
+        headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
+        lines = [f"# {title}", "", headline.to_markdown(index=False, floatfmt=".4g"), ""]
+        published = metrics.get(f"published/{METRIC}")
+        if published is not None:
+            run, source = metrics[METRIC], paper.get("source")
+            lines += [f"Published {METRIC} ({self.setting()}, {variant}): {published:.2f} ({source}); "
+                      f"this run: {run:.2f}, difference {run - published:+.2f}.", ""]
+        if paper is not None and paper.get("note"):
+            lines += [f"Note: {paper.note}", ""]
+        lines += ["## PSNR (dB) per noise level (test images: mean, std over images)", "",
+                  table.to_markdown(index=False, floatfmt=["g", ".2f", ".2f", ".2f", ".0f"]), "",
+                  "## PSNR (dB) per layer (mean over test images; layer 0 = the noisy input)", "",
+                  layers.to_markdown(index=False, floatfmt=[".0f"] + [".2f"] * (layers.shape[1] - 1)), "",
+                  "Conventions: " + self.conventions(), ""]
+        return "\n".join(lines)
+
+    def conventions(self) -> str:
+        """How the numbers were computed, for results.md."""
+        peak = "the clean image's maximum (the authors' code)" if self.peak == "max" else f"{self.peak:g}"
+        clamp = "clamped to [0, 1] first" if self.clamp else "not clamped"
+        validation = ("the test images at sigma" if self.monitor == METRIC
+                      else f"{len(self.val_set[0])} held-out training images at sigma {self.sigma:g}")
+        return (f"PSNR per image = 20 log10(peak) - 10 log10(MSE), peak = {peak}, estimates {clamp} "
+                "(layer 0, the noisy input, too); then the mean and std over images. Gray = PIL's "
+                "convert(\"L\") (ITU-R 601-2 luma) / 255. Noise sigma/255 * N(0, 1), not clipped; test noise "
+                f"fixed by test_seed={self.test_seed}. Training: {self.crop}x{self.crop} random crops, flips "
+                f"(h {self.hflip}, v {self.vflip}), sigma {self.sigma:g}; validation on {validation}.")
+
+    def metric_names(self) -> list[str]:
+        """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
+        names = [METRIC, f"{METRIC}_std", f"{METRIC}_input"]
+        names += [name for s in self.test_sigmas for name in (sigma_metric(s), f"{sigma_metric(s)}_std")]
+        return names if self.monitor == METRIC else [*names, self.monitor]
+
+    def artifacts(self) -> dict:
+        """Nothing beyond the image files defines the problem."""
+        return {}
+
+    def setting(self) -> str:
+        """The published-table key: the first test noise level (sigma25)."""
+        return f"sigma{self.test_sigmas[0]:g}"
