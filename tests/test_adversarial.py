@@ -80,7 +80,8 @@ def test_the_memory_refusal_gives_the_estimate(tmp_path):
     assert float(amount) * {"GB": 1, "TB": 1e3, "PB": 1e6}[unit] >= 24
 
 
-@pytest.mark.parametrize("launcher", ["basic", "joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow),
+                                      pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_a_sweep_attempts_every_job_and_records_each_failure(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", *FAST, "data.m=-5,20", "seed=0,1", f"hydra/launcher={launcher}",
@@ -341,7 +342,8 @@ def uninterrupted(tmp_path_factory) -> dict:
 
 
 @pytest.mark.parametrize("sig, into", [(signal.SIGKILL, "same"), (signal.SIGTERM, "new"),
-                                       (signal.SIGINT, "same"), (signal.SIGKILL, "new")])
+                                       pytest.param(signal.SIGINT, "same", marks=pytest.mark.slow),
+                                       pytest.param(signal.SIGKILL, "new", marks=pytest.mark.slow)])
 def test_killed_at_a_random_moment_the_pair_stays_consistent_and_resume_is_exact(tmp_path, uninterrupted, sig, into):
     rng = random.Random(int(sig) * 10 + len(into))
     run_dir = tmp_path / "run"

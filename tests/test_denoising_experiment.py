@@ -2,6 +2,8 @@
 lambda pivot of a sweep, and a trained dictionary evaluated again."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -45,3 +47,17 @@ def test_a_trained_dictionary_evaluates_again_to_the_same_psnr(folders, tmp_path
     run(again, tmp_path / "evaluated")
     trained, evaluated = (pd.read_csv(tmp_path / name / "items.csv") for name in ("trained", "evaluated"))
     np.testing.assert_allclose(evaluated["psnr"], trained["psnr"], rtol=1e-6)
+
+
+def test_a_short_run_on_real_images_denoises_beyond_the_noisy_input(tmp_path, one_thread):
+    """On BSD images (the shared data folder; skipped without it), a few hundred steps of the paper's
+    model already raise the test PSNR above that of the noisy input."""
+    shared = Path(__file__).parents[2] / "shared" / "data"
+    if not (shared / "BSD68").is_dir() or not (shared / "CBSD432").is_dir():
+        pytest.skip("BSD68 / CBSD432 not found beside the project")
+    cfg = compose_cfg(["+experiment=tolooshams2022_denoise_cpu_short", f"data.train_dir={shared / 'CBSD432'}",
+                       f"data.test_dir={shared / 'BSD68'}", "data.n_train=16", "data.n_test=1", "optim.lr=1e-3",
+                       "trainer.max_epochs=4", "trainer.progress=false", "tensorboard=false"])
+    run(cfg, tmp_path)
+    metrics = read_metrics(tmp_path)["metrics"]
+    assert metrics["test/psnr"] > metrics["test/psnr_input"] + 0.3
