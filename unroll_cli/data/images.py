@@ -28,6 +28,7 @@ scaling to [0, 1] and normalisation.
 """
 from __future__ import annotations
 
+import functools
 import gzip
 import math
 import os
@@ -41,8 +42,6 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.datasets import CIFAR10, MNIST, SVHN, FashionMNIST
-from torchvision.datasets.utils import download_and_extract_archive, download_url
 
 from unroll_cli.config import ConfigError
 
@@ -65,15 +64,30 @@ class DatasetNotFoundError(FileNotFoundError):
     """The dataset's files are not on disk and could not be downloaded."""
 
 
-class _SVHN(SVHN):
+def _tv():
+    """torchvision's dataset module, imported when a dataset is read: importing torchvision takes
+    about 1.5 s, which every other run (and every refused one) would pay."""
+    from torchvision import datasets
+
+    return datasets
+
+
+@functools.cache
+def _svhn_class() -> type:
     """torchvision's SVHN with an existence check instead of an MD5 check on the ``.mat`` file;
     a download is still MD5-checked."""
+    from torchvision.datasets.utils import download_url
 
-    split_list = {split: [url, name, None] for split, (url, name, _) in SVHN.split_list.items()}
+    SVHN = _tv().SVHN
 
-    def download(self) -> None:
-        url, name, md5 = SVHN.split_list[self.split]
-        download_url(url, self.root, name, md5)
+    class _SVHN(SVHN):
+        split_list = {split: [url, name, None] for split, (url, name, _) in SVHN.split_list.items()}
+
+        def download(self) -> None:
+            url, name, md5 = SVHN.split_list[self.split]
+            download_url(url, self.root, name, md5)
+
+    return _SVHN
 
 
 # ----------------------------------------------------------------------------- safe unpickling
@@ -134,6 +148,7 @@ def _reason(error: BaseException) -> str:
 
 def _missing(name: str, root: str, download: bool, error: BaseException | None = None) -> DatasetNotFoundError:
     root_path = Path(root).expanduser().resolve()
+    CIFAR10, SVHN = _tv().CIFAR10, _tv().SVHN
     if name in ("mnist", "fashion_mnist"):
         folder = root_path / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
         files = ", ".join(f"{f}.gz" for f in IDX_FILES) + " (gzipped or not)"
@@ -192,7 +207,7 @@ def _stage_idx(name: str, found: dict[str, Path], target: Path) -> None:
                 shutil.copyfile(source, target / base)
 
 
-def _read_idx(cls: type[MNIST], root: str | Path, name: str, source: Path) -> tuple[torch.Tensor, ...]:
+def _read_idx(cls: type, root: str | Path, name: str, source: Path) -> tuple[torch.Tensor, ...]:
     try:
         train, test = cls(str(root), train=True), cls(str(root), train=False)
     except (AssertionError, TypeError, ValueError, RuntimeError) as error:
@@ -202,7 +217,7 @@ def _read_idx(cls: type[MNIST], root: str | Path, name: str, source: Path) -> tu
 
 
 def _load_idx(name: str, root: str, download: bool) -> tuple[torch.Tensor, ...]:
-    cls = MNIST if name == "mnist" else FashionMNIST
+    cls = _tv().MNIST if name == "mnist" else _tv().FashionMNIST
     raw = Path(root).expanduser() / cls.__name__ / "raw"
     folders = [Path(d) for d in FASHION_MNIST_SYSTEM_DIRS] if name == "fashion_mnist" else []
     for folder in folders + [raw]:
@@ -239,6 +254,7 @@ def _cifar_split(folder: Path, names: list[str]) -> tuple[torch.Tensor, torch.Te
 
 
 def _load_cifar10(root: str, download: bool) -> tuple[torch.Tensor, ...]:
+    CIFAR10 = _tv().CIFAR10
     folder = Path(root).expanduser() / CIFAR10.base_folder
     meta = folder / CIFAR10.meta["filename"]
     needed = [n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [meta.name]
@@ -246,6 +262,8 @@ def _load_cifar10(root: str, download: bool) -> tuple[torch.Tensor, ...]:
         if not download:
             raise _missing("cifar10", root, download)
         try:  # what CIFAR10(root, download=True) downloads, without its pickle.load of the batches
+            from torchvision.datasets.utils import download_and_extract_archive
+
             download_and_extract_archive(CIFAR10.url, str(folder.parent), filename=CIFAR10.filename,
                                          md5=CIFAR10.tgz_md5)
         except (RuntimeError, OSError) as error:
@@ -262,9 +280,9 @@ def _load_cifar10(root: str, download: bool) -> tuple[torch.Tensor, ...]:
 
 def _svhn_split(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
     """One split's ``.mat`` file, read by torchvision's SVHN: X (32, 32, 3, N) uint8 and y (N, 1)."""
-    path = Path(root).expanduser() / SVHN.split_list[split][1]
+    path = Path(root).expanduser() / _tv().SVHN.split_list[split][1]
     try:
-        dataset = _SVHN(root, split=split)
+        dataset = _svhn_class()(root, split=split)
         # torchvision: X (32, 32, 3, N) -> (N, 3, 32, 32); label 10 (digit 0) -> 0
         return torch.from_numpy(dataset.data).contiguous(), torch.from_numpy(dataset.labels).reshape(-1)
     except Exception as error:  # scipy raises many kinds on malformed files (IndexError, ZeroDivisionError)
@@ -274,12 +292,12 @@ def _svhn_split(root: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _load_svhn(root: str, download: bool) -> tuple[torch.Tensor, ...]:
     folder = Path(root).expanduser()
-    if not all((folder / SVHN.split_list[s][1]).is_file() for s in ("train", "test")):
+    if not all((folder / _tv().SVHN.split_list[s][1]).is_file() for s in ("train", "test")):
         if not download:
             raise _missing("svhn", root, download)
         try:
             for split in ("train", "test"):
-                _SVHN(root, split=split, download=True)
+                _svhn_class()(root, split=split, download=True)
         except (RuntimeError, OSError) as error:
             raise _missing("svhn", root, download, error) from None
     return (*_svhn_split(root, "train"), *_svhn_split(root, "test"))
