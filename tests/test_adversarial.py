@@ -7,7 +7,6 @@ would create a marker file). Data files that would run code are in ``test_untrus
 """
 from __future__ import annotations
 
-import json
 import os
 import pickle
 import random

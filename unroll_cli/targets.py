@@ -20,7 +20,7 @@ import logging
 from typing import Any, Iterable
 
 from hydra.utils import get_object
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 
 from unroll_cli.config import ConfigError
 

@@ -1,4 +1,5 @@
-"""Image classification (MNIST, Fashion-MNIST, CIFAR-10, SVHN), held as tensors on the device.
+"""Image classification datasets (MNIST, Fashion-MNIST, CIFAR-10, SVHN): readers and per-batch
+preprocessing for the classification task (:mod:`unroll_cli.tasks.classification`).
 
 Files are read by the same code whether they are a user's files or the tests' tiny ones, and no data
 file can run code. Differences from plain ``torchvision.datasets.X(root, download=...)``:
@@ -30,20 +31,16 @@ from __future__ import annotations
 
 import functools
 import gzip
-import math
 import os
 import pickle
 import shutil
 import tempfile
 import zlib
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from unroll_cli.config import ConfigError
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
 

@@ -87,3 +87,26 @@ def image_rows_figure(rows: list[list[tuple[str, torch.Tensor]]], title: str):
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def representer_figure(atom_images: torch.Tensor, train_images: torch.Tensor, weights: torch.Tensor, k: int,
+                       title: str):
+    """One row per atom (a, H, W): the atom, then the k training images (n, H, W) with the largest |weight|
+    in it (weights (a, n)), each image scaled to its own range, its weight in the title."""
+    def scaled(image: torch.Tensor):
+        image = image.detach().float().cpu()
+        return ((image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)).numpy()
+
+    fig, axes = plt.subplots(len(atom_images), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(atom_images) + 0.4),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax_row, atom, row in zip(axes, atom_images, weights):
+        ax_row[0].imshow(scaled(atom), cmap="gray", interpolation="nearest")
+        ax_row[0].set_title("atom", fontsize=7)
+        for ax, index in zip(ax_row[1:], row.abs().topk(k).indices.tolist()):
+            ax.imshow(scaled(train_images[index]), cmap="gray", interpolation="nearest")
+            ax.set_title(f"#{index}: {row[index].item():.3g}", fontsize=7)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
