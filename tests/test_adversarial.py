@@ -95,6 +95,16 @@ def test_a_sweep_attempts_every_job_and_records_each_failure(tmp_path, launcher)
         assert m != "data.m=-5" or "data.m=-5 is not allowed" in record["error"]
 
 
+def test_a_sweep_over_missing_data_records_each_job_naming_the_folder(tmp_path):
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", "data=mnist", f"data.root={tmp_path / 'nowhere'}", "data.download=false",
+                      "model=ml_ista", "trainer.progress=false", "seed=0,1", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert_refused(result, "nowhere")
+    records = [read_metrics(job) for job in sorted(sweep.glob("[0-9]*"))]
+    assert len(records) == 2 and all(r["status"] == "failed" for r in records)
+    assert all("DatasetNotFoundError" in r["error"] and "nowhere" in r["error"] for r in records)
+
+
 # ----------------------------------------------------------------------------- code from the config
 def payload(marker: Path) -> str:
     """A node that runs ``touch marker`` when Hydra instantiates it, spelled inside the project."""

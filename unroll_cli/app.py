@@ -54,7 +54,7 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: li
         print(f"results: {run_dir} (already completed)")
         return decision.value
     try:
-        validate(cfg)  # before torch is imported: a refused value costs no start-up
+        validate(cfg)  # before the data and the model are built
         write_hydra_files(run_dir, cfg, hydra_cfg, overrides)
         if decision.action == "resume" and cfg.resume is None:
             cfg.resume = str(run_dir)  # the same job of a re-run sweep, a requeued or a killed job
@@ -62,14 +62,15 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: li
         from unroll_cli.sweep.optuna_study import trial_reporter
 
         return run(cfg, run_dir, overrides, pruning=trial_reporter(hydra_cfg))
-    except ConfigError as error:  # a sweep's job is recorded as failed (an earlier resumable state is kept)
+    except (ConfigError, FileNotFoundError) as error:  # a sweep's job is recorded as failed
+        # (an earlier resumable state is kept)
         if hydra_cfg.mode == RunMode.MULTIRUN and decision.action == "fresh":
             from unroll_cli.record.recorder import RunRecorder
 
             write_hydra_files(run_dir, cfg, hydra_cfg, overrides)
             recorder = RunRecorder(run_dir, tensorboard=False)
             recorder.start(model=cfg.model.get("name"), overrides=overrides)
-            recorder.fail("failed", f"ConfigError: {error}")
+            recorder.fail("failed", f"{type(error).__name__}: {error}")
         raise
 
 
