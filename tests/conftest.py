@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,16 @@ def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None =
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
     return subprocess.run([sys.executable, "-m", "unroll_cli.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def wait_for_history(run_dir: Path, rows: int, proc: subprocess.Popen, hang_guard_s: float = 600) -> None:
+    """Return once ``run_dir/history.csv`` has more than ``rows`` rows; fail if ``proc`` ends first
+    (or, as a guard against a hang, does not get there within ``hang_guard_s``: not a speed check)."""
+    history, give_up = run_dir / "history.csv", time.monotonic() + hang_guard_s
+    while not history.exists() or len(history.read_text().splitlines()) <= rows:
+        if proc.poll() is not None or time.monotonic() > give_up:
+            pytest.fail(f"the run in {run_dir} stopped (exit {proc.returncode}) before {rows} history rows")
+        time.sleep(0.05)
 
 
 def read_metrics(run_dir: Path) -> dict:

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, read_metrics, run_cli
+from conftest import TINY, read_metrics, run_cli, wait_for_history
 from unroll_cli.config import ConfigError
 from unroll_cli.run import run
 
@@ -218,7 +218,7 @@ def test_a_second_process_on_a_busy_run_directory_is_refused_naming_the_first(tm
     with (tmp_path / "first.log").open("w") as sink:
         first = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
         try:
-            wait_for_rows(run_dir, 1)
+            wait_for_history(run_dir, 1, first)
             second = run_cli(args[3:], cwd=tmp_path)
             assert_refused(second, f"in use by process {first.pid}")
             assert first.poll() is None  # the first run goes on
@@ -319,13 +319,6 @@ def test_resume_into_a_new_directory_keeps_the_best_epoch(tiny_cfg, tmp_path, on
     assert torch.load(tmp_path / "resumed/checkpoints/best.pt", weights_only=True)["epoch"] == 1
 
 
-def wait_for_rows(run_dir: Path, rows: int, timeout: float = 120) -> None:
-    history, deadline = run_dir / "history.csv", time.time() + timeout
-    while not history.exists() or len(history.read_text().splitlines()) <= rows:
-        assert time.time() < deadline, "the run did not get that far"
-        time.sleep(0.05)
-
-
 def assert_consistent_pair(run_dir: Path) -> None:
     """checkpoints/ holds one save: best.pt is the epoch last.pt calls best (epoch - stale)."""
     last = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
@@ -361,7 +354,7 @@ def test_killed_at_a_random_moment_the_pair_stays_consistent_and_resume_is_exact
     for attempt in range(2):  # two kills at random moments, the second in a resumed run
         with (tmp_path / f"kill{attempt}.log").open("w") as sink:
             proc = subprocess.Popen(args, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
-            wait_for_rows(run_dir, rng.randint(1, 8) + 8 * attempt)
+            wait_for_history(run_dir, rng.randint(1, 8) + 8 * attempt, proc)
             time.sleep(rng.uniform(0, 0.3))  # anywhere inside an epoch, or inside a save
             proc.send_signal(sig)
             proc.wait(timeout=60)

@@ -6,7 +6,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import TINY, read_metrics, run_cli
+from conftest import TINY, read_metrics, run_cli, wait_for_history
 from unroll_cli.data.synthetic import measure, sample_codes
 from unroll_cli.run import resolve_device
 
@@ -147,10 +146,7 @@ def interrupt_after_history(args: list[str], run_dir: Path, rows: int) -> str:
     with output.open("w") as sink:
         proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *args], cwd=run_dir.parent, env=env,
                                 stdout=sink, stderr=subprocess.STDOUT)
-        history, deadline = run_dir / "history.csv", time.time() + 120
-        while time.time() < deadline and (
-                not history.exists() or len(history.read_text().splitlines()) <= rows):
-            time.sleep(0.1)
+        wait_for_history(run_dir, rows, proc)
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
     assert proc.returncode == 130, output.read_text()  # the shell's code for a run stopped by a signal

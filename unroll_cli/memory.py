@@ -24,11 +24,11 @@ def device_memory(device: torch.device) -> int:
 
 
 def _size(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB", "TB", "PB"):
-        if n < 1000 or unit == "PB":
-            return f"{n:.3g} {unit}"
-        n /= 1000
-    raise AssertionError
+    """``n`` bytes in decimal units, three significant digits."""
+    unit = 0
+    while n >= 1000 and unit < 5:
+        n, unit = n / 1000, unit + 1
+    return f"{n:.3g} {('B', 'KB', 'MB', 'GB', 'TB', 'PB')[unit]}"
 
 
 def require_memory(estimate: dict[str, int], cfg: DictConfig, device: torch.device) -> None:

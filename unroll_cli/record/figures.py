@@ -10,6 +10,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from unroll_cli.evaluate.representer import top_contributors  # noqa: E402
+
 
 def per_layer_figure(layers: pd.DataFrame, x: str, ylabel: str, title: str):
     """Every column but ``x`` as one curve against ``x`` (the layer index; dashed: published)."""
@@ -54,13 +56,19 @@ def training_curves(history: pd.DataFrame, x: str, title: str):
     return fig
 
 
+def unit_range(images: torch.Tensor) -> torch.Tensor:
+    """Each image (along the first dimension) scaled to [0, 1] by its own minimum and maximum."""
+    images = images.detach().float().cpu()
+    flat = images.flatten(1)
+    shape = (-1,) + (1,) * (images.dim() - 1)
+    lo, hi = flat.min(dim=1).values.view(shape), flat.max(dim=1).values.view(shape)
+    return (images - lo) / (hi - lo).clamp_min(1e-12)
+
+
 def atoms_figure(filters: torch.Tensor, title: str, max_atoms: int = 64):
     """Dictionary atoms / first-layer filters (atoms, channels, h, w) as a grid of images, each
     scaled to its own range; one or three channels (grey or colour)."""
-    atoms = filters.detach().float().cpu()[:max_atoms]
-    lo = atoms.flatten(1).min(dim=1).values[:, None, None, None]
-    hi = atoms.flatten(1).max(dim=1).values[:, None, None, None]
-    atoms = ((atoms - lo) / (hi - lo).clamp_min(1e-12)).permute(0, 2, 3, 1).numpy()
+    atoms = unit_range(filters[:max_atoms]).permute(0, 2, 3, 1).numpy()
     cols = int(math.ceil(math.sqrt(len(atoms))))
     rows = int(math.ceil(len(atoms) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 0.8, rows * 0.8 + 0.4), squeeze=False)
@@ -93,20 +101,9 @@ def representer_figure(atom_images: torch.Tensor, train_images: torch.Tensor, we
                        title: str):
     """One row per atom (a, H, W): the atom, then the k training images (n, H, W) with the largest |weight|
     in it (weights (a, n)), each image scaled to its own range, its weight in the title."""
-    def scaled(image: torch.Tensor):
-        image = image.detach().float().cpu()
-        return ((image - image.min()) / (image.max() - image.min()).clamp_min(1e-12)).numpy()
-
-    fig, axes = plt.subplots(len(atom_images), k + 1, figsize=(1.3 * (k + 1), 1.4 * len(atom_images) + 0.4),
-                             squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax_row, atom, row in zip(axes, atom_images, weights):
-        ax_row[0].imshow(scaled(atom), cmap="gray", interpolation="nearest")
-        ax_row[0].set_title("atom", fontsize=7)
-        for ax, index in zip(ax_row[1:], row.abs().topk(k).indices.tolist()):
-            ax.imshow(scaled(train_images[index]), cmap="gray", interpolation="nearest")
-            ax.set_title(f"#{index}: {row[index].item():.3g}", fontsize=7)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
+    atoms, train = unit_range(atom_images), unit_range(train_images)
+    rows = []
+    for atom, row in zip(atoms, weights):
+        indices, values = top_contributors(row, k)
+        rows.append([("atom", atom)] + [(f"#{i}: {v:.3g}", train[i]) for i, v in zip(indices.tolist(), values.tolist())])
+    return image_rows_figure(rows, title)

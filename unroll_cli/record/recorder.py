@@ -80,11 +80,15 @@ class RunRecorder:
         atomic_write_text(self.dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
 
     # ------------------------------------------------------------------ logs
-    def log_row(self, row: dict[str, Any], step: int) -> None:
-        """One row of history.csv (an epoch or an evaluation step) and its TensorBoard scalars."""
+    def add_row(self, row: dict[str, Any]) -> None:
+        """One row of the history (an epoch or an evaluation step), in memory: the trainer's checkpoint
+        holds it before :meth:`write_history` puts it on disk, so history.csv is never ahead of it."""
         self.history.append(row)
+
+    def write_history(self, step: int) -> None:
+        """history.csv, and the last row's TensorBoard scalars."""
         atomic_write(self.dir / "history.csv", lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
-        for key, value in row.items():
+        for key, value in self.history[-1].items():
             if "/" in key and isinstance(value, (int, float)) and math.isfinite(value):
                 self.scalar(key, value, step)
 

@@ -197,9 +197,11 @@ class SyntheticSparseCoding:
 
         title = f"{model_name}, {self.A.shape[0]}x{self.A.shape[1]}, {self.setting()}"
         recorder.write_figure("nmse_per_layer.png", figures.per_layer_figure(layers, "layer", "NMSE (dB)", title))
-        learned = {name: values().tolist() for name, values in (
-            ("threshold", getattr(model, "thresholds", None)), ("step size", getattr(model, "step_sizes", None)))
-            if values is not None and values() is not None}
+        learned = {}
+        for label, method in (("threshold", "thresholds"), ("step size", "step_sizes")):
+            values = getattr(model, method, lambda: None)()
+            if values is not None:
+                learned[label] = values.tolist()
         if learned:  # models that declare their thresholds / step sizes
             recorder.write_figure("thresholds.png", figures.parameters_figure(learned, f"{model_name}: learned per layer"))
         if recorder.history:

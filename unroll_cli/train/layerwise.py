@@ -66,11 +66,12 @@ class LayerwiseTrainer(Trainer):
                 groups = self.stage_groups(layer, stage, lr0)
                 if groups:
                     row = self.run_stage(layer, stage, groups, batches)
-                    self.recorder.log_row(row, step=self.global_step)
+                    self.recorder.add_row(row)
                     bar.set_postfix(layer=layer + 1, stage=stage, val=f"{row[self.task.monitor]:.4g}")
                 self.save(position=[layer, stage])
                 bar.update(1)
                 if groups:
+                    self.recorder.write_history(step=self.global_step)
                     self.on_validation(number, row[self.task.monitor])
 
     def run_stage(self, layer: int, stage: int, groups: list[dict], batches: Iterator) -> dict:

@@ -53,6 +53,8 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None  # the best model's weights
         self.carried_best: dict[str, Any] | None = None  # a resumed best.pt, written with the next save
         self.forward = torch.compile(model) if settings.compile else model
+        # a model's projection after every optimizer step (e.g. unit-norm atoms), if it declares one
+        self.after_step = getattr(model, "after_step", None)
         self.autocast_dtype = torch.bfloat16 if settings.precision == "bf16" else None
         self.graphed_loss = None
         if settings.cuda_graphs and self.device.type == "cuda":
@@ -87,10 +89,9 @@ class Trainer:
         if self.s.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
         optimizer.step()
-        after_step = getattr(self.model, "after_step", None)
-        if after_step is not None:  # a model's projection after every step (e.g. unit-norm atoms)
+        if self.after_step is not None:
             with torch.no_grad():
-                after_step()
+                self.after_step()
         self.global_step += 1
         return loss.detach()
 
@@ -198,11 +199,12 @@ class Trainer:
                 best, stale = (monitored, 0) if improved else (best, stale + 1)
                 row = {"epoch": epoch, "step": self.global_step, "lr": lr, "train/loss": train_loss,
                        **val, "seconds": round(time.time() - started, 3)}
-                self.recorder.log_row(row, step=epoch)
+                self.recorder.add_row(row)
                 bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4g}", val=f"{monitored:.4g}")
                 log.info("epoch %d/%d  loss %.5g  %s %.4f", epoch, self.s.max_epochs, train_loss,
                          self.task.monitor, monitored)
-                save(improved)
+                save(improved)  # before history.csv, which is then never ahead of the checkpoint
+                self.recorder.write_history(step=epoch)
                 self.on_validation(epoch, monitored)
                 if self.s.patience is not None and stale >= self.s.patience:
                     log.info("early stop: %s has not improved for %d epochs", self.task.monitor, stale)
