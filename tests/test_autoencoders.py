@@ -272,9 +272,11 @@ def test_data_atoms_are_normalised_training_patches():
         assert torch.isclose(patches, atom).flatten(1).all(1).any()
 
 
-def test_a_step_with_which_the_encoder_diverges_is_refused():
-    with pytest.raises(ValueError, match=r"step=0\.1: the encoder diverges"):
-        GroupSparseAutoencoder(1, step=0.1, init_images=torch.rand(4, 1, 40, 40))
+def test_a_step_with_which_the_encoder_diverges_is_refused_unless_asked_for():
+    images = torch.rand(4, 1, 40, 40)
+    with pytest.raises(ValueError, match=r"step=0\.1: the encoder diverges.*check_step=false"):
+        GroupSparseAutoencoder(1, step=0.1, init_images=images)
+    assert GroupSparseAutoencoder(1, step=0.1, check_step=False, init_images=images).step == 0.1
 
 
 # ----------------------------------------------------------------------------- the YAML files

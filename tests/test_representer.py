@@ -61,9 +61,10 @@ def test_representer_figure_has_a_row_per_atom_and_saves(tmp_path):
     gen = torch.Generator().manual_seed(4)
     atoms, train = torch.randn(3, 5, 5, generator=gen), torch.rand(8, 5, 5, generator=gen)
     weights = torch.randn(3, 8, generator=gen)
-    fig = representer_figure(atoms, train, weights, k=4, title="representer")
-    assert len(fig.axes) == 3 * (1 + 4)
+    rows = [[("atom", atom), ("its double", 2 * atom)] for atom in atoms]
+    fig = representer_figure(rows, train, weights, k=4, title="representer")
+    assert len(fig.axes) == 3 * (2 + 4)
     top = weights[0].abs().argmax().item()
-    assert fig.axes[1].get_title() == f"#{top}: {weights[0, top].item():.3g}"
+    assert [ax.get_title() for ax in fig.axes[:3]] == ["atom", "its double", f"#{top}: {weights[0, top].item():.3g}"]
     fig.savefig(tmp_path / "representer.png")
     assert (tmp_path / "representer.png").stat().st_size > 0

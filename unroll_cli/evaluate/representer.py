@@ -9,6 +9,8 @@ U^T S^{-1} V^T, which is not the inverse).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -38,3 +40,60 @@ def top_contributors(weights: torch.Tensor, k: int) -> tuple[torch.Tensor, torch
     """Indices and (signed) values of the k entries of ``weights`` largest in magnitude, largest first."""
     indices = weights.abs().topk(k).indices
     return indices, weights[indices]
+
+
+@dataclass
+class RepresenterView:
+    """A trained dense model seen through the representer identity (gray images, (H, W) each)."""
+
+    train_images: torch.Tensor  # (n, H, W): the training images X
+    atoms: torch.Tensor  # (p, H, W): the learned atoms
+    ls_atoms: torch.Tensor  # (p, H, W): X (Z^T Z + rho I)^-1 Z^T, atom by atom
+    atom_weights: torch.Tensor  # (p, n): the weight of each training image in each atom
+    usage: torch.Tensor  # (p,): sum over the training images of |z_j|
+    dictionary_error: float  # ||D - X G Z^T||_F / ||D||_F
+    test_input: torch.Tensor  # (H, W)
+    reconstruction: torch.Tensor  # (H, W): D z_test
+    test_weights: torch.Tensor  # (n,): beta, D z_test ~ X beta
+    reconstruction_error: float  # ||D z_test - X beta|| / ||D z_test||
+
+
+@torch.no_grad()
+def _codes(model: torch.nn.Module, images: torch.Tensor, chunk: int = 1000) -> torch.Tensor:
+    """(n, p) final codes z_T of ``images`` (n, C, H, W), in eval mode."""
+    was_training = model.training
+    model.eval()
+    try:
+        return torch.cat([model.encode(images[i:i + chunk]).flatten(1) for i in range(0, len(images), chunk)])
+    finally:
+        model.train(was_training)
+
+
+def representer_view(model: torch.nn.Module, train_images: torch.Tensor, test_input: torch.Tensor,
+                     rho: float) -> RepresenterView | str:
+    """The view of a model with ``encode(x) -> z_T`` and ``dictionary() -> (p, 1, H, W)`` (a dense
+    dictionary whose atoms are images) on gray ``train_images`` (n, 1, H, W) and one ``test_input``
+    (1, 1, H, W); the reason it does not apply otherwise."""
+    if not callable(getattr(model, "encode", None)) or not callable(getattr(model, "dictionary", None)):
+        return "the model has no encode() and dictionary() (a dense sparse_ae or group_sparse_ae has)"
+    atoms = model.dictionary().float()
+    if atoms.shape[1:] != train_images.shape[1:] or atoms.shape[1] != 1:
+        return (f"the atoms {tuple(atoms.shape[1:])} are not gray images of the data's size "
+                f"{tuple(train_images.shape[1:])} (the view needs a dense dictionary, conv=false)")
+    Z = _codes(model, train_images).T.double()  # (p, n)
+    X = train_images.flatten(1).T.double()  # (m, n)
+    D = atoms.flatten(1).T.double()  # (m, p)
+    weights = atom_weights(Z, rho)  # (p, n)
+    ls = X @ weights.T
+    z_test = _codes(model, test_input)[0].double()
+    reconstruction = D @ z_test
+    beta = reconstruction_weights(Z, z_test, rho)
+    as_images = lambda m: m.T.reshape(-1, *train_images.shape[-2:]).float().cpu()  # noqa: E731
+    return RepresenterView(
+        train_images=train_images[:, 0].float().cpu(), atoms=atoms[:, 0].cpu(), ls_atoms=as_images(ls),
+        atom_weights=weights.float().cpu(), usage=Z.abs().sum(dim=1).float().cpu(),
+        dictionary_error=(torch.linalg.matrix_norm(D - ls) / torch.linalg.matrix_norm(D)).item(),
+        test_input=test_input[0, 0].float().cpu(), reconstruction=as_images(reconstruction[:, None])[0],
+        test_weights=beta.float().cpu(),
+        reconstruction_error=(torch.linalg.vector_norm(reconstruction - X @ beta)
+                              / torch.linalg.vector_norm(reconstruction).clamp_min(1e-300)).item())

@@ -83,6 +83,7 @@ class TiedAutoencoderConfig:
     input_dim: Optional[int] = constrained(None, "null or an integer >= 1", lambda v: v is None or v >= 1)
     init: str = _choice("random", "random", "data")
     dictionary_path: Optional[str] = None  # a .npy dictionary to evaluate or fine-tune (overrides init)
+    check_step: bool = True  # refuse step * ||D||^2 >= 2 (ISTA's convergence condition) at the start
 
 
 @register_schema("model", "sparse_ae")
@@ -178,7 +179,8 @@ class TiedAutoencoder(nn.Module):
                  encoder: str = "ista", grad: str = "g_ae_ls", two_sided: bool = True,
                  normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,
                  stride: int = 4, atoms: int = 500, input_dim: int | None = None, init: str = "random",
-                 dictionary_path: str | None = None, init_images: Tensor | None = None):
+                 dictionary_path: str | None = None, check_step: bool = True,
+                 init_images: Tensor | None = None):
         super().__init__()
         self.layers = _check_int("layers", layers, 1)
         self.lam, self.step = _check_number("lam", lam, False), _check_number("step", step, True)
@@ -203,7 +205,8 @@ class TiedAutoencoder(nn.Module):
         else:
             weight = self._initial_atoms(shape, _check_choice("init", init, ("random", "data")), images)
         self.weight = nn.Parameter(weight)
-        self._check_step(images)
+        if _check_bool("check_step", check_step):
+            self._check_step(images)
         self._code: Tensor | None = None  # z_T of the last forward, for loss_penalty
 
     # -- construction ------------------------------------------------------
@@ -247,7 +250,7 @@ class TiedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def _check_step(self, images: Tensor | None) -> None:
-        """Refuse a step with which the encoder's gradient steps diverge, ``step * ||D||_2^2 >= 2``;
+        """Refuse a step with which the encoder's gradient steps may diverge, ``step * ||D||_2^2 >= 2``;
         ``||D^T D||_2`` by 30 power iterations on a 64 x 64 image (conv; the input's size if smaller)."""
         if self.conv:
             side = max(self.weight.shape[-1], 64 if images is None else min(64, *images.shape[-2:]))
@@ -261,7 +264,8 @@ class TiedAutoencoder(nn.Module):
             v /= max(norm, 1e-300)
         if self.step * norm >= 2:
             raise ValueError(f"step={self.step}: the encoder diverges with this dictionary (step * ||D||^2 = "
-                             f"{self.step * norm:.3g} >= 2): choose step < {2 / norm:.3g}")
+                             f"{self.step * norm:.3g} >= 2): choose step < {2 / norm:.3g} (or check_step=false "
+                             "to run it anyway)")
 
     # -- the operators -----------------------------------------------------
     def _analysis(self, x: Tensor) -> Tensor:
@@ -312,6 +316,12 @@ class TiedAutoencoder(nn.Module):
                 v, Dv = v + m * (z_next - z), Dv + m * (Dv - outputs[-2])
             z = z_next
         return z, outputs
+
+    @torch.no_grad()
+    def encode(self, x: Tensor) -> Tensor:
+        """``z_T``, the code after all ``layers`` steps (for the representer view)."""
+        self._check_input(x)
+        return self._encode(x, self.layers)[0]
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

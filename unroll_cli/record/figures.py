@@ -84,7 +84,8 @@ def image_rows_figure(rows: list[list[tuple[str, torch.Tensor]]], title: str):
     """Gray images in [0, 1] (each (H, W), shown without rescaling), one row per list, each panel
     with its own title (e.g. noisy / denoised / clean with their PSNR)."""
     cols = max(len(row) for row in rows)
-    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, 2.6 * len(rows) + 0.4), squeeze=False)
+    height = 2.6 * len(rows) + 0.4
+    fig, axes = plt.subplots(len(rows), cols, figsize=(3.2 * cols, height), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax_row, row in zip(axes, rows):
@@ -93,17 +94,19 @@ def image_rows_figure(rows: list[list[tuple[str, torch.Tensor]]], title: str):
                       interpolation="nearest")
             ax.set_title(label, fontsize=8)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.4 / height))  # the suptitle above the rows
     return fig
 
 
-def representer_figure(atom_images: torch.Tensor, train_images: torch.Tensor, weights: torch.Tensor, k: int,
-                       title: str):
-    """One row per atom (a, H, W): the atom, then the k training images (n, H, W) with the largest |weight|
-    in it (weights (a, n)), each image scaled to its own range, its weight in the title."""
-    atoms, train = unit_range(atom_images), unit_range(train_images)
-    rows = []
-    for atom, row in zip(atoms, weights):
+def representer_figure(rows: list[list[tuple[str, torch.Tensor]]], train_images: torch.Tensor,
+                       weights: torch.Tensor, k: int, title: str):
+    """One row per entry of ``rows`` (its labelled (H, W) images first, e.g. an atom), then the k
+    training images (n, H, W) with the largest |weight| in that row of ``weights`` (rows, n), each image
+    scaled to its own range, its index and weight in the title."""
+    train = unit_range(train_images)
+    panels = []
+    for lead, row in zip(rows, weights):
         indices, values = top_contributors(row, k)
-        rows.append([("atom", atom)] + [(f"#{i}: {v:.3g}", train[i]) for i, v in zip(indices.tolist(), values.tolist())])
-    return image_rows_figure(rows, title)
+        panels.append([(label, unit_range(image[None])[0]) for label, image in lead]
+                      + [(f"#{i}: {v:.3g}", train[i]) for i, v in zip(indices.tolist(), values.tolist())])
+    return image_rows_figure(panels, title)

@@ -14,6 +14,7 @@ std over images. Images are read by :mod:`unroll_cli.data.image_folder` (gray = 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, List, Optional, Sequence
 
@@ -41,8 +42,26 @@ def valid_peak(value: Any) -> bool:
     return value == "max" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
 
 
+@dataclass
+class DenoisingOptions:
+    """The options every denoising task shares: noise, test noise levels, PSNR conventions, sizes."""
+
+    sigma: float = constrained(25.0, "a noise std >= 0 on the 0-255 scale", lambda v: v >= 0)
+    test_sigmas: List[float] = constrained(
+        [25.0], "a non-empty list of distinct noise stds >= 0 (0-255 scale)",
+        lambda v: len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v), changeable=True)
+    test_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0)
+    batch_size: int = constrained(1, "an integer > 0", positive)
+    n_train: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
+    n_test: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
+    val_size: int = constrained(0, "an integer >= 0 (0: validate on the test images)", lambda v: v >= 0)
+    psnr_peak: Any = constrained("max", "max (the clean image's maximum) or a number > 0", valid_peak)
+    clamp: bool = True
+    n_figures: int = constrained(3, "an integer >= 0", lambda v: v >= 0, changeable=True)
+
+
 @register_schema("data", "bsd_denoise")
-class ImageDenoisingConfig:
+class ImageDenoisingConfig(DenoisingOptions):
     """Gray image denoising, AWGN at sigma (0-255 scale): CBSD432 crops for training, BSD68 for test."""
 
     _target_: str = "unroll_cli.tasks.denoising.ImageDenoising"
@@ -51,20 +70,8 @@ class ImageDenoisingConfig:
     crop: int = constrained(129, "an integer > 0", positive)
     hflip: bool = True
     vflip: bool = True
-    sigma: float = constrained(25.0, "a noise std >= 0 on the 0-255 scale", lambda v: v >= 0)
-    test_sigmas: List[float] = constrained(
-        [25.0], "a non-empty list of distinct noise stds >= 0 (0-255 scale)",
-        lambda v: len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v), changeable=True)
-    test_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0)
-    batch_size: int = constrained(1, "an integer > 0", positive)
     steps_per_epoch: Optional[int] = constrained(
         None, "null (one pass over the training images) or an integer > 0", null_or_positive)
-    n_train: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
-    n_test: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
-    val_size: int = constrained(0, "an integer >= 0 (0: validate on the test images)", lambda v: v >= 0)
-    psnr_peak: Any = constrained("max", "max (the clean image's maximum) or a number > 0", valid_peak)
-    clamp: bool = True
-    n_figures: int = constrained(3, "an integer >= 0", lambda v: v >= 0, changeable=True)
 
 
 def sigma_metric(sigma: float) -> str:
@@ -96,33 +103,27 @@ def published_psnr(paper: DictConfig | None, setting: str, variant: str) -> floa
     return None if value is None else float(value)
 
 
-class ImageDenoising:
-    """The denoising Task: gray images on the device, random crops per step, PSNR per image and layer.
+class DenoisingTask:
+    """What every denoising task shares: noise, loss, PSNR per image and layer, the report.
 
-    An epoch visits every training image once in a fresh random order, one random crop each, in
-    ``ceil(n / batch_size)`` batches (the last one smaller); ``steps_per_epoch`` instead draws that many
-    full batches from consecutive fresh orders. ``n_train`` / ``n_test`` keep the first files in
-    sorted order; ``val_size`` holds out the last ``val_size`` training files (in sorted order, the
-    same for every seed) as full validation images with noise fixed at ``sigma``; 0 validates on the
+    A subclass reads its images and calls :meth:`_set_images`; it supplies ``train_batches``,
+    ``model_kwargs``, ``steps_per_epoch``, ``samples_per_epoch`` and :meth:`data_conventions`.
+    ``val_size`` held-out training images validate with noise fixed at ``sigma``; 0 validates on the
     test images at ``sigma`` (the papers' per-epoch test curves), which must then be the first of
-    ``test_sigmas`` since the monitor is ``test/psnr``. Crops, flips and training noise draw from one
-    generator seeded by ``seed``, on the device.
+    ``test_sigmas`` since the monitor is ``test/psnr``. Training noise draws from one generator
+    seeded by ``seed``, on the device. Layer 0 of the per-layer table is the noisy input.
     """
 
     kind = "denoising"
     monitor_mode = "max"
     primary_metric = METRIC
-    eval_batch_size = 1  # full test images differ in size: one at a time
+    eval_batch_size = 1
 
-    def __init__(self, train_dir: str, test_dir: str, crop: int = 129, hflip: bool = True, vflip: bool = True,
-                 sigma: float = 25.0, test_sigmas: Sequence[float] = (25.0,), test_seed: int = 0,
-                 batch_size: int = 1, steps_per_epoch: int | None = None, n_train: int | None = None,
-                 n_test: int | None = None, val_size: int = 0, psnr_peak: str | float = "max",
-                 clamp: bool = True, n_figures: int = 3, seed: int = 0, device: str | torch.device = "cpu",
-                 trainer: DictConfig | None = None):
+    def __init__(self, sigma: float, test_sigmas: Sequence[float], test_seed: int, batch_size: int,
+                 val_size: int, psnr_peak: str | float, clamp: bool, n_figures: int, seed: int,
+                 device: str | torch.device):
         self.sigma, self.test_sigmas = float(sigma), [float(s) for s in test_sigmas]
         self.test_seed = int(test_seed)
-        self.crop, self.hflip, self.vflip = int(crop), bool(hflip), bool(vflip)
         self.batch_size = int(batch_size)
         self.peak, self.clamp, self.n_figures = psnr_peak, bool(clamp), int(n_figures)
         self.monitor = "val/psnr" if val_size else METRIC
@@ -130,84 +131,25 @@ class ImageDenoising:
             raise ValueError(f"data.val_size=0 validates on the test images at data.sigma={sigma:g} as "
                              f"test/psnr, the PSNR at the first of data.test_sigmas={self.test_sigmas}: put "
                              f"{sigma:g} first there, or set data.val_size > 0")
-        train_files, val_files, test_files = self._files(train_dir, test_dir, n_train, n_test, val_size)
         self.device = torch.device(device)
-        self.train_images = [pad_to(image, self.crop) for image in self._load(train_files)]
-        self.test_names = [f.relative_to(Path(test_dir).expanduser()).as_posix() for f in test_files]
-        self.test_clean = self._load(test_files)
-        self.test_noisy = {s: fixed_noisy(self.test_clean, s, self.test_seed) for s in self.test_sigmas}
-        self.val_set = self._validation_set(val_files)
-        n = len(self.train_images)
-        self.steps_per_epoch = steps_per_epoch or math.ceil(n / self.batch_size)
-        self.samples_per_epoch = n if steps_per_epoch is None else steps_per_epoch * self.batch_size
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
-        self.init_images = self._init_crops()
 
-    @staticmethod
-    def _files(train_dir: str, test_dir: str, n_train: int | None, n_test: int | None,
-               val_size: int) -> tuple[list[Path], list[Path], list[Path]]:
-        """(training, validation, test) files, checked before anything is loaded: the last
-        ``val_size`` training files validate, the first ``n_train`` of the others train, the first
-        ``n_test`` test files test (null: all)."""
-        files, test_files = image_files(train_dir, "data.train_dir"), image_files(test_dir, "data.test_dir")
-        if val_size + (n_train or 0) > len(files) or val_size >= len(files):
-            raise ValueError(f"data.val_size={val_size} + data.n_train={n_train}: data.train_dir={train_dir} "
-                             f"holds {len(files)} images (at least one must remain for training)")
-        if n_test is not None and n_test > len(test_files):
-            raise ValueError(f"data.n_test={n_test}: data.test_dir={test_dir} holds {len(test_files)} images")
-        rest = files[:len(files) - val_size]
-        return rest[:n_train], files[len(files) - val_size:], test_files[:n_test]
+    def _set_images(self, test_names: list[str], test_clean: list[torch.Tensor],
+                    val_clean: list[torch.Tensor]) -> None:
+        """The (H, W) test images, with their fixed noise at every test sigma, and the validation set:
+        ``val_clean`` with noise fixed at sigma, or the test images at sigma when it is empty."""
+        self.test_names, self.test_clean = test_names, test_clean
+        self.test_noisy = {s: fixed_noisy(self.test_clean, s, self.test_seed) for s in self.test_sigmas}
+        if val_clean:
+            self.val_set = val_clean, fixed_noisy(val_clean, self.sigma, self.test_seed, VAL_SPLIT)
+        else:
+            self.val_set = self.test_clean, self.test_noisy[self.sigma]
 
-    def _validation_set(self, files: list[Path]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """(clean, noisy) validation images: the held-out files with noise fixed at sigma, or the test
-        images at sigma when there are none."""
-        if not files:
-            return self.test_clean, self.test_noisy[self.sigma]
-        clean = self._load(files)
-        return clean, fixed_noisy(clean, self.sigma, self.test_seed, VAL_SPLIT)
-
-    @staticmethod
-    def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
-        """Bytes of a training batch (noisy, clean, noise; float32) and of the initialisation crops
-        (see :mod:`unroll_cli.memory`); the images themselves are bounded by the files."""
-        pixels = data.crop * data.crop
-        return {"data.batch_size": 3 * 4 * data.batch_size * pixels, "data.crop": 4 * INIT_CROPS * pixels}
-
-    def _load(self, files: list[Path]) -> list[torch.Tensor]:
-        """The files as (H, W) gray tensors on the device (sizes differ: a list)."""
-        return [load_gray(f).to(self.device) for f in files]
-
-    def _init_crops(self) -> torch.Tensor:
-        """(k, 1, crop, crop) clean crops of k = min(64, n) distinct training images, drawn with
-        :data:`INIT_SEED` (the same for every run): data a model may initialise its dictionary from."""
-        gen = torch.Generator().manual_seed(INIT_SEED)
-        k = min(INIT_CROPS, len(self.train_images))
-        picks = torch.randperm(len(self.train_images), generator=gen)[:k].tolist()
-        return torch.stack([random_window(self.train_images[i], self.crop, gen) for i in picks]).unsqueeze(1)
+    def data_conventions(self) -> str:
+        """How the images are read and the training batches drawn, for results.md."""
+        raise NotImplementedError
 
     # ------------------------------------------------------------------ training
-    def model_kwargs(self) -> dict:
-        """What a model needs from the data to be built: one (gray) channel, and training crops."""
-        return {"in_channels": 1, "init_images": self.init_images}
-
-    def _epoch_order(self) -> list[int]:
-        """The training images of one epoch: consecutive fresh random orders, cut to the epoch's size."""
-        n = len(self.train_images)
-        orders = [torch.randperm(n, generator=self.gen, device=self.device)
-                  for _ in range(math.ceil(self.samples_per_epoch / n))]
-        return torch.cat(orders)[:self.samples_per_epoch].tolist()  # one read-back per epoch
-
-    def train_batches(self) -> Iterator[Batch]:
-        """One epoch of (noisy, clean) batches: a random crop of each image, random flips, then fresh
-        noise sigma/255 * N(0, 1), not clipped (PUDLE's training loader)."""
-        order = self._epoch_order()
-        for i in range(self.steps_per_epoch):
-            picks = order[i * self.batch_size:(i + 1) * self.batch_size]
-            clean = torch.stack([random_flips(random_window(self.train_images[j], self.crop, self.gen),
-                                              self.hflip, self.vflip, self.gen) for j in picks]).unsqueeze(1)
-            noise = torch.randn(clean.shape, generator=self.gen, device=self.device)
-            yield clean + self.sigma / 255.0 * noise, clean
-
     def loss(self, outputs: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
         """0.5 * sum over pixels of (clean - last estimate)^2, mean over the batch (PUDLE's DLLoss2D,
         supervised: the target is the clean image), plus ``model.loss_penalty()`` when the model has
@@ -225,25 +167,37 @@ class ImageDenoising:
         self.gen.set_state(state["gen"])
 
     # ------------------------------------------------------------------ evaluation
+    def _chunks(self, clean: list[torch.Tensor]) -> Iterator[slice]:
+        """Runs of consecutive images of one size, at most ``eval_batch_size`` long."""
+        start = 0
+        while start < len(clean):
+            stop = start + 1
+            while (stop < len(clean) and stop - start < self.eval_batch_size
+                   and clean[stop].shape == clean[start].shape):
+                stop += 1
+            yield slice(start, stop)
+            start = stop
+
     @torch.no_grad()
     def _scores(self, model: torch.nn.Module, clean: list[torch.Tensor], noisy: list[torch.Tensor],
                 depth: int | None = None, keep: int = 0) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """PSNR (dB) of every image (rows) at layer 0 (the noisy input, scored like an estimate) and
-        after each layer up to ``depth`` (columns), in eval mode, one image at a time; and the final
-        estimates of the first ``keep`` images."""
+        after each layer up to ``depth`` (columns), in eval mode, ``eval_batch_size`` images of one
+        size at a time; and the final estimates of the first ``keep`` images."""
         was_training = model.training
         model.eval()
         rows, kept = [], []
         try:
-            for i, (x, y) in enumerate(zip(clean, noisy)):
-                estimates = [y[None, None]] + [e.float() for e in model(y[None, None], depth)]
-                target = x.expand(len(estimates), 1, *x.shape)
-                rows.append(psnr_db(torch.cat(estimates), target, self.peak, self.clamp))
-                if i < keep:
-                    kept.append(estimates[-1][0, 0])
+            for part in self._chunks(clean):
+                x, y = torch.stack(clean[part]).unsqueeze(1), torch.stack(noisy[part]).unsqueeze(1)
+                estimates = torch.stack([y] + [e.float() for e in model(y, depth)], dim=1)  # (b, L+1, 1, H, W)
+                target = x.unsqueeze(1).expand_as(estimates)
+                rows.append(psnr_db(estimates.flatten(0, 1), target.flatten(0, 1), self.peak, self.clamp)
+                            .view(len(x), -1))
+                kept += list(estimates[:max(0, keep - part.start), -1, 0])
         finally:
             model.train(was_training)
-        return torch.stack(rows).cpu(), kept
+        return torch.cat(rows).cpu(), kept
 
     def validate(self, model: torch.nn.Module, depth: int | None = None) -> dict[str, float]:
         """The mean PSNR (dB) over the validation images (the test images if val_size=0) at sigma."""
@@ -306,8 +260,15 @@ class ImageDenoising:
         recorder.write_table("items.csv", items, index=["image", "sigma"])
         title = f"{model_name}, {self.setting()}, {len(self.test_clean)} test images"
         self.write_figures(model, recorder, model_name, title, layers, panels)
-        recorder.write_text("results.md", self.results_markdown(metrics, table, layers, title, paper, variant))
+        extra, lines = self.interpretation(model, recorder, model_name)
+        metrics.update(extra)
+        recorder.write_text("results.md", "\n".join(
+            [self.results_markdown(metrics, table, layers, title, paper, variant), *lines]))
         return metrics
+
+    def interpretation(self, model: torch.nn.Module, recorder, model_name: str) -> tuple[dict, list[str]]:
+        """Further metrics, figures and results.md lines that explain the trained model; none here."""
+        return {}, []
 
     def write_figures(self, model: torch.nn.Module, recorder, model_name: str, title: str, layers: pd.DataFrame,
                       panels: list) -> None:
@@ -351,10 +312,9 @@ class ImageDenoising:
         validation = ("the test images at sigma" if self.monitor == METRIC
                       else f"{len(self.val_set[0])} held-out training images at sigma {self.sigma:g}")
         return (f"PSNR per image = 20 log10(peak) - 10 log10(MSE), peak = {peak}, estimates {clamp} "
-                "(layer 0, the noisy input, too); then the mean and std over images. Gray = PIL's "
-                "convert(\"L\") (ITU-R 601-2 luma) / 255. Noise sigma/255 * N(0, 1), not clipped; test noise "
-                f"fixed by test_seed={self.test_seed}. Training: {self.crop}x{self.crop} random crops, flips "
-                f"(h {self.hflip}, v {self.vflip}), sigma {self.sigma:g}; validation on {validation}.")
+                "(layer 0, the noisy input, too); then the mean and std over images. Noise sigma/255 * "
+                f"N(0, 1), not clipped; test noise fixed by test_seed={self.test_seed}. Training noise "
+                f"sigma {self.sigma:g}; validation on {validation}. " + self.data_conventions())
 
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
@@ -369,3 +329,93 @@ class ImageDenoising:
     def setting(self) -> str:
         """The published-table key: the first test noise level (sigma25)."""
         return f"sigma{self.test_sigmas[0]:g}"
+
+
+class ImageDenoising(DenoisingTask):
+    """Denoising on image folders (PUDLE's BSD protocol): random crops per step, full test images.
+
+    An epoch visits every training image once in a fresh random order, one random crop each, in
+    ``ceil(n / batch_size)`` batches (the last one smaller); ``steps_per_epoch`` instead draws that many
+    full batches from consecutive fresh orders. ``n_train`` / ``n_test`` keep the first files in
+    sorted order; ``val_size`` holds out the last ``val_size`` training files (in sorted order, the
+    same for every seed) as full validation images. Crops and flips draw from the task's generator.
+    """
+
+    def __init__(self, train_dir: str, test_dir: str, crop: int = 129, hflip: bool = True, vflip: bool = True,
+                 sigma: float = 25.0, test_sigmas: Sequence[float] = (25.0,), test_seed: int = 0,
+                 batch_size: int = 1, steps_per_epoch: int | None = None, n_train: int | None = None,
+                 n_test: int | None = None, val_size: int = 0, psnr_peak: str | float = "max",
+                 clamp: bool = True, n_figures: int = 3, seed: int = 0, device: str | torch.device = "cpu",
+                 trainer: DictConfig | None = None):
+        super().__init__(sigma, test_sigmas, test_seed, batch_size, val_size, psnr_peak, clamp, n_figures,
+                         seed, device)
+        self.crop, self.hflip, self.vflip = int(crop), bool(hflip), bool(vflip)
+        train_files, val_files, test_files = self._files(train_dir, test_dir, n_train, n_test, val_size)
+        self.train_images = [pad_to(image, self.crop) for image in self._load(train_files)]
+        self._set_images([f.relative_to(Path(test_dir).expanduser()).as_posix() for f in test_files],
+                         self._load(test_files), self._load(val_files))
+        n = len(self.train_images)
+        self.steps_per_epoch = steps_per_epoch or math.ceil(n / self.batch_size)
+        self.samples_per_epoch = n if steps_per_epoch is None else steps_per_epoch * self.batch_size
+        self.init_images = self._init_crops()
+
+    @staticmethod
+    def _files(train_dir: str, test_dir: str, n_train: int | None, n_test: int | None,
+               val_size: int) -> tuple[list[Path], list[Path], list[Path]]:
+        """(training, validation, test) files, checked before anything is loaded: the last
+        ``val_size`` training files validate, the first ``n_train`` of the others train, the first
+        ``n_test`` test files test (null: all)."""
+        files, test_files = image_files(train_dir, "data.train_dir"), image_files(test_dir, "data.test_dir")
+        if val_size + (n_train or 0) > len(files) or val_size >= len(files):
+            raise ValueError(f"data.val_size={val_size} + data.n_train={n_train}: data.train_dir={train_dir} "
+                             f"holds {len(files)} images (at least one must remain for training)")
+        if n_test is not None and n_test > len(test_files):
+            raise ValueError(f"data.n_test={n_test}: data.test_dir={test_dir} holds {len(test_files)} images")
+        rest = files[:len(files) - val_size]
+        return rest[:n_train], files[len(files) - val_size:], test_files[:n_test]
+
+    @staticmethod
+    def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
+        """Bytes of a training batch (noisy, clean, noise; float32) and of the initialisation crops
+        (see :mod:`unroll_cli.memory`); the images themselves are bounded by the files."""
+        pixels = data.crop * data.crop
+        return {"data.batch_size": 3 * 4 * data.batch_size * pixels, "data.crop": 4 * INIT_CROPS * pixels}
+
+    def _load(self, files: list[Path]) -> list[torch.Tensor]:
+        """The files as (H, W) gray tensors on the device (sizes differ: a list)."""
+        return [load_gray(f).to(self.device) for f in files]
+
+    def _init_crops(self) -> torch.Tensor:
+        """(k, 1, crop, crop) clean crops of k = min(64, n) distinct training images, drawn with
+        :data:`INIT_SEED` (the same for every run): data a model may initialise its dictionary from."""
+        gen = torch.Generator().manual_seed(INIT_SEED)
+        k = min(INIT_CROPS, len(self.train_images))
+        picks = torch.randperm(len(self.train_images), generator=gen)[:k].tolist()
+        return torch.stack([random_window(self.train_images[i], self.crop, gen) for i in picks]).unsqueeze(1)
+
+    # ------------------------------------------------------------------ training
+    def model_kwargs(self) -> dict:
+        """What a model needs from the data to be built: one (gray) channel, and training crops."""
+        return {"in_channels": 1, "init_images": self.init_images}
+
+    def _epoch_order(self) -> list[int]:
+        """The training images of one epoch: consecutive fresh random orders, cut to the epoch's size."""
+        n = len(self.train_images)
+        orders = [torch.randperm(n, generator=self.gen, device=self.device)
+                  for _ in range(math.ceil(self.samples_per_epoch / n))]
+        return torch.cat(orders)[:self.samples_per_epoch].tolist()  # one read-back per epoch
+
+    def train_batches(self) -> Iterator[Batch]:
+        """One epoch of (noisy, clean) batches: a random crop of each image, random flips, then fresh
+        noise sigma/255 * N(0, 1), not clipped (PUDLE's training loader)."""
+        order = self._epoch_order()
+        for i in range(self.steps_per_epoch):
+            picks = order[i * self.batch_size:(i + 1) * self.batch_size]
+            clean = torch.stack([random_flips(random_window(self.train_images[j], self.crop, self.gen),
+                                              self.hflip, self.vflip, self.gen) for j in picks]).unsqueeze(1)
+            noise = torch.randn(clean.shape, generator=self.gen, device=self.device)
+            yield clean + self.sigma / 255.0 * noise, clean
+
+    def data_conventions(self) -> str:
+        return ('Gray = PIL\'s convert("L") (ITU-R 601-2 luma) / 255. Training: '
+                f"{self.crop}x{self.crop} random crops, flips (h {self.hflip}, v {self.vflip}).")
