@@ -271,6 +271,25 @@ def test_a_checkpoint_of_another_device_kind_is_refused(tiny_cfg, tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.parametrize("value, refused", [("supervised", False), ("lasso", True)])
+def test_an_option_added_since_the_checkpoint_resumes_at_its_default_only(tiny_cfg, tmp_path, value, refused):
+    """A checkpoint written before ``data.loss`` existed (its config lacks the key) resumes when the
+    run keeps the schema's default, which is what the older version did, and is refused otherwise."""
+    run(tiny_cfg("tensorboard=false"), tmp_path / "run")
+    last = tmp_path / "run/checkpoints/last.pt"
+    state = torch.load(last, weights_only=True)
+    del state["config"]["data"]["loss"]
+    last.unlink()
+    torch.save(state, last)
+    again = tiny_cfg("tensorboard=false", "trainer.max_epochs=3", f"data.loss={value}", f"resume={tmp_path / 'run'}")
+    if refused:
+        with pytest.raises(ConfigError, match=r"data.loss: '<absent>' -> 'lasso'"):
+            run(again, tmp_path / "new")
+    else:
+        run(again, tmp_path / "new")
+        assert read_metrics(tmp_path / "new")["epochs"] == 3
+
+
 def test_a_changeable_key_is_applied_on_resume(tmp_path, finished):
     result = run_cli([*FAST, "trainer.max_epochs=3", f"resume={finished}", f"hydra.run.dir={tmp_path / 'new'}"],
                      cwd=tmp_path)  # the finished run has 2 epochs

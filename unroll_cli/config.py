@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import secrets
+from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import dataclass, field, fields, is_dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -254,6 +255,20 @@ def changeable_keys(cfg: DictConfig) -> list[str]:
         if is_dataclass(schema):
             keys += [f"{group}.{f.name}" for f in fields(schema) if f.metadata.get("changeable")]
     return keys
+
+
+def schema_defaults(cfg: DictConfig) -> dict[str, Any]:
+    """``group.key: default`` of every field of the groups' schemas."""
+    defaults = {}
+    for group in GROUPS:
+        schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
+        if is_dataclass(schema):
+            for f in fields(schema):
+                if f.default is not MISSING_FIELD:
+                    defaults[f"{group}.{f.name}"] = f.default
+                elif f.default_factory is not MISSING_FIELD:
+                    defaults[f"{group}.{f.name}"] = f.default_factory()
+    return defaults
 
 
 def validate(cfg: DictConfig) -> None:

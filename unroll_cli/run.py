@@ -19,7 +19,7 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from unroll_cli.config import ConfigError, changeable_keys, validate
+from unroll_cli.config import ConfigError, changeable_keys, schema_defaults, validate
 from unroll_cli.memory import require_memory
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.sweep.optuna_study import RunPruned
@@ -127,7 +127,8 @@ def resume_point(cfg: DictConfig, device: torch.device) -> dict:
                     "it is not checked against this run's", cfg.resume)
     else:
         changeable = changeable_keys(cfg)
-        conflicts = resume_conflicts(state["config"], OmegaConf.to_container(cfg, resolve=True), changeable)
+        conflicts = resume_conflicts(state["config"], OmegaConf.to_container(cfg, resolve=True), changeable,
+                                     added=schema_defaults(cfg))
         if conflicts:
             raise ConfigError(f"resume={cfg.resume}: this run's config differs from the checkpoint's in "
                               f"{'; '.join(conflicts)}. A resume continues the same problem and model: only "

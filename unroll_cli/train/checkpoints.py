@@ -138,13 +138,17 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
-def resume_conflicts(saved: dict[str, Any], current: dict[str, Any], changeable: Iterable[str] = ()) -> list[str]:
+def resume_conflicts(saved: dict[str, Any], current: dict[str, Any], changeable: Iterable[str] = (),
+                     added: dict[str, Any] | None = None) -> list[str]:
     """``key: saved -> current`` for every difference outside :data:`CHANGEABLE_ON_RESUME` and
-    ``changeable``."""
-    before, after = flatten(saved), flatten(current)
+    ``changeable``. A key the checkpoint lacks is no difference when its value is ``added[key]``
+    (an option added to a schema since, at the default that keeps what runs did before it)."""
+    before, after, added = flatten(saved), flatten(current), added or {}
     patterns = (*CHANGEABLE_ON_RESUME, *changeable)
     changed = []
     for key in sorted(set(before) | set(after)):
+        if key not in before and key in added and after.get(key) == added[key]:
+            continue
         if before.get(key, "<absent>") != after.get(key, "<absent>") and not any(
                 fnmatch.fnmatchcase(key, pattern) for pattern in patterns):
             changed.append(f"{key}: {before.get(key, '<absent>')!r} -> {after.get(key, '<absent>')!r}")
