@@ -318,3 +318,16 @@ def test_bsd68_images_and_the_identity_psnr_at_sigma_25():
     assert task.validate(Identity())["test/psnr"] == pytest.approx(expected, abs=1e-6)
     plain = ImageDenoising(str(BSD68), str(BSD68), n_train=1, n_test=3, psnr_peak=1.0, clamp=False)
     assert plain.validate(Identity())["test/psnr"] == pytest.approx(20 * math.log10(255 / 25), abs=0.05)
+
+
+def test_test_crop_tests_on_one_fixed_window_of_each_image(folders):
+    _, test_dir, _, _ = folders
+    side = 12
+    task, again = make_task(folders, test_crop=side), make_task(folders, test_crop=side, seed=5)
+    for name, window, repeat in zip(task.test_names, task.test_clean, again.test_clean):
+        image = torch.from_numpy(pil_gray(test_dir / name)).float()
+        padded = torch.nn.functional.pad(image, (0, max(0, side - image.shape[1]), 0, max(0, side - image.shape[0])))
+        assert window.shape == (side, side) and torch.equal(window, repeat)  # the same window for any run seed
+        windows = padded.unfold(0, side, 1).unfold(1, side, 1)  # every side x side window of the image
+        assert torch.isclose(windows, window, atol=1e-6).flatten(2).all(dim=2).any()
+    assert "random 12x12 window" in task.conventions()

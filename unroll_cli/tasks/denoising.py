@@ -7,7 +7,8 @@ Training (PUDLE's ``train_conv_denoise.py``): every step, random ``crop`` x ``cr
 training images (zero-padded at the bottom/right when smaller), random horizontal and vertical flips,
 and fresh noise sigma/255 * N(0, 1), not clipped; the loss is supervised (the target is the clean
 image). Test: every full test image, one at a time (their sizes differ), with noise fixed by
-``test_seed`` for each of ``test_sigmas``; PSNR per image with the authors' ``compute_psnr``
+``test_seed`` for each of ``test_sigmas``; or, with ``test_crop``, one fixed random window of each,
+as the authors' logging loader (its PSNR is about 1 dB below the full images'); PSNR per image with the authors' ``compute_psnr``
 convention by default (peak = max of the clean image, estimate clamped to [0, 1]), then the mean and
 std over images. Images are read by :mod:`unroll_cli.data.image_folder` (gray = PIL's "L" luma).
 """
@@ -72,6 +73,7 @@ class ImageDenoisingConfig(DenoisingOptions):
     vflip: bool = True
     steps_per_epoch: Optional[int] = constrained(
         None, "null (one pass over the training images) or an integer > 0", null_or_positive)
+    test_crop: Optional[int] = constrained(None, "null (full test images) or an integer > 0", null_or_positive)
 
 
 def sigma_metric(sigma: float) -> str:
@@ -345,15 +347,16 @@ class ImageDenoising(DenoisingTask):
                  sigma: float = 25.0, test_sigmas: Sequence[float] = (25.0,), test_seed: int = 0,
                  batch_size: int = 1, steps_per_epoch: int | None = None, n_train: int | None = None,
                  n_test: int | None = None, val_size: int = 0, psnr_peak: str | float = "max",
-                 clamp: bool = True, n_figures: int = 3, seed: int = 0, device: str | torch.device = "cpu",
-                 trainer: DictConfig | None = None):
+                 clamp: bool = True, n_figures: int = 3, test_crop: int | None = None, seed: int = 0,
+                 device: str | torch.device = "cpu", trainer: DictConfig | None = None):
         super().__init__(sigma, test_sigmas, test_seed, batch_size, val_size, psnr_peak, clamp, n_figures,
                          seed, device)
         self.crop, self.hflip, self.vflip = int(crop), bool(hflip), bool(vflip)
+        self.test_crop = test_crop
         train_files, val_files, test_files = self._files(train_dir, test_dir, n_train, n_test, val_size)
         self.train_images = [pad_to(image, self.crop) for image in self._load(train_files)]
         self._set_images([f.relative_to(Path(test_dir).expanduser()).as_posix() for f in test_files],
-                         self._load(test_files), self._load(val_files))
+                         self._test_windows(self._load(test_files)), self._load(val_files))
         n = len(self.train_images)
         self.steps_per_epoch = steps_per_epoch or math.ceil(n / self.batch_size)
         self.samples_per_epoch = n if steps_per_epoch is None else steps_per_epoch * self.batch_size
@@ -384,6 +387,15 @@ class ImageDenoising(DenoisingTask):
     def _load(self, files: list[Path]) -> list[torch.Tensor]:
         """The files as (H, W) gray tensors on the device (sizes differ: a list)."""
         return [load_gray(f).to(self.device) for f in files]
+
+    def _test_windows(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The test images, or with ``test_crop`` one random ``test_crop`` x ``test_crop`` window of each
+        (zero-padded when smaller), drawn with ``test_seed``: the same windows in every run. The authors'
+        logging loader tests on random 129 crops (``RandomCrop(129)`` in ``train_conv_denoise.py``)."""
+        if self.test_crop is None:
+            return images
+        gen = torch.Generator().manual_seed(self.test_seed)
+        return [random_window(pad_to(image, self.test_crop), self.test_crop, gen) for image in images]
 
     def _init_crops(self) -> torch.Tensor:
         """(k, 1, crop, crop) clean crops of k = min(64, n) distinct training images, drawn with
@@ -417,5 +429,7 @@ class ImageDenoising(DenoisingTask):
             yield clean + self.sigma / 255.0 * noise, clean
 
     def data_conventions(self) -> str:
+        test = ("full test images" if self.test_crop is None else
+                f"one random {self.test_crop}x{self.test_crop} window of each test image (fixed by test_seed)")
         return ('Gray = PIL\'s convert("L") (ITU-R 601-2 luma) / 255. Training: '
-                f"{self.crop}x{self.crop} random crops, flips (h {self.hflip}, v {self.vflip}).")
+                f"{self.crop}x{self.crop} random crops, flips (h {self.hflip}, v {self.vflip}). Test: {test}.")
