@@ -309,6 +309,18 @@ def test_an_unreadable_record_is_kept_aside_and_the_job_runs_again(tmp_path, fin
     assert aside.read_text() == garbage
 
 
+def test_an_error_after_ctrl_c_reads_as_the_interrupt(tmp_path):
+    """Ctrl-C inside a library's import can surface as another error (seen: a RecursionError while the
+    optimizer was checked); once SIGINT has arrived, any refusal exits as interrupted (130), not as bad input."""
+    code = ("import sys; from unroll_cli import cli, interrupts; interrupts._interrupted = True; "
+            f"sys.argv = ['unroll-train', 'data.m=-5', 'hydra.run.dir={tmp_path / 'run'}']; cli.train_main()")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
+    result = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 130 and "interrupted" in result.stderr and "data.m" not in result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_writes_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],

@@ -22,6 +22,7 @@ from hydra.errors import CompactHydraException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from unroll_cli.interrupts import interrupted
 from unroll_cli.config import ConfigError, TrainingFailure, register_configs, validate
 from unroll_cli.record.atomic import atomic_write_text
 from unroll_cli.record.run_dir import claim, locked
@@ -83,6 +84,9 @@ def train_job(cfg: DictConfig) -> float:
         with locked(run_dir):
             value = run_job(cfg, hydra_cfg, run_dir, overrides)
     except (ConfigError, FileNotFoundError, TrainingFailure) as error:
+        if interrupted():  # Ctrl-C inside a library's import can surface as another error
+            print("unroll-train: interrupted", file=sys.stderr)
+            sys.exit(130)
         log.error("%s", error)
         if multirun:
             raise JobFailed(f"{run_dir}: {error}") from None

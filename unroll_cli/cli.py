@@ -2,15 +2,18 @@
 ``unroll-report`` (sweep tables, :mod:`unroll_cli.report.aggregate`).
 
 Only the standard library is imported at the top, so that Ctrl-C at any moment of the start-up is
-one line and exit code 130, never a traceback.
+one line and exit code 130, never a traceback (:mod:`unroll_cli.interrupts`).
 """
 from __future__ import annotations
 
 import sys
 
+from unroll_cli import interrupts
+
 
 def train_main() -> None:
     """``unroll-train``: check the command line (:mod:`unroll_cli.command_line`), then run Hydra."""
+    interrupts.install()
     try:
         from unroll_cli.command_line import check_command_line
         from unroll_cli.config import ConfigError
