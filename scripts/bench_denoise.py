@@ -13,15 +13,13 @@ on the 68 BSD68 images).
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 
 import torch
 import torch.nn.functional as F
 
-from bench_timing import interleaved_times
+from bench_timing import interleaved_times, parse_common
 from unroll_cli.models.autoencoders import SparseAutoencoder
-from unroll_cli.run import resolve_device
 
 RECIPE = dict(layers=15, lam=0.16, step=0.1, filters=64, kernel_size=9, stride=4, two_sided=True, grad="g_ae_ls")
 EPOCHS, TRAIN_IMAGES, TEST_IMAGES = 400, 432, 68
@@ -60,14 +58,7 @@ def training_step(model: torch.nn.Module, optimizer, crop: torch.Tensor, last) -
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--reps", type=int, default=20)
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = resolve_device(args.device)
+    args, device = parse_common(__doc__, device="auto")
     torch.manual_seed(0)
     ours = SparseAutoencoder(in_channels=1, **RECIPE).to(device)
     plain = PlainCAE(ours.weight.detach(), RECIPE["layers"], RECIPE["lam"], RECIPE["step"], RECIPE["stride"]).to(device)
