@@ -108,6 +108,8 @@ def test_the_representer_view_equals_least_squares_on_explicit_codes():
     np.testing.assert_allclose(view.test_weights.numpy(), beta, rtol=1e-4, atol=1e-5)
     np.testing.assert_allclose(view.reconstruction.flatten().numpy(), D @ z_test, rtol=1e-5, atol=1e-6)
     assert view.dictionary_error == pytest.approx(np.linalg.norm(D - ls) / np.linalg.norm(D), rel=1e-4)
+    np.testing.assert_allclose(view.atom_errors.numpy(),
+                               np.linalg.norm(D - ls, axis=0) / np.linalg.norm(D, axis=0), rtol=1e-4)
     recon = D @ z_test
     assert view.reconstruction_error == pytest.approx(np.linalg.norm(recon - X @ beta) / np.linalg.norm(recon),
                                                       rel=1e-4)
@@ -135,6 +137,7 @@ def test_tolooshams2022_mnist_run_learns_and_draws_the_representer_view(tmp_path
     untrained, trained = (read_metrics(runs[e])["metrics"] for e in (0, 3))
     assert trained["test/psnr"] > untrained["test/psnr"] + 1.0  # the same initial dictionary, then 3 epochs
     assert 0 <= trained["representer/reconstruction_rel_error"] < 1
+    assert trained["representer/atom_rel_error_median"] >= 0 and trained["representer/shown_atoms_rel_error_max"] >= 0
     layers = pd.read_csv(runs[3] / "layers.csv")
     assert list(layers["layer"]) == list(range(16))
     for name in ("atoms.png", "denoised.png", "representer_atoms.png", "representer_reconstruction.png"):

@@ -52,6 +52,7 @@ class RepresenterView:
     atom_weights: torch.Tensor  # (p, n): the weight of each training image in each atom
     usage: torch.Tensor  # (p,): sum over the training images of |z_j|
     dictionary_error: float  # ||D - X G Z^T||_F / ||D||_F
+    atom_errors: torch.Tensor  # (p,): ||d_j - (X G Z^T)_j|| / ||d_j||, atom by atom
     test_input: torch.Tensor  # (H, W)
     reconstruction: torch.Tensor  # (H, W): D z_test
     test_weights: torch.Tensor  # (n,): beta, D z_test ~ X beta
@@ -93,6 +94,8 @@ def representer_view(model: torch.nn.Module, train_images: torch.Tensor, test_in
         train_images=train_images[:, 0].float().cpu(), atoms=atoms[:, 0].cpu(), ls_atoms=as_images(ls),
         atom_weights=weights.float().cpu(), usage=Z.abs().sum(dim=1).float().cpu(),
         dictionary_error=(torch.linalg.matrix_norm(D - ls) / torch.linalg.matrix_norm(D)).item(),
+        atom_errors=(torch.linalg.vector_norm(D - ls, dim=0)
+                     / torch.linalg.vector_norm(D, dim=0).clamp_min(1e-300)).float().cpu(),
         test_input=test_input[0, 0].float().cpu(), reconstruction=as_images(reconstruction[:, None])[0],
         test_weights=beta.float().cpu(),
         reconstruction_error=(torch.linalg.vector_norm(reconstruction - X @ beta)

@@ -158,23 +158,33 @@ class DatasetDenoising(DenoisingTask):
         if isinstance(view, str):
             return {}, ["## Representer view", "", f"Not drawn: {view}", ""]
         self._representer_figures(view, recorder, model_name)
+        shown = view.atom_errors[self._most_used(view)]
         metrics = {"representer/dictionary_rel_error": view.dictionary_error,
+                   "representer/atom_rel_error_median": view.atom_errors.median().item(),
+                   "representer/shown_atoms_rel_error_max": shown.max().item(),
                    "representer/reconstruction_rel_error": view.reconstruction_error}
         n, rho = view.train_images.shape[0], self.representer["rho"]
         lines = ["## Representer view (Tolooshams & Ba 2022)", "",
                  f"With the codes Z of {n} training images X (the same number per class), the ridge "
                  f"least-squares dictionary X (Z^T Z + {rho:g} I)^-1 Z^T differs from the learned one by "
-                 f"{view.dictionary_error:.3g} (relative Frobenius error), and the test reconstruction "
-                 f"D z as a weighted sum of training images X beta by {view.reconstruction_error:.3g}. "
+                 f"{view.dictionary_error:.3g} (relative Frobenius error; atom by atom: median "
+                 f"{metrics['representer/atom_rel_error_median']:.3g}, at most {shown.max():.3g} over the "
+                 f"{len(shown)} atoms shown; rarely used atoms have ill-determined least-squares forms), "
+                 f"and the test reconstruction D z as a weighted sum of training images X beta by "
+                 f"{view.reconstruction_error:.3g}. "
                  "representer_atoms.png: the most used atoms, each beside its least-squares form and the "
                  "training images that weigh most in it; representer_reconstruction.png: the first test "
                  "image, its reconstruction, and the training images that weigh most in it.", ""]
         return metrics, lines
 
+    def _most_used(self, view: RepresenterView) -> torch.Tensor:
+        """Indices of the ``representer_atoms`` atoms with the largest summed |code|, most used first."""
+        return view.usage.topk(min(self.representer["atoms"], len(view.usage))).indices
+
     def _representer_figures(self, view: RepresenterView, recorder, model_name: str) -> None:
-        top, atoms = self.representer["top"], self.representer["atoms"]
-        used = view.usage.topk(min(atoms, len(view.usage))).indices
-        rows = [[(f"atom {j}", view.atoms[j]), ("least-squares form", view.ls_atoms[j])] for j in used.tolist()]
+        top, used = self.representer["top"], self._most_used(view)
+        rows = [[(f"atom {j}", view.atoms[j]), (f"least-squares form (error {view.atom_errors[j]:.2f})",
+                                                 view.ls_atoms[j])] for j in used.tolist()]
         recorder.write_figure("representer_atoms.png", figures.representer_figure(
             rows, view.train_images, view.atom_weights[used], top,
             f"{model_name}: atoms as weighted sums of training images"))
