@@ -13,10 +13,16 @@ the ISTA step ``1/L`` and the initial threshold ``lam / L``, and starts from
 
 Support selection (LISTA-SS / -CPSS, Chen et al. 2018): layer ``t``
 (1-based) keeps the top ``min(ss_p_per_layer * t, ss_p_max)`` % of entries.
+
+Structured maps (``operator``, LISTA and LISTA-CP): ``"dense"`` keeps the learned matrices as
+parameters with the fused GEMMs below; ``"butterfly"`` / ``"monarch"`` make them layers of
+:mod:`unroll_cli.models.operators`, started at the projection of ISTA's matrices (so exactly at
+ISTA when those are representable), applied as plain ``layer(x)`` calls.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from numbers import Integral, Real
 
@@ -26,6 +32,7 @@ from torch import Tensor, nn
 
 from unroll_cli.config import constrained, register_schema
 from unroll_cli.models.analytic import analytic_weight
+from unroll_cli.models.operators import OPERATORS, check_operator, structured_map
 from unroll_cli.models.prox import soft_threshold, support_selection_threshold
 
 
@@ -45,6 +52,23 @@ def _check_tied(tied) -> bool:
     if not isinstance(tied, bool):
         raise ValueError(f"tied must be a bool, got {tied!r}")
     return tied
+
+
+def _learned_map(matrix: Tensor, operator: str) -> nn.Parameter | nn.Module:
+    """The learned matrix itself (dense) or a structured layer started at its projection."""
+    return nn.Parameter(matrix) if operator == "dense" else structured_map(matrix, operator)
+
+
+def _learned_maps(matrix: Tensor, operator: str, count: int) -> nn.ParameterList | nn.ModuleList:
+    """``count`` independent copies of :func:`_learned_map` (untied weights)."""
+    if operator == "dense":
+        return nn.ParameterList(nn.Parameter(matrix.clone()) for _ in range(count))
+    layer = structured_map(matrix, operator)
+    return nn.ModuleList(copy.deepcopy(layer) for _ in range(count))
+
+
+def _parameters_of(weight: nn.Parameter | nn.Module) -> list[nn.Parameter]:
+    return [weight] if isinstance(weight, nn.Parameter) else list(weight.parameters())
 
 
 @register_schema("model", "classical")
@@ -69,9 +93,11 @@ class LearnedModelConfig(ClassicalModelConfig):
 
 @register_schema("model", "lista")
 class LISTAModelConfig(LearnedModelConfig):
-    """LISTA / LISTA-CP (and their support-selection variants): weights tied or per layer."""
+    """LISTA / LISTA-CP (and their support-selection variants): weights tied or per layer, dense
+    or structured (``operator``, see :mod:`unroll_cli.models.operators`)."""
 
     tied: bool = True
+    operator: str = constrained("dense", "one of " + ", ".join(OPERATORS), lambda v: v in OPERATORS)
 
 
 class UnrolledISTA(nn.Module):
@@ -105,8 +131,9 @@ class UnrolledISTA(nn.Module):
     @staticmethod
     def memory_estimate(config: dict, A: Tensor, train_batch: int, eval_batch: int) -> dict[str, int]:
         """Bytes a run needs (see :mod:`unroll_cli.memory`): an (n, max(m, n)) weight per layer
-        (one if tied) with its gradient and Adam's two moments; per layer a few (batch, m + n)
-        tensors kept for the backward pass, and every layer's estimate at evaluation."""
+        (one if tied) with its gradient and Adam's two moments (an upper bound for a structured
+        ``operator``); per layer a few (batch, m + n) tensors kept for the backward pass, and every
+        layer's estimate at evaluation."""
         (m, n), layers = A.shape, int(config["layers"])
         weights = (1 if config.get("tied", True) else layers) * n * max(m, n)
         activations = 4 * layers * train_batch * (m + n) + layers * eval_batch * n
@@ -237,58 +264,68 @@ class LISTA(UnrolledISTA):
     ``B`` (n, m) is shared; ``W`` (n, n) is one tied matrix or, untied, one per
     layer 1..T-1 (layer 0 sees ``x0 = 0``, where a ``W_0`` would have no effect and
     no gradient).  Initialised from ISTA: ``B = A^T / L``, ``W = I - A^T A / L``,
-    ``theta_t = lam / L``.  ``B y`` is computed once per forward and fused into the
-    ``W x`` GEMM.  With ``ss_p_per_layer > 0`` this is LISTA-SS (Chen et al. 2018).
+    ``theta_t = lam / L``.  Dense: ``B y`` is computed once per forward and fused into
+    the ``W x`` GEMM.  Structured (``operator``): ``W`` and ``B`` are butterfly or Monarch
+    layers started at the projections of these matrices.  With ``ss_p_per_layer > 0``
+    this is LISTA-SS (Chen et al. 2018).
     """
 
     def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
-                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0, operator: str = "dense"):
         super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
         self.tied = _check_tied(tied)
+        self.operator = check_operator(operator)
         A64 = self.A.double()
         B = (A64.t() / self.L).to(self.A.dtype)
         W = (torch.eye(A64.shape[1], dtype=torch.float64, device=A64.device)
              - A64.t() @ A64 / self.L).to(self.A.dtype)
-        self.B = nn.Parameter(B)
-        if tied:
-            self.W = nn.Parameter(W)
-        else:
-            self.W = nn.ParameterList(nn.Parameter(W.clone()) for _ in range(self.layers - 1))
+        self.B = _learned_map(B, operator)
+        self.W = _learned_map(W, operator) if tied else _learned_maps(W, operator, self.layers - 1)
         self.theta = self._threshold_parameters()
 
     def _prepare(self, y):
-        return y @ self.B.t()
+        return y @ self.B.t() if self.operator == "dense" else self.B(y)
 
     def _affine(self, t, v, By):
         if v is None:
             return By
         W = self.W if self.tied else self.W[t - 1]
-        return torch.addmm(By, v, W.t())
+        return torch.addmm(By, v, W.t()) if self.operator == "dense" else By + W(v)
 
     def layer_parameters(self, t):
         self._check_layer(t)
         if t == 0:
-            return [self.B] + ([self.W] if self.tied else []) + [self.theta[0]]
-        return ([] if self.tied else [self.W[t - 1]]) + [self.theta[t]]
+            return _parameters_of(self.B) + (_parameters_of(self.W) if self.tied else []) + [self.theta[0]]
+        return ([] if self.tied else _parameters_of(self.W[t - 1])) + [self.theta[t]]
 
 
 class LISTACP(CoupledUnrolledISTA):
     """LISTA-CP (Chen et al. 2018): ``x <- eta_{theta_t}(x + W_t^T (y - A x))``.
 
     ``W`` (m, n), tied or one per layer, initialised to ``A / L``; ``theta_t = lam / L``.
+    Structured (``operator``): each ``W_t^T`` is a butterfly or Monarch layer (m -> n) started
+    at the projection of ``A^T / L``, applied to the residual as ``x + W_t^T(y - A x)``.
     With ``ss_p_per_layer > 0`` this is LISTA-CPSS.
     """
 
     def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
-                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0):
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0, operator: str = "dense"):
         super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
         self.tied = _check_tied(tied)
+        self.operator = check_operator(operator)
         W = (self.A.double() / self.L).to(self.A.dtype)
-        if tied:
-            self.W = nn.Parameter(W)
-        else:
-            self.W = nn.ParameterList(nn.Parameter(W.clone()) for _ in range(self.layers))
+        if operator != "dense":
+            W = W.t()  # the structured layer maps the (batch, m) residual to (batch, n)
+        self.W = _learned_map(W, operator) if tied else _learned_maps(W, operator, self.layers)
         self.theta = self._threshold_parameters()
+
+    def _affine(self, t, v, cache):
+        if self.operator == "dense":
+            return super()._affine(t, v, cache)
+        y, minus_At = cache
+        residual = y if v is None else torch.addmm(y, v, minus_At)
+        z = self._coupling(t)[0](residual)
+        return z if v is None else z + v
 
     def _coupling(self, t):
         return (self.W if self.tied else self.W[t]), 1.0
@@ -296,8 +333,8 @@ class LISTACP(CoupledUnrolledISTA):
     def layer_parameters(self, t):
         self._check_layer(t)
         if self.tied:
-            return ([self.W] if t == 0 else []) + [self.theta[t]]
-        return [self.W[t], self.theta[t]]
+            return (_parameters_of(self.W) if t == 0 else []) + [self.theta[t]]
+        return _parameters_of(self.W[t]) + [self.theta[t]]
 
 
 class _SteppedCoupled(CoupledUnrolledISTA):

@@ -20,6 +20,10 @@ Architectures (``arch``):
   padding 1; then three plain layers ``ReLU(conv3x3 + b)`` with 256, 512, 512 channels,
   max-pooling 2 after the last two, and Linear(512, classes) + log_softmax.
 
+Classifier (``operator``): the dense ``nn.Linear`` of the authors' code, or a butterfly / Monarch
+layer with bias and its own random initialisation (:func:`unroll_cli.models.operators.linear_layer`;
+Dao et al. 2019 / 2022), e.g. a 512 -> 10 butterfly is one 512x512 butterfly truncated to 10 outputs.
+
 Initialisation as the authors' code: unfolded kernels ``randn * 0.1 / sqrt(fan_in)``, plain
 kernels ``randn / sqrt(fan_in)``, biases zero with shape (1, m, 1, 1), steps ``c_i = 1``.
 
@@ -50,6 +54,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from unroll_cli.config import constrained, register_schema
+from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer
 from unroll_cli.models.prox import nonneg_soft_threshold
 
 # Unfolded layers 1-3: (out channels, kernel, stride), layer 1 taking in_channels; one padding
@@ -123,12 +128,14 @@ def _kernel(W: Tensor) -> Tensor:
 
 @register_schema("model", "multilayer")
 class MultiLayerModelConfig:
-    """Multi-layer ISTA family (Sulam et al. 2020): architecture from the data, T unfoldings."""
+    """Multi-layer ISTA family (Sulam et al. 2020): architecture from the data, T unfoldings,
+    a dense or structured classifier (``operator``, see :mod:`unroll_cli.models.operators`)."""
 
     _target_: str = MISSING
     name: str = MISSING
     task: str = "classification"
     unfoldings: int = constrained(6, "an integer >= 0", lambda v: v >= 0)
+    operator: str = constrained("dense", "one of " + ", ".join(OPERATORS), lambda v: v in OPERATORS)
 
 
 class _Plan(NamedTuple):
@@ -144,13 +151,14 @@ class _Plan(NamedTuple):
 
 class MultiLayerNet(nn.Module):
     """Common pieces of the family: kernels of the unfolded layers, their convolutions, CIFAR's
-    plain conv tail, the classifier ``log_softmax(Linear(.))`` and the ``forward`` interface.
+    plain conv tail, the classifier ``log_softmax(Linear(.))`` (``operator``: dense, butterfly or
+    monarch) and the ``forward`` interface.
 
     Subclasses implement ``_pursuit(plan, t) -> gamma_3`` and ``_first_kernel()``.
     """
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6):
+                 unfoldings: int = 6, operator: str = "dense"):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
@@ -158,6 +166,7 @@ class MultiLayerNet(nn.Module):
         self.in_channels = _check_int("in_channels", in_channels, 1)
         self.num_classes = _check_int("num_classes", num_classes, 1)
         self.unfoldings = _check_int("unfoldings", unfoldings, 0)
+        self.operator = check_operator(operator)
         spec = ARCHS[arch]
         self.padding = spec["padding"]
         self.strides = tuple(s for _, _, s in spec["layers"])
@@ -171,7 +180,7 @@ class MultiLayerNet(nn.Module):
             self.tail_W.append(nn.Parameter(_kernel(torch.randn(out, fan_in, 3, 3) / math.sqrt(fan_in * 9))))
             self.tail_b.append(nn.Parameter(torch.zeros(1, out, 1, 1)))
             fan_in = out
-        self.classifier = nn.Linear(fan_in, self.num_classes)
+        self.classifier = linear_layer(fan_in, self.num_classes, self.operator)
 
     @staticmethod
     def memory_estimate(config: dict, arch: str, in_channels: int, num_classes: int, train_batch: int,
@@ -291,8 +300,8 @@ class _TiedNet(MultiLayerNet):
     """Models with one set of kernels ``W_i``, biases ``b_i`` and steps ``c_i`` for all unfoldings."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6):
-        super().__init__(arch, in_channels, num_classes, unfoldings)
+                 unfoldings: int = 6, operator: str = "dense"):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
         self.W = self._new_kernels()
         self.b = self._new_biases()
         self.c = self._new_steps()
@@ -345,8 +354,8 @@ class MLFISTA(MLISTA):
     synthesis and in the gamma_3 step.  ``momentum=False`` is ML-ISTA exactly."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6, momentum: bool = True):
-        super().__init__(arch, in_channels, num_classes, unfoldings)
+                 unfoldings: int = 6, momentum: bool = True, operator: str = "dense"):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
         if not isinstance(momentum, bool):
             raise ValueError(f"momentum must be a bool, got {momentum!r}")
         self.momentum = momentum
@@ -388,8 +397,8 @@ class MLLISTA(MultiLayerNet):
     once per forward."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6):
-        super().__init__(arch, in_channels, num_classes, unfoldings)
+                 unfoldings: int = 6, operator: str = "dense"):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
         self.W = self._new_kernels()
         self.B = self._new_kernels()
         self.b = self._new_biases()
@@ -424,8 +433,8 @@ class AllFree(MultiLayerNet):
     ``forward(x, t)`` with t <= T uses the first t+1 copies."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6):
-        super().__init__(arch, in_channels, num_classes, unfoldings)
+                 unfoldings: int = 6, operator: str = "dense"):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
         self.W = nn.ModuleList(self._new_kernels() for _ in range(self.unfoldings + 1))
         self.b = nn.ModuleList(self._new_biases() for _ in range(self.unfoldings + 1))
 
