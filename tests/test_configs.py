@@ -17,7 +17,8 @@ from unroll_cli.run import build_model, build_task, check_optimizer
 CONF = Path(__file__).parents[1] / "unroll_cli" / "conf"
 SMALL = {"synthetic_sc": lambda root: ["data.m=20", "data.n=40", "data.n_val=16", "data.n_test=16"],
          "bsd_denoise": lambda root: [f"data.train_dir={root / 'gray/train'}", f"data.test_dir={root / 'gray/test'}",
-                                      "data.crop=16"]}
+                                      "data.crop=16"],
+         "transform": lambda root: ["data.N=8"]}
 IMAGE_FILES = lambda root: [f"data.root={root}", "data.download=false"]  # noqa: E731
 
 
@@ -66,7 +67,8 @@ def test_every_data_config_builds_its_task(data, image_root, monkeypatch):
 @pytest.mark.parametrize("model", options("model"))
 def test_every_model_config_builds_its_model_on_a_fitting_task(model, image_root):
     kind = compose_cfg([f"model={model}"]).model.task
-    data = {"sparse_coding": "synthetic_sc", "classification": "mnist", "denoising": "bsd_denoise"}[kind]
+    data = {"sparse_coding": "synthetic_sc", "classification": "mnist", "denoising": "bsd_denoise",
+            "transform": "transform"}[kind]
     cfg, task = task_of(data, image_root, f"model={model}")
     module = build_model(cfg.model, task, cfg)
     assert isinstance(module, torch.nn.Module)

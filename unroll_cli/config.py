@@ -105,6 +105,9 @@ class TrainerConfig:
     # early stopping: epochs without validation improvement
     patience: Optional[int] = constrained(None, "null (no early stopping) or an integer >= 1",
                                           lambda v: v is None or v >= 1)
+    # stop once the monitored validation metric reaches this value (<= for a "min" metric, >= for "max"),
+    # e.g. an RMSE of 1e-4 for Dao et al. 2019's "loss < 1e-8" stop; end-to-end trainer, as patience
+    stop_at: Optional[float] = None
     grad_clip: Optional[float] = constrained(None, "null (no clipping) or a norm > 0", lambda v: v is None or v > 0)
     precision: str = constrained("fp32", "fp32 or bf16 (autocast)", lambda v: v in ("fp32", "bf16"))
     compile: bool = False
@@ -138,6 +141,7 @@ class PaperConfig:
     nmse_db: Optional[Dict[str, Any]] = None  # setting -> model -> per-layer values
     acc: Optional[Dict[str, Any]] = None  # setting -> model -> accuracy (%)
     psnr: Optional[Dict[str, Any]] = None  # setting -> variant -> PSNR (dB)
+    rmse: Optional[Dict[str, Any]] = None  # transform -> N -> RMSE of the learned matrix
     variant: Optional[str] = None  # this run's key among a setting's values (null: the model's name)
     note: Optional[str] = None  # said in results.md (e.g. a shortened recipe)
 

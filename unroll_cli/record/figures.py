@@ -41,13 +41,14 @@ def parameters_figure(curves: dict[str, list[float]], title: str):
     return fig
 
 
-def training_curves(history: pd.DataFrame, x: str, title: str):
-    """Each numeric ``train/`` or ``val/`` column of the history against ``x``."""
+def training_curves(history: pd.DataFrame, x: str, title: str, log: bool = False):
+    """Each numeric ``train/`` or ``val/`` column of the history against ``x`` (``log``: on a log
+    scale, for values that span decades)."""
     columns = [c for c in history.columns if c.startswith(("train/", "val/"))]
     fig, axes = plt.subplots(1, max(1, len(columns)), figsize=(4 * max(1, len(columns)), 3.5),
                              squeeze=False)
     for ax, column in zip(axes[0], columns):
-        ax.plot(history[x], history[column], marker=".")
+        (ax.semilogy if log else ax.plot)(history[x], history[column], marker=".")
         ax.set_xlabel(x)
         ax.set_ylabel(column)
         ax.grid(alpha=0.3)

@@ -109,6 +109,13 @@ class Trainer:
         """Whether ``value`` improves on ``best`` for the task's monitored metric."""
         return value < best if self.task.monitor_mode == "min" else value > best
 
+    def reached(self, value: float) -> bool:
+        """Whether ``value`` of the monitored metric reaches ``trainer.stop_at`` (null: never)."""
+        target = self.s.get("stop_at")
+        if target is None:
+            return False
+        return value <= target if self.task.monitor_mode == "min" else value >= target
+
     def worst(self) -> float:
         return math.inf if self.task.monitor_mode == "min" else -math.inf
 
@@ -208,6 +215,9 @@ class Trainer:
                 self.on_validation(epoch, monitored)
                 if self.s.patience is not None and stale >= self.s.patience:
                     log.info("early stop: %s has not improved for %d epochs", self.task.monitor, stale)
+                    break
+                if self.reached(monitored):
+                    log.info("stop: %s reached trainer.stop_at=%g", self.task.monitor, self.s.stop_at)
                     break
         if self.best_state is not None and self.task.monitor.startswith("val/"):
             # the test metrics are those of the best validation epoch (never selected on test data)
