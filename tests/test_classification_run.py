@@ -22,14 +22,20 @@ def write_learnable_mnist(raw, rng, n_train=300, n_test=100):
         write_idx(raw / f"{split}-labels-idx1-ubyte", labels.astype(np.uint8), gz=True)
 
 
-def test_tiny_ml_ista_run_learns_and_reports_per_unfolding_accuracy(tmp_path):
+def tiny_ml_ista_run(tmp_path, unfoldings: int, epochs: int):
+    """An ML-ISTA run on the learnable tiny MNIST files, in ``tmp_path / "run"``."""
     write_learnable_mnist(tmp_path / "data/MNIST/raw", np.random.default_rng(0))
     run_dir = tmp_path / "run"
     result = run_cli(["model=ml_ista", "data=mnist", f"data.root={tmp_path / 'data'}", "data.download=false",
-                      "data.batch_size=32", "model.unfoldings=2", "optim=sgd", "optim.lr=0.05",
-                      "trainer.max_epochs=4", "trainer.progress=false", "tensorboard=false",
+                      "data.batch_size=32", f"model.unfoldings={unfoldings}", "optim=sgd", "optim.lr=0.05",
+                      f"trainer.max_epochs={epochs}", "trainer.progress=false", "tensorboard=false",
                       f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
+    return run_dir
+
+
+def test_tiny_ml_ista_run_learns_and_reports_per_unfolding_accuracy(tmp_path):
+    run_dir = tiny_ml_ista_run(tmp_path, unfoldings=2, epochs=4)
     record = read_metrics(run_dir)
     assert record["status"] == "completed" and record["params"] == 604_909
     metrics = record["metrics"]

@@ -17,7 +17,9 @@ Support selection (LISTA-SS / -CPSS, Chen et al. 2018): layer ``t``
 Structured maps (``operator``, LISTA and LISTA-CP): ``"dense"`` keeps the learned matrices as
 parameters with the fused GEMMs below; ``"butterfly"`` / ``"monarch"`` make them layers of
 :mod:`unroll_cli.models.operators`, started at the projection of ISTA's matrices (so exactly at
-ISTA when those are representable), applied as plain ``layer(x)`` calls.
+ISTA when those are representable), applied as plain ``layer(x)`` calls.  A trained dense LISTA or
+LISTA-CP declares ``dense_maps()`` and ``structured(operator)``: the same model whose maps start at the
+projections of the trained matrices instead (``unroll-compress``, :mod:`unroll_cli.compress`).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from torch import Tensor, nn
 
 from unroll_cli.config import constrained, register_schema
 from unroll_cli.models.analytic import analytic_weight
-from unroll_cli.models.operators import OPERATORS, check_operator, structured_map
+from unroll_cli.models.operators import OPERATORS, check_operator, structured_copy, structured_map
 from unroll_cli.models.prox import soft_threshold, support_selection_threshold
 
 
@@ -69,6 +71,23 @@ def _learned_maps(matrix: Tensor, operator: str, count: int) -> nn.ParameterList
 
 def _parameters_of(weight: nn.Parameter | nn.Module) -> list[nn.Parameter]:
     return [weight] if isinstance(weight, nn.Parameter) else list(weight.parameters())
+
+
+def _weight_maps(model: LISTA | LISTACP) -> dict[str, Tensor]:
+    """A dense model's ``W`` as ``{"W": W}`` (tied) or ``{"W.0": W_0, "W.1": W_1, ...}`` (untied), detached;
+    a structured one is refused (it has no dense matrix to compress)."""
+    if model.operator != "dense":
+        raise ValueError(f"the model's maps are already {model.operator}: only a dense model is compressed")
+    if model.tied:
+        return {"W": model.W.detach()}
+    return {f"W.{i}": w.detach() for i, w in enumerate(model.W)}
+
+
+def _structured_weights(maps: dict[str, Tensor], operator: str, tied: bool) -> nn.Module:
+    """The structured ``W`` of :meth:`LISTA.structured`: one layer (tied) or one per matrix ``W.i``."""
+    if tied:
+        return structured_map(maps["W"], operator)
+    return nn.ModuleList(structured_map(maps[f"W.{i}"], operator) for i in range(len(maps)))
 
 
 @register_schema("model", "classical")
@@ -298,6 +317,18 @@ class LISTA(UnrolledISTA):
             return _parameters_of(self.B) + (_parameters_of(self.W) if self.tied else []) + [self.theta[0]]
         return ([] if self.tied else _parameters_of(self.W[t - 1])) + [self.theta[t]]
 
+    def dense_maps(self) -> dict[str, Tensor]:
+        """The trained matrices as the ``(out, in)`` maps :meth:`structured` replaces, by the name of
+        their layer there: ``W`` (tied) or ``W.0``, ``W.1``, ... (n x n), then ``B`` (n x m)."""
+        return {**_weight_maps(self), "B": self.B.detach()}
+
+    def structured(self, operator: str) -> LISTA:
+        """This trained model with ``operator``: ``W`` and ``B`` structured layers at the projections
+        of the trained matrices, the thresholds as trained."""
+        weights = _weight_maps(self)
+        return structured_copy(self, operator, W=_structured_weights(weights, operator, self.tied),
+                               B=structured_map(self.B.detach(), operator))
+
 
 class LISTACP(CoupledUnrolledISTA):
     """LISTA-CP (Chen et al. 2018): ``x <- eta_{theta_t}(x + W_t^T (y - A x))``.
@@ -335,6 +366,16 @@ class LISTACP(CoupledUnrolledISTA):
         if self.tied:
             return (_parameters_of(self.W) if t == 0 else []) + [self.theta[t]]
         return _parameters_of(self.W[t]) + [self.theta[t]]
+
+    def dense_maps(self) -> dict[str, Tensor]:
+        """The trained ``W_t^T`` (n x m, applied to the residual) as the ``(out, in)`` maps
+        :meth:`structured` replaces: ``W`` (tied) or ``W.0``, ``W.1``, ... (one per layer)."""
+        return {name: w.t() for name, w in _weight_maps(self).items()}
+
+    def structured(self, operator: str) -> LISTACP:
+        """This trained model with ``operator``: each ``W_t^T`` a structured layer at the projection of
+        the trained matrix, the thresholds as trained."""
+        return structured_copy(self, operator, W=_structured_weights(self.dense_maps(), operator, self.tied))
 
 
 class _SteppedCoupled(CoupledUnrolledISTA):

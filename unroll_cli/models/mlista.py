@@ -23,6 +23,9 @@ Architectures (``arch``):
 Classifier (``operator``): the dense ``nn.Linear`` of the authors' code, or a butterfly / Monarch
 layer with bias and its own random initialisation (:func:`unroll_cli.models.operators.linear_layer`;
 Dao et al. 2019 / 2022), e.g. a 512 -> 10 butterfly is one 512x512 butterfly truncated to 10 outputs.
+A trained dense classifier is compressed by ``structured(operator)``: the same model whose classifier
+is a structured layer at the projection of the trained weight, with the trained bias
+(``unroll-compress``, :mod:`unroll_cli.compress`).
 
 Initialisation as the authors' code: unfolded kernels ``randn * 0.1 / sqrt(fan_in)``, plain
 kernels ``randn / sqrt(fan_in)``, biases zero with shape (1, m, 1, 1), steps ``c_i = 1``.
@@ -54,7 +57,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from unroll_cli.config import constrained, register_schema
-from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer
+from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer, structured_copy, structured_map
 from unroll_cli.models.prox import nonneg_soft_threshold
 
 # Unfolded layers 1-3: (out channels, kernel, stride), layer 1 taking in_channels; one padding
@@ -285,6 +288,19 @@ class MultiLayerNet(nn.Module):
     def dictionary(self) -> Tensor:
         """The first layer's filters W1 (m1, C, k, k), detached (and contiguous)."""
         return self._first_kernel().detach().contiguous()
+
+    def dense_maps(self) -> dict[str, Tensor]:
+        """The trained dense classifier's weight (classes x features), the map :meth:`structured`
+        replaces; a structured classifier is refused (it has no dense matrix to compress)."""
+        if self.operator != "dense":
+            raise ValueError(f"the classifier is already {self.operator}: only a dense classifier is compressed")
+        return {"classifier": self.classifier.weight.detach()}
+
+    def structured(self, operator: str) -> MultiLayerNet:
+        """This trained model with ``operator``: the classifier a structured layer at the projection of
+        its trained weight, with its trained bias; every other parameter as trained."""
+        layer = structured_map(self.dense_maps()["classifier"], operator, bias=self.classifier.bias)
+        return structured_copy(self, operator, classifier=layer)
 
     def _check_unfoldings(self, t) -> int:
         return _check_int("unfoldings", t, 0)

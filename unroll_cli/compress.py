@@ -1,0 +1,185 @@
+"""Compress a trained run's dense maps into butterfly or Monarch layers: ``unroll-compress RUN_DIR``.
+
+``unroll-compress RUN_DIR --structure butterfly|monarch [--out DIR] [--device auto|cpu|cuda]`` rebuilds
+the run's task and model from the config its ``checkpoints/best.pt`` holds (``.hydra/config.yaml`` for a
+checkpoint written without one) with :mod:`unroll_cli.run`'s own functions, loads the best weights,
+and makes the same model with ``operator=<structure>`` whose every learned dense map is a structured
+layer at the projection of the trained matrix (the model's ``structured(operator)``; see
+:mod:`unroll_cli.models.operators`). Both models are evaluated by the task's own ``report()``; ``DIR``
+(default ``RUN_DIR/compressed_<structure>``) then holds:
+
+* ``dense/`` and ``<structure>/``: each model's report (``results.md``, ``layers.csv``, figures);
+* ``<structure>/model.pt``: the compressed model, ``{"model": state_dict, "config": the run's config
+  with model.operator=<structure>}`` (its state dict loads into the model that config builds);
+* ``compress.json``: the run, the checkpoint's epoch, the task's primary metric, each model's metrics
+  and parameter counts (all trainable parameters, and those of the replaced maps), and per replaced
+  map its shape, parameter counts and the projection's relative error ``||S - M||_F / ||M||_F``;
+* ``compress.md``: the same as two tables.
+
+The run directory's own files are never changed, and every file is written atomically. The dense
+model is the one the run reported when its monitored metric is on validation data (the trainer
+restores the best epoch); on the same device its numbers are the run's own.
+
+Exit code: 0 when both models were evaluated; 2 for bad input (a missing directory, a run without
+``checkpoints/best.pt``, an unknown structure, a model that declares no structured form), one line.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+import torch
+from omegaconf import OmegaConf
+
+from unroll_cli.config import ConfigError
+from unroll_cli.models.operators import STRUCTURED
+from unroll_cli.record.atomic import atomic_write, atomic_write_text
+from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.run import build_model, build_task, resolve_device, seed_everything
+from unroll_cli.train.checkpoints import LINK, load_checkpoint
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ``ArgumentParser`` whose errors are one line (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """The command line; its description is the module docstring's summary and exit-code rule."""
+    paragraphs = __doc__.strip().split("\n\n")
+    parser = _Parser(prog="unroll-compress", description=f"{paragraphs[0]}\n\n{paragraphs[-1]}",
+                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory of unroll-train")
+    parser.add_argument("--structure", required=True, choices=sorted(STRUCTURED),
+                        help="the structure of the compressed maps")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="where the reports and compress.json/.md go (default: RUN_DIR/compressed_<structure>)")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
+                        help="where to evaluate (default: the run's device setting)")
+    return parser
+
+
+def run_config(run_dir: Path, checkpoint: dict):
+    """The run's composed config: the checkpoint's (resolved, exactly what the weights were trained
+    with), else ``.hydra/config.yaml`` (written by :func:`unroll_cli.app.write_hydra_files`)."""
+    if checkpoint.get("config") is not None:
+        return OmegaConf.create(checkpoint["config"])
+    saved = run_dir / ".hydra" / "config.yaml"
+    if not saved.is_file():
+        raise ConfigError(f"{run_dir}: neither checkpoints/best.pt nor .hydra/config.yaml holds the run's config")
+    return OmegaConf.load(saved)
+
+
+def count(model, name: str | None = None) -> int:
+    """Trainable parameters of ``model`` (as ``unroll-train`` counts them), or of its map ``name`` (the
+    parameter of that name, or every parameter of the module of that name)."""
+    return sum(p.numel() for key, p in model.named_parameters() if p.requires_grad
+               and (name is None or key == name or key.startswith(f"{name}.")))
+
+
+def replaced_maps(dense, compressed, structure: str) -> list[dict]:
+    """Per map of ``dense.dense_maps()``: its shape, both parameter counts and the relative Frobenius
+    error of the structured layer's matrix, computed in float64."""
+    rows = []
+    for name, matrix in dense.dense_maps().items():
+        target = matrix.detach().double().cpu()
+        approx = compressed.get_submodule(name).dense_matrix().detach().double().cpu()
+        rows.append({"map": name, "shape": list(target.shape), "dense_params": count(dense, name),
+                     f"{structure}_params": count(compressed, name),
+                     "relative_error": float((approx - target).norm() / target.norm())})
+    return rows
+
+
+def save_model(file: Path, model, cfg, structure: str) -> None:
+    """The compressed model's weights beside the config that builds it (``model.operator=<structure>``)."""
+    config = OmegaConf.to_container(cfg, resolve=True)
+    config["model"]["operator"] = structure
+    atomic_write(file, lambda tmp: torch.save({"model": model.state_dict(), "config": config}, tmp))
+
+
+def evaluate(task, model, folder: Path, model_name: str, paper) -> dict[str, float]:
+    """The task's own ``report()`` of ``model`` into ``folder`` (no metrics.json there: the folder is
+    not a run, and ``unroll-report`` does not list it)."""
+    model.eval()
+    return task.report(model, RunRecorder(folder, tensorboard=False), model_name, paper)
+
+
+def compress(run_dir: Path, structure: str, out: Path, device: str | None = None) -> dict:
+    """Compress the run's best model, each model's report into ``out`` (module doc); returns what
+    ``compress.json`` holds. ``device`` None: the run's ``device`` setting."""
+    if not run_dir.is_dir():
+        raise ConfigError(f"{run_dir}: no such run directory")
+    best = run_dir / LINK / "best.pt"
+    if not best.is_file():
+        raise ConfigError(f"{run_dir}: no {LINK}/best.pt (the run has not finished an epoch, or ran with "
+                          "trainer.checkpoint=false)")
+    state = load_checkpoint(best, key="RUN_DIR")
+    cfg = run_config(run_dir, state)
+    name = cfg.model.name
+    torch_device = resolve_device(device or cfg.device)
+    seed_everything(cfg.seed, cfg.deterministic)
+    task = build_task(cfg, torch_device)
+    dense = build_model(cfg.model, task, cfg)
+    try:
+        dense.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ConfigError(f"{best}: its weights do not fit model={name} built from the run's config "
+                          f"({str(error).splitlines()[0]})") from None
+    dense.to(torch_device)
+    if not (callable(getattr(dense, "dense_maps", None)) and callable(getattr(dense, "structured", None))):
+        raise ConfigError(f"model={name} ({type(dense).__name__}) cannot be compressed: it declares no "
+                          "dense_maps() and structured(operator) (see unroll_cli/models/operators.py)")
+    try:
+        compressed = dense.structured(structure)
+    except ValueError as error:
+        raise ConfigError(f"model={name}: {error}") from None
+
+    paper = cfg.get("paper")
+    models = {}
+    for label, model in (("dense", dense), (structure, compressed)):
+        metrics = evaluate(task, model, out / label, name, paper)
+        models[label] = {"primary": metrics.get(task.primary_metric), "params": count(model), "metrics": metrics}
+    save_model(out / structure / "model.pt", compressed, cfg, structure)
+    maps = replaced_maps(dense, compressed, structure)
+    for label in models:
+        models[label]["map_params"] = sum(row[f"{label}_params"] for row in maps)
+    return {"run": str(run_dir.resolve()), "checkpoint": f"{LINK}/best.pt", "epoch": state.get("epoch"),
+            "model": name, "structure": structure, "primary_metric": task.primary_metric,
+            "models": models, "maps": maps}
+
+
+def markdown(result: dict) -> str:
+    """``compress.md``: the two models side by side, then the replaced maps."""
+    labels, models = list(result["models"]), result["models"]
+    summary = pd.DataFrame({"": [result["primary_metric"], "parameters", "parameters of the replaced maps"],
+                            **{label: [models[label]["primary"], models[label]["params"], models[label]["map_params"]]
+                               for label in labels}})
+    epoch = "" if result["epoch"] is None else f" (epoch {result['epoch']})"
+    return "\n".join([
+        f"# {result['model']} compressed to {result['structure']}", "",
+        f"Run: {result['run']}, {result['checkpoint']}{epoch}. Each model's report: {', '.join(f'{x}/' for x in labels)}.",
+        "", summary.to_markdown(index=False, floatfmt=".4g"), "",
+        "## Replaced maps (relative error: ||S - M||_F / ||M||_F of the projection)", "",
+        pd.DataFrame(result["maps"]).to_markdown(index=False, floatfmt=".3g"), ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``unroll-compress``: writes the reports, compress.json and compress.md, prints compress.md;
+    returns the exit code (module docstring)."""
+    parser = make_parser()
+    args = parser.parse_args(argv)
+    out = args.out or args.run_dir / f"compressed_{args.structure}"
+    try:
+        result = compress(args.run_dir, args.structure, out, args.device)
+    except (ConfigError, FileNotFoundError) as error:
+        parser.exit(2, f"{parser.prog}: error: {error}\n")
+    text = markdown(result)
+    atomic_write_text(out / "compress.json", json.dumps(result, indent=2, default=float) + "\n")
+    atomic_write_text(out / "compress.md", text)
+    print(text)
+    print(f"results: {out}")
+    return 0
