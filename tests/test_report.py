@@ -444,3 +444,11 @@ def test_a_per_item_table_is_grouped_by_the_index_columns_its_run_declared(tmp_p
     assert row["psnr mean"] == pytest.approx((26.0 + 28.0) / 2) and row["psnr count"] == 2
     assert row["psnr std"] == pytest.approx(np.std([26.0, 28.0], ddof=1))
     assert "items.csv:" in capsys.readouterr().out
+
+
+def test_tiny_values_are_printed_in_scientific_notation():
+    runs = pd.DataFrame({"run": ["a", "b"], "status": ["completed"] * 2, "error": None, "model": ["x", "x"],
+                         "seed": ["0", "1"], "test/rmse": [3.1e-6, 5.1e-6]})
+    cells = paper_cells(summarize(runs)).iloc[0]
+    # mean 4.1e-6; std of 3.1e-6 and 5.1e-6 (ddof 1): 2e-6 / sqrt(2) = 1.414e-6
+    assert cells["test/rmse"] == "4.10e-06 ± 1.41e-06 (2)"

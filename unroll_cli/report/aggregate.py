@@ -388,8 +388,14 @@ def decimals(value: float) -> int:
 
 def number(value: float, like: float | None = None) -> str:
     """``value`` with the decimals (see decimals) of ``like``, by default its own; empty when missing. A
-    std or difference is printed at its mean's decimals, as in a paper."""
-    return "" if pd.isna(value) else f"{value:.{decimals(value if like is None else like)}f}"
+    std or difference is printed at its mean's decimals, as in a paper. Magnitudes below 1e-3 (an RMSE
+    of 3.1e-06) are printed with 3 significant digits in scientific notation."""
+    if pd.isna(value):
+        return ""
+    scale = abs(value if like is None else like)
+    if 0 < scale < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.{decimals(value if like is None else like)}f}"
 
 
 def cell(mean: float, std: float, count: int) -> str:
