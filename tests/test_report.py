@@ -35,8 +35,10 @@ def test_report_of_a_2x2_sweep_with_one_failing_job(tmp_path):
     assert len(runs) == 4 and sorted(runs["model"]) == ["ista", "ista", "lista", "lista"]
     table = pd.read_csv(sweep / "report.csv")
     assert list(table["model"]) == ["ista"]  # failed runs are never averaged in
-    # the columns: what varies (seed is averaged over), then the chosen metric; shared overrides apart
-    assert list(table) == ["model", "test/nmse_db mean", "test/nmse_db std", "test/nmse_db count"]
+    # the columns: what varies (seed is averaged over), the parameter count, then the chosen metric;
+    # shared overrides apart
+    assert list(table) == ["model", "params", "test/nmse_db mean", "test/nmse_db std", "test/nmse_db count"]
+    assert table["params"].iloc[0] == max(r["params"] for r in records.values() if r["model"] == "ista")
     assert "Every run: " in report.stdout and "optim.lr=1e+30" in report.stdout
     ista = [r["metrics"]["test/nmse_db"] for r in records.values() if r["model"] == "ista"]
     row = table.iloc[0]

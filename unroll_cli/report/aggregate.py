@@ -270,8 +270,14 @@ def mean_std_count(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> 
 
 def summarize(runs: pd.DataFrame, group_by: list[str] | None = None) -> pd.DataFrame:
     """Mean, std and count of every metric over the completed runs of each group (by default every
-    override that varies, but ``seed``), with published values and the difference beside."""
-    return mean_std_count(completed(runs), group_keys(runs, group_by), [c for c in runs.columns if "/" in c])
+    override that varies, but ``seed``), with published values and the difference beside, and the
+    model's parameter count after the keys (the largest in the group; e.g. dense against butterfly)."""
+    done, keys = completed(runs), group_keys(runs, group_by)
+    table = mean_std_count(done, keys, [c for c in runs.columns if "/" in c])
+    if "params" in done and done["params"].notna().any():
+        grouped = done.groupby(keys, dropna=False) if keys else done.groupby(lambda _: "all")
+        table.insert(len(keys), "params", grouped["params"].max().astype("Int64").to_numpy())
+    return table
 
 
 def table_index(run_dir: Path, name: str, table: pd.DataFrame) -> list[str]:
