@@ -125,8 +125,17 @@ class LayerwiseTrainerConfig(TrainerConfig):
     _target_: str = "unroll_cli.train.layerwise.LayerwiseTrainer"
     stage_lr_factors: List[float] = field(default_factory=lambda: [1.0, 0.2, 0.02])
     layer_decay: float = 0.3
+    # how layer_decay^(t-s) reaches layer s < t: lr (its learning rate, HyperLISTA) or gradient (its
+    # gradient scaled before the optimizer, the authors' TF code; with Adam only eps sees the scale)
+    decay_mode: str = constrained("lr", "lr (learning-rate multiplier) or gradient (the authors' code)",
+                                  lambda v: v in ("lr", "gradient"))
     val_every_steps: int = constrained(10, "an integer >= 1", lambda v: v >= 1)
     stage_patience_steps: int = constrained(4000, "an integer >= 1", lambda v: v >= 1)
+    # null: a stage ends at the first validation stage_patience_steps after its best; k: the authors'
+    # rule, validations from step 1 and every k-th one ends the stage if its best is more than
+    # stage_patience_steps old (k=10 in ALISTA's code, 100 in LISTA-CPSS's, at val_every_steps=10)
+    stop_check_validations: Optional[int] = constrained(None, "null (check at every validation) or an integer >= 1",
+                                                        lambda v: v is None or v >= 1)
     stage_max_steps: int = constrained(200000, "an integer >= 1", lambda v: v >= 1)
 
 

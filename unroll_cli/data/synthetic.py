@@ -28,9 +28,11 @@ def gaussian_matrix(m: int, n: int, seed: int, kappa: float | None = None,
     return A.float()
 
 
-def load_matrix(path: str) -> torch.Tensor:
+def load_matrix(path: str, key: str = "data.A_path", what: str = "the measurement matrix",
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A user's real matrix from a .npy file or a .mat file holding one 2-D array (or one named A or D),
-    as float32.
+    as float32 (or ``dtype``: float64 keeps the file's values for y = A x computed as the authors'
+    numpy code did); ``key`` and ``what`` name the setting and the array in the messages.
 
     Nothing in the file can run code: a .npy file is read by numpy's .npy reader with
     ``allow_pickle=False`` (no object arrays, no pickles, no .npz fallback), and a .mat file holds no
@@ -39,10 +41,10 @@ def load_matrix(path: str) -> torch.Tensor:
     """
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"data.A_path: no file at {file}")
+        raise FileNotFoundError(f"{key}: no file at {file}")
     if file.suffix not in (".npy", ".mat"):
-        raise ValueError(f"data.A_path: {file} must be a .npy or .mat file")
-    where = f"data.A_path: {file}"
+        raise ValueError(f"{key}: {file} must be a .npy or .mat file")
+    where = f"{key}: {file}"
     try:  # numpy and scipy raise many kinds on malformed files (EOFError, TokenError, IndexError, ...)
         if file.suffix == ".npy":
             with open(file, "rb") as f:
@@ -75,9 +77,22 @@ def load_matrix(path: str) -> torch.Tensor:
         raise ValueError(f"{where}: NaN or infinite entries (or values beyond float32's range); "
                          "give finite values")
     if not matrix.any():
-        raise ValueError(f"{where}: every entry is zero (or the matrix is empty); "
-                         "give the measurement matrix")
-    return torch.as_tensor(matrix)
+        raise ValueError(f"{where}: every entry is zero (or the matrix is empty); give {what}")
+    return torch.as_tensor(matrix if dtype == torch.float32 else np.asarray(array, dtype=np.float64)).to(dtype)
+
+
+def load_codes(path: str, n: int) -> torch.Tensor:
+    """Fixed test codes from a file holding one sample per column (n x count), returned one per row
+    (count x n), as float32.
+
+    The layout of the authors' ``data/xtest_n500_p10.npy`` (VITA-Group/ALISTA, LISTA-CPSS: 500 x 1000,
+    read with ``np.load`` and fed as the columns of x); read as safely as :func:`load_matrix`.
+    """
+    codes = load_matrix(path, "data.test_path", "the sparse codes")
+    if codes.shape[0] != n:
+        raise ValueError(f"data.test_path: {path} holds {codes.shape[1]} codes of length {codes.shape[0]} "
+                         f"(one sample per column) but data.n={n}: give codes of length n, one per column")
+    return codes.T.contiguous()
 
 
 def sample_codes(batch: int, n: int, p: float, gen: torch.Generator, device) -> torch.Tensor:

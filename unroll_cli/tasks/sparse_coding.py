@@ -2,12 +2,14 @@
 y = A x (+ noise), trained on synthetic data (:mod:`unroll_cli.data.synthetic`), evaluated by NMSE
 after every layer beside ISTA and FISTA at the same depth and threshold, and by support recovery.
 
-``data.loss`` chooses the training loss (supervised or LASSO), ``data.nmse`` the NMSE convention
-(pooled as the LISTA-CPSS/ALISTA code, or per-sample dB as Open-L2O), ``data.baselines`` the
-classical algorithms run beside the model.
+``data.loss`` chooses the training loss (supervised or LASSO) and ``data.loss_reduction`` its scale
+over a batch, ``data.nmse`` the NMSE convention (pooled as the LISTA-CPSS/ALISTA code, or per-sample
+dB as Open-L2O), ``data.baselines`` the classical algorithms run beside the model. ``data.A_path``
+and ``data.test_path`` give the authors' own problem: their matrix and their fixed test codes.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Iterator, List, Optional, Sequence
 
 import numpy as np
@@ -16,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from unroll_cli.config import constrained, register_schema
-from unroll_cli.data.synthetic import gaussian_matrix, load_matrix, measure, sample_codes
+from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, measure, sample_codes
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.lista import FISTA, ISTA
 from unroll_cli.record import figures
@@ -24,6 +26,9 @@ from unroll_cli.record import figures
 Batch = tuple[torch.Tensor, torch.Tensor]  # (y, x)
 BASELINES = {"ista": ISTA, "fista": FISTA}
 METRIC = "test/nmse_db"
+# results.md's words for trainer.decay_mode (trainer=layerwise)
+DECAY_MODES = {"lr": "learning-rate multiplier of earlier layers (HyperLISTA; the authors' stated intent)",
+               "gradient": "gradient of earlier layers scaled before Adam (the authors' TF code as it ran)"}
 
 positive = lambda v: v > 0  # noqa: E731
 
@@ -48,8 +53,15 @@ class SyntheticSparseCodingConfig:
     val_seed: int = 1
     test_seed: int = 2
     A_path: Optional[str] = None  # .npy or .mat file holding the user's own A
+    # .npy or .mat file of fixed test codes, one sample per column (n x n_test), e.g. the authors'
+    # xtest_n500_p10.npy; y = A x in float64 as their numpy code; null: n_test codes drawn by test_seed
+    test_path: Optional[str] = None
     loss: str = constrained("supervised", "supervised (MSE to the true code) or lasso (unsupervised)",
                             lambda v: v in ("supervised", "lasso"))
+    # the loss's scale over a batch: mean (of the per-sample loss) or tf_l2_loss (the authors' TF
+    # code: tf.nn.l2_loss, half the sum of squares, summed over the batch); see SyntheticSparseCoding.loss
+    loss_reduction: str = constrained("mean", "mean or tf_l2_loss (the authors' sum over the batch)",
+                                      lambda v: v in ("mean", "tf_l2_loss"))
     nmse: str = constrained("pooled", "pooled (LISTA-CPSS/ALISTA code) or per_sample (Open-L2O)",
                             lambda v: v in ("pooled", "per_sample"))
     # |x_hat_i| > support_tol counts as a detected nonzero
@@ -79,22 +91,35 @@ class SyntheticSparseCoding:
                  batch_size: int, matrix_seed: int, val_seed: int, test_seed: int,
                  A_path: str | None, loss: str = "supervised", nmse: str = "pooled",
                  support_tol: float = 0.0, baselines: Sequence[str] = ("ista", "fista"), seed: int = 0,
-                 device: str | torch.device = "cpu", trainer: DictConfig | None = None):
+                 device: str | torch.device = "cpu", trainer: DictConfig | None = None,
+                 test_path: str | None = None, loss_reduction: str = "mean"):
         if A_path:
-            A = load_matrix(A_path)
-            if A.shape != (m, n):
-                raise ValueError(f"data.A_path holds a {A.shape[0]}x{A.shape[1]} matrix but "
+            A64 = load_matrix(A_path, dtype=torch.float64)
+            if A64.shape != (m, n):
+                raise ValueError(f"data.A_path holds a {A64.shape[0]}x{A64.shape[1]} matrix but "
                                  f"data.m={m}, data.n={n}: set them to the file's shape")
+            A = A64.float()
         else:
             A = gaussian_matrix(m, n, matrix_seed, kappa, col_normalized)
+            A64 = A.double()
         self.p, self.snr_db, self.online = p, snr_db, online
         self._kappa = None if A_path else kappa
         self.batch_size = batch_size
         self.nmse, self.support_tol, self.baselines, self.loss_kind = nmse, support_tol, list(baselines), loss
+        self.loss_reduction = loss_reduction
         self.device = torch.device(device)
         self.A = A.to(self.device)
         self.val = self._fixed_set(A, n_val, val_seed)
-        self.test = self._fixed_set(A, n_test, test_seed)
+        if test_path:
+            self.test = self._file_set(A64, test_path, n_test, test_seed)
+        else:
+            self.test = self._fixed_set(A, n_test, test_seed)
+        # results.md: where the problem comes from, and how the stage-wise schedule decayed earlier layers
+        self.notes = [f"Data: A {f'from {Path(A_path).name}' if A_path else 'drawn by data.matrix_seed'}, "
+                      f"test codes {f'from {Path(test_path).name}' if test_path else 'drawn by data.test_seed'}; "
+                      f"training loss scale: {loss_reduction}."]
+        if trainer is not None and trainer.get("decay_mode"):
+            self.notes.append(f"Per-layer decay {trainer.layer_decay:g}: {DECAY_MODES[trainer.decay_mode]}.")
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         if online:
             self.steps_per_epoch = trainer.steps_per_epoch if trainer is not None else 1
@@ -118,6 +143,17 @@ class SyntheticSparseCoding:
     def eval_batch_size(self) -> int:
         """Evaluation sees the whole validation or test set at once."""
         return max(len(self.val[0]), len(self.test[0]))
+
+    def _file_set(self, A64: torch.Tensor, path: str, size: int, seed: int) -> Batch:
+        """The test set of ``data.test_path``: its codes (one per column in the file) and y = A x
+        computed in float64 from the file's A, as the authors' ``utils/prob.py`` (``np.matmul(A, x)``
+        with the float64 D.mat), then float32; noise, when ``data.snr_db`` is set, by ``seed``."""
+        x = load_codes(path, A64.shape[1])
+        if len(x) != size:
+            raise ValueError(f"data.test_path: {path} holds {len(x)} codes but data.n_test={size}: "
+                             "set it to the file's count")
+        y = measure(x.double(), A64, self.snr_db, torch.Generator().manual_seed(seed)).float()
+        return y.to(self.device), x.to(self.device)
 
     def _fixed_set(self, A: torch.Tensor, size: int, seed: int) -> Batch:
         gen = torch.Generator().manual_seed(seed)
@@ -144,14 +180,25 @@ class SyntheticSparseCoding:
                 yield y_all[idx], x_all[idx]
 
     def loss(self, estimates: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
-        """``data.loss``: supervised, the mean over samples of ||x_hat - x||^2; lasso (unsupervised),
-        0.5||y - A x_hat||^2 + lam ||x_hat||_1 with the model's lam."""
+        """``data.loss``: supervised, ||x_hat - x||^2 per sample; lasso (unsupervised),
+        0.5||y - A x_hat||^2 + lam ||x_hat||_1 with the model's lam.
+
+        ``data.loss_reduction``: ``mean`` over the batch, or ``tf_l2_loss``, the authors' scale
+        (VITA-Group/ALISTA and LISTA-CPSS ``utils/train.py``: ``tf.nn.l2_loss(xh - x)``, half the sum of
+        squares over the whole batch, i.e. batch_size/2 = 32 x the mean at batch 64; their LASSO loss
+        ``l2_loss + lam * reduce_sum(|x|)`` is the sum of the per-sample objective). Adam undoes a
+        constant scale of the gradient except through its eps (a scale c acts as eps -> eps/c), so the
+        scale changes training once earlier layers' gradients are scaled down
+        (``trainer.decay_mode=gradient``): with the authors' scale, the eps window is theirs.
+        """
         y, x = batch
         x_hat = estimates[-1]
         if self.loss_kind == "supervised":
-            return (x_hat - x).pow(2).sum(dim=1).mean()
+            per_sample = (x_hat - x).pow(2).sum(dim=1)
+            return 0.5 * per_sample.sum() if self.loss_reduction == "tf_l2_loss" else per_sample.mean()
         residual = y - x_hat @ self.A.T
-        return (0.5 * residual.pow(2).sum(dim=1) + model.lam * x_hat.abs().sum(dim=1)).mean()
+        per_sample = 0.5 * residual.pow(2).sum(dim=1) + model.lam * x_hat.abs().sum(dim=1)
+        return per_sample.sum() if self.loss_reduction == "tf_l2_loss" else per_sample.mean()
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state()}
@@ -223,6 +270,7 @@ class SyntheticSparseCoding:
         if paper is not None:
             lines += [f"Published values: {paper.source} (reading error +-{paper.tolerance_db} dB).", ""]
         lines += [f"NMSE convention: {self.nmse}; baselines run at the model's depth and lam.", ""]
+        lines += [*self.notes, ""]
         return "\n".join(lines)
 
     def metric_names(self) -> list[str]:

@@ -2,11 +2,24 @@
 
 For each layer t = 1..T, three stages on the network truncated to its first t layers:
 (a) the variables new to layer t at lr0; (b), (c) every variable of layers <= t at lr0*0.2 and
-lr0*0.02. A variable of layer s < t has its learning rate multiplied by ``layer_decay`` (0.3) once
-per layer trained since its own: lr0 * factor * 0.3^(t-s) (as HyperLISTA's param groups; the TF
-code scales gradients, which Adam would undo). Each stage starts a fresh optimizer, validates every
-``val_every_steps`` steps and ends when validation has not improved for ``stage_patience_steps``
-steps, or after ``stage_max_steps``. A checkpoint after every stage makes the schedule resumable.
+lr0*0.02. A variable of layer s < t is decayed by ``layer_decay`` (0.3) once per layer trained since
+its own, c = 0.3^(t-s), in one of two ways (``decay_mode``):
+
+- ``lr``: its learning rate is lr0 * factor * c (HyperLISTA's param groups; what the authors' comments
+  say they intended).
+- ``gradient``: its gradient is multiplied by c before the optimizer, at lr0 * factor (the authors'
+  TF code as it ran: ``get_train_op`` in VITA-Group/ALISTA and LISTA-CPSS ``utils/train.py`` scales
+  the gradients given to ``tf.train.AdamOptimizer(lr)``). Adam's step lr * m / (sqrt(v) + eps) is
+  unchanged by a constant c except through eps (c acts as eps -> eps / c), so earlier layers keep
+  close to the full stage rate until their scaled gradients approach eps; the loss's scale
+  (``data.loss_reduction``) sets where that happens.
+
+Each stage starts a fresh optimizer and ends after ``stage_max_steps`` steps or by its patience:
+validation every ``val_every_steps`` steps, the stage ending at the first validation
+``stage_patience_steps`` after its best; or, with ``stop_check_validations`` = k, the authors' rule
+(``do_training``): validations after steps 1, 1 + v, 1 + 2v, ..., and every k-th one ends the stage
+when its best is more than ``stage_patience_steps`` old (ALISTA: k = 10, v = 10, 2000 steps, so a
+stage ends 2010-2100 steps after its best). A checkpoint after every stage makes the schedule resumable.
 """
 from __future__ import annotations
 
@@ -36,14 +49,29 @@ class LayerwiseTrainer(Trainer):
             yield from self.task.train_batches()
 
     def stage_groups(self, layer: int, stage: int, lr0: float) -> list[dict]:
-        """Optimizer param groups of ``stage`` (0-based) while training ``layer`` (0-based)."""
+        """Optimizer param groups of ``stage`` (0-based) while training ``layer`` (0-based); with
+        ``decay_mode=gradient`` each carries its ``gradient_factor`` (:meth:`stage_optimizer`)."""
         if stage == 0:
             groups = [{"params": self.trainable(self.model.layer_parameters(layer)), "lr": lr0}]
         else:
-            factor = self.s.stage_lr_factors[stage]
-            groups = [{"params": self.trainable(self.model.layer_parameters(s)),
-                       "lr": lr0 * factor * self.s.layer_decay ** (layer - s)} for s in range(layer + 1)]
+            lr, groups = lr0 * self.s.stage_lr_factors[stage], []
+            for s in range(layer + 1):
+                decay = self.s.layer_decay ** (layer - s)
+                group = {"params": self.trainable(self.model.layer_parameters(s))}
+                if self.s.decay_mode == "gradient":
+                    group.update(lr=lr, gradient_factor=decay)
+                else:
+                    group.update(lr=lr * decay)
+                groups.append(group)
         return [g for g in groups if g["params"]]
+
+    def stage_optimizer(self, groups: list[dict]) -> torch.optim.Optimizer:
+        """A fresh optimizer over ``groups``; a group's ``gradient_factor`` multiplies its gradients
+        before every step (after any clipping), as the authors' ``get_train_op``."""
+        optimizer = self.make_optimizer(groups)
+        if any(g.get("gradient_factor", 1.0) != 1.0 for g in optimizer.param_groups):
+            optimizer.register_step_pre_hook(scale_gradients)
+        return optimizer
 
     def fit(self) -> None:
         if not self.trainable(self.model.parameters()):
@@ -76,19 +104,24 @@ class LayerwiseTrainer(Trainer):
 
     def run_stage(self, layer: int, stage: int, groups: list[dict], batches: Iterator) -> dict:
         depth, started = layer + 1, time.time()
-        optimizer = self.make_optimizer(groups)
+        optimizer = self.stage_optimizer(groups)
         best, best_step, step = self.worst(), 0, 0
         loss_sum, count = torch.zeros((), device=self.device), 0
+        every, check = self.s.val_every_steps, self.s.stop_check_validations
+        first = 1 if check else 0  # the authors' rule validates after the first step
         while step < self.s.stage_max_steps:
             loss_sum += self.train_step(optimizer, next(batches), depth)
             count += 1
             step += 1
-            if step % self.s.val_every_steps == 0:
+            if (step - first) % every == 0:
                 self.check_finite(loss_sum, count)
                 value = self.task.validate(self.model, depth)[self.task.monitor]
                 if self.better(value, best):
                     best, best_step = value, step
-                elif step - best_step >= self.s.stage_patience_steps:
+                if check is None:
+                    if step - best_step >= self.s.stage_patience_steps:
+                        break
+                elif (step - 1) % (check * every) == 0 and step - best_step > self.s.stage_patience_steps:
                     break
         train_loss = self.check_finite(loss_sum, count)
         if not math.isfinite(best):  # fewer steps than one validation interval
@@ -98,3 +131,13 @@ class LayerwiseTrainer(Trainer):
         return {"layer": depth, "stage": stage, "step": self.global_step, "stage_steps": step,
                 "lr": groups[-1]["lr"], "train/loss": train_loss, self.task.monitor: best,
                 "seconds": round(time.time() - started, 3)}
+
+
+def scale_gradients(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
+    """Optimizer step pre-hook: multiply each group's gradients by its ``gradient_factor``."""
+    for group in optimizer.param_groups:
+        factor = group.get("gradient_factor", 1.0)
+        if factor != 1.0:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(factor)
