@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import TINY, run_cli
-from unroll_cli.report.aggregate import (expand_sweep, load_runs, missing_jobs, paper_cells, planned_jobs,
+from unroll_cli.report.aggregate import (expand_sweep, find_runs, load_runs, missing_jobs, paper_cells, planned_jobs,
                                          plot_metric, read_runs, summarize)
 from unroll_cli.report.aggregate import main as report_main
 
@@ -454,3 +454,10 @@ def test_tiny_values_are_printed_in_scientific_notation():
     cells = paper_cells(summarize(runs)).iloc[0]
     # mean 4.1e-6; std of 3.1e-6 and 5.1e-6 (ddof 1): 2e-6 / sqrt(2) = 1.414e-6
     assert cells["test/rmse"] == "4.10e-06 ± 1.41e-06 (2)"
+
+
+def test_a_sweeps_jobs_are_read_in_launch_order(tmp_path):
+    for job in (0, 1, 2, 10, 11):
+        (tmp_path / "sweep" / str(job)).mkdir(parents=True)
+        (tmp_path / "sweep" / str(job) / "metrics.json").write_text("{}")
+    assert [p.name for p in find_runs([str(tmp_path / "sweep")])] == ["0", "1", "2", "10", "11"]

@@ -60,9 +60,15 @@ def existing_dirs(paths: list[str]) -> list[Path]:
     return found
 
 
+def natural_key(path: Path) -> tuple:
+    """Sort key of a path with its numbers compared as numbers: a sweep's jobs 0, 1, 2, ..., 10 in the
+    order they were launched, not 0, 1, 10, 11, ..., 2."""
+    return tuple((0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts)
+
+
 def dirs_holding(name: str, paths: list[str]) -> list[Path]:
-    """Every directory holding a file ``name`` under the given paths (globs allowed)."""
-    return sorted({file.parent for path in existing_dirs(paths) for file in path.rglob(name)})
+    """Every directory holding a file ``name`` under the given paths (globs allowed), in natural order."""
+    return sorted({file.parent for path in existing_dirs(paths) for file in path.rglob(name)}, key=natural_key)
 
 
 def find_runs(paths: list[str]) -> list[Path]:
