@@ -17,6 +17,7 @@ from unroll_cli.config import ConfigError, schema_defaults, validate
 from unroll_cli.run import build_model, build_task, run
 from unroll_cli.train.checkpoints import resume_conflicts
 from unroll_cli.train.layerwise import LayerwiseTrainer
+from unroll_cli.train.tf_adam import TFAdam
 
 CPU = torch.device("cpu")
 ALISTA_DATA = Path(__file__).parents[2] / "shared" / "data" / "alista"
@@ -37,9 +38,11 @@ def train_stage(trainer: LayerwiseTrainer, model, batch, layer: int, stage: int,
         trainer.train_step(optimizer, batch, layer + 1)
 
 
-def reference_adam(model, task, batch, layer: int, stage: int, trainer: LayerwiseTrainer, steps: int) -> None:
+def reference_adam(model, task, batch, layer: int, stage: int, trainer: LayerwiseTrainer, steps: int,
+                   tf_eps: bool = False) -> None:
     """Adam written out: the gradient of a layer-s variable times decay^(t-s) goes into both moments
-    (tf.train.AdamOptimizer on get_train_op's scaled gradients), at the stage's learning rate."""
+    (tf.train.AdamOptimizer on get_train_op's scaled gradients), at the stage's learning rate; eps
+    after the bias correction (PyTorch) or, with ``tf_eps``, before it (TensorFlow 1)."""
     cfg = trainer.optim_cfg
     lr, (beta1, beta2), eps = cfg.lr * trainer.s.stage_lr_factors[stage], cfg.betas, cfg.eps
     scaled = [(p, trainer.s.layer_decay ** (layer - s)) for s in range(layer + 1) for p in model.layer_parameters(s)]
@@ -53,14 +56,17 @@ def reference_adam(model, task, batch, layer: int, stage: int, trainer: Layerwis
                 g = c * g
                 m[i] = beta1 * m[i] + (1 - beta1) * g
                 v[i] = beta2 * v[i] + (1 - beta2) * g * g
-                m_hat, v_hat = m[i] / (1 - beta1 ** k), v[i] / (1 - beta2 ** k)
-                p -= lr * m_hat / (v_hat.sqrt() + eps)
+                if tf_eps:
+                    p -= lr * (1 - beta2 ** k) ** 0.5 / (1 - beta1 ** k) * m[i] / (v[i].sqrt() + eps)
+                else:
+                    p -= lr * (m[i] / (1 - beta1 ** k)) / ((v[i] / (1 - beta2 ** k)).sqrt() + eps)
 
 
+@pytest.mark.parametrize("optim", ["adam", "adam_tf"])
 @pytest.mark.parametrize("eps", [1e-8, 1e-3])
-def test_gradient_mode_is_adam_on_the_scaled_gradient_and_not_the_lr_multiplier(eps):
-    cfg, task, model, trainer = layerwise("trainer.decay_mode=gradient", "optim.lr=0.01", f"optim.eps={eps}",
-                                          "data.loss_reduction=tf_l2_loss")
+def test_gradient_mode_is_adam_on_the_scaled_gradient_and_not_the_lr_multiplier(eps, optim):
+    cfg, task, model, trainer = layerwise("trainer.decay_mode=gradient", f"optim={optim}", "optim.lr=0.01",
+                                          f"optim.eps={eps}", "data.loss_reduction=tf_l2_loss")
     model = model.double()
     batch = tuple(t.double() for t in next(task.train_batches()))
     start = copy.deepcopy(model)
@@ -68,16 +74,21 @@ def test_gradient_mode_is_adam_on_the_scaled_gradient_and_not_the_lr_multiplier(
 
     train_stage(trainer, model, batch, layer, stage, steps)
     reference = copy.deepcopy(start)
-    reference_adam(reference, task, batch, layer, stage, trainer, steps)
+    reference_adam(reference, task, batch, layer, stage, trainer, steps, tf_eps=optim == "adam_tf")
+    other = copy.deepcopy(start)
+    reference_adam(other, task, batch, layer, stage, trainer, steps, tf_eps=optim != "adam_tf")
     by_lr = copy.deepcopy(start)
     lr_cfg = compose_cfg([*TINY, "model=lista", "model.tied=false", "trainer=layerwise", "optim.lr=0.01",
                           f"optim.eps={eps}"])
     train_stage(LayerwiseTrainer(lr_cfg.trainer, by_lr, task, lr_cfg.optim, lr_cfg.sched, recorder=None),
                 by_lr, batch, layer, stage, steps)
 
-    for p, ref, lr_p, p0 in zip(model.layer_parameters(0), reference.layer_parameters(0),
-                                by_lr.layer_parameters(0), start.layer_parameters(0)):
+    for p, ref, other_p, lr_p, p0 in zip(model.layer_parameters(0), reference.layer_parameters(0),
+                                         other.layer_parameters(0), by_lr.layer_parameters(0),
+                                         start.layer_parameters(0)):
         torch.testing.assert_close(p, ref, rtol=1e-12, atol=1e-15)
+        if eps == 1e-3:  # eps near sqrt(v): where it sits (before or after the bias correction) shows
+            assert not torch.allclose(p, other_p, rtol=1e-6, atol=0)
         assert not torch.allclose(p, lr_p, rtol=1e-6, atol=0)
         if eps == 1e-8:  # eps far below sqrt(v): Adam undoes the 0.09, the lr multiplier keeps it
             assert (p - p0).norm() > 5 * (lr_p - p0).norm()
@@ -92,6 +103,35 @@ def test_with_a_decay_of_one_both_modes_are_identical():
     train_stage(by_lr, twin, batch, 2, 1, 3)
     after, twin_after = model.state_dict(), twin.state_dict()
     assert all(torch.equal(after[k], twin_after[k]) for k in after)
+
+
+def test_tf_adam_counts_its_steps_across_a_saved_and_loaded_state():
+    """t, which sets TF's eps, goes on from a loaded state_dict (a resumed run), as TF's beta2_power."""
+    torch.manual_seed(0)
+    grads = [torch.randn(5, dtype=torch.float64) * 1e-3 for _ in range(4)]
+
+    def optimizer(weight):
+        return TFAdam([weight], lr=0.1, eps=1e-3)
+
+    def steps(weight, opt, gs):
+        for g in gs:
+            weight.grad = g.clone()
+            opt.step()
+
+    straight = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    steps(straight, optimizer(straight), grads)
+    resumed = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    first = optimizer(resumed)
+    steps(resumed, first, grads[:2])
+    second = optimizer(resumed)
+    second.load_state_dict(first.state_dict())
+    steps(resumed, second, grads[2:])
+    fresh = torch.zeros(5, dtype=torch.float64, requires_grad=True)
+    steps(fresh, optimizer(fresh), grads[:2])
+    restarted = optimizer(fresh)  # a new optimizer starts t at 1 again: a different path
+    steps(fresh, restarted, grads[2:])
+    torch.testing.assert_close(resumed, straight, rtol=1e-14, atol=0)
+    assert not torch.allclose(fresh, straight, rtol=1e-6, atol=0)
 
 
 def test_the_authors_loss_scale_is_half_the_sum_over_the_batch():
@@ -152,6 +192,7 @@ def test_the_experiments_default_to_the_authors_code_on_drawn_data():
     chen, liu = compose_cfg(["+experiment=chen2018_lista"]), compose_cfg(["+experiment=liu2019_alista"])
     for cfg, check, patience in [(chen, 100, 4000), (liu, 10, 2000)]:
         assert (cfg.trainer.decay_mode, cfg.data.loss_reduction) == ("gradient", "tf_l2_loss")
+        assert cfg.optim._target_ == "unroll_cli.train.tf_adam.TFAdam"
         assert (cfg.trainer.stop_check_validations, cfg.trainer.stage_patience_steps) == (check, patience)
         assert cfg.data.A_path is None and cfg.data.test_path is None
 
