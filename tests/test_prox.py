@@ -1,6 +1,9 @@
 """Thresholding operators vs explicit elementwise / per-row reference computations."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -224,3 +227,17 @@ def test_support_selection_gradient_has_no_path_through_the_mask():
     torch.testing.assert_close(theta.grad, theta2.grad, rtol=1e-12, atol=1e-14)
     # Explicitly: pass-through entries get gradient 1 and contribute nothing to theta.
     assert torch.equal(x.grad[keep], upstream[keep])
+
+
+def test_the_cpu_selection_kernel_keeps_pytorchs_thread_count():
+    """numba's OpenMP pool shares PyTorch's libgomp and its start sets the thread count to the pool's;
+    a run started with OMP_NUM_THREADS=1 must stay at one thread (in a fresh process, pool not started)."""
+    script = ("import torch\n"
+              "from unroll_cli.models.select_cpu import shrink_ss\n"
+              "before = torch.get_num_threads()\n"
+              "shrink_ss(torch.randn(64, 500), 0.1, 10)\n"
+              "print(before, torch.get_num_threads())\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "2"}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["1", "1"]

@@ -9,6 +9,11 @@ integer keys (the bits of a non-negative float, which order like the floats), an
 more than k of them looks for its (k+1)-th largest key, by bisection on the key range with one
 vectorised count per step. The second pass writes the output and the 0/1 mask that the backward
 pass needs.
+
+Threads: the kernel uses as many as PyTorch (``torch.get_num_threads()``, e.g. ``OMP_NUM_THREADS``).
+numba's OpenMP pool shares PyTorch's libgomp, and starting it sets OpenMP's thread count to all
+cores, which PyTorch then follows; ``shrink_ss`` puts PyTorch's count back, so that two runs started
+with ``OMP_NUM_THREADS=1`` on two cores keep one thread each (two each made them 10x slower).
 """
 
 from __future__ import annotations
@@ -74,8 +79,11 @@ def shrink_ss(x: Tensor, theta: float, k: int) -> tuple[Tensor, Tensor]:
     rows = x.detach().contiguous().view(-1, x.shape[-1]).numpy()
     key_type = _KEY_TYPE[x.dtype]
     out, keep = np.empty_like(rows), np.empty_like(rows)
-    numba.set_num_threads(min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    threads = torch.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     _shrink_ss_rows(rows, rows.view(key_type), key_type(np.iinfo(key_type).max),
                     rows.dtype.type(theta), np.array(theta, dtype=rows.dtype).view(key_type)[()],
                     k, out, keep, np.empty(rows.shape, dtype=key_type))
+    if torch.get_num_threads() != threads:  # see the module docstring: numba's pool reset OpenMP's
+        torch.set_num_threads(threads)
     return torch.from_numpy(out).view(x.shape), torch.from_numpy(keep).view(x.shape)
