@@ -1,6 +1,8 @@
 """The run flow in-process: learning beats ISTA, NaN handling, resume, the stage-wise schedule."""
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
@@ -94,10 +96,14 @@ def test_layerwise_run_trains_every_stage_and_resumes_after_the_last_one(tiny_cf
     state = torch.load(tmp_path / "full/checkpoints/last.pt", weights_only=True)
     state["position"] = [1, 0]
     state["history"] = state["history"][:4]
+    state["wall_s"] = 1000.0  # seconds the first attempt had taken by that checkpoint
     (tmp_path / "part/checkpoints").mkdir(parents=True)
     torch.save(state, tmp_path / "part/checkpoints/last.pt")
+    started = time.time()
     run(tiny_cfg(*common, f"resume={tmp_path / 'part'}"), tmp_path / "resumed")
     assert read_metrics(tmp_path / "resumed")["epochs"] == 6
+    # wall_s: the first attempt's 1000 s and this one's
+    assert 1000.0 < read_metrics(tmp_path / "resumed")["wall_s"] <= 1000.0 + time.time() - started
 
 
 @pytest.mark.parametrize("option", ["trainer.precision=bf16",

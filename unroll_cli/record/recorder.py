@@ -48,6 +48,7 @@ class RunRecorder:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
+        self.earlier_s = 0.0  # a resumed run's seconds before its checkpoint (Trainer.restore)
         self.info: dict[str, Any] = {"versions": versions()}
         self.history: list[dict[str, Any]] = []
         self._writer = None
@@ -73,10 +74,15 @@ class RunRecorder:
         self._write_metrics(status, metrics or {})
         self.close()
 
+    def elapsed(self) -> float:
+        """Seconds of this run: this attempt's, plus those of earlier attempts up to the checkpoint it
+        resumed from (work redone after an interruption counts once)."""
+        return self.earlier_s + time.time() - self.started
+
     def _write_metrics(self, status: str, metrics: dict[str, float]) -> None:
         assert status in STATUSES
         record = {"status": status, "metrics": {k: _finite_or_none(v) for k, v in metrics.items()},
-                  "wall_s": round(time.time() - self.started, 3), **self.info}
+                  "wall_s": round(self.elapsed(), 3), **self.info}
         atomic_write_text(self.dir / "metrics.json", json.dumps(record, indent=2, default=str) + "\n")
 
     # ------------------------------------------------------------------ logs

@@ -139,15 +139,16 @@ class Trainer:
             return
         full = {"model": self.model.state_dict(), "rng": self.rng_state(), "config": self.config,
                 "history": self.recorder.history, "global_step": self.global_step,
-                "device": self.device.type, **state}
+                "wall_s": self.recorder.elapsed(), "device": self.device.type, **state}
         CheckpointStore(self.recorder.dir).save(full, best=full if improved else self.carried_best)
         self.carried_best = None
 
     def restore(self, state: dict[str, Any]) -> None:
-        """Model, RNG, history, step count and best model of a checkpoint."""
+        """Model, RNG, history, step count, seconds so far and best model of a checkpoint."""
         self.model.load_state_dict(state["model"])
         self.set_rng_state(state["rng"])
         self.recorder.history = list(state["history"])
+        self.recorder.earlier_s = state.get("wall_s", 0.0)  # older checkpoints did not hold it
         self.global_step = state["global_step"]
         self.carried_best = state.get("best_checkpoint")
         self.best_state = self.carried_best["model"] if self.carried_best is not None else None
