@@ -84,6 +84,6 @@ def shrink_ss(x: Tensor, theta: float, k: int) -> tuple[Tensor, Tensor]:
     _shrink_ss_rows(rows, rows.view(key_type), key_type(np.iinfo(key_type).max),
                     rows.dtype.type(theta), np.array(theta, dtype=rows.dtype).view(key_type)[()],
                     k, out, keep, np.empty(rows.shape, dtype=key_type))
-    if torch.get_num_threads() != threads:  # see the module docstring: numba's pool reset OpenMP's
+    if torch.get_num_threads() != threads:  # numba's pool start changed OpenMP's count (see above)
         torch.set_num_threads(threads)
     return torch.from_numpy(out).view(x.shape), torch.from_numpy(keep).view(x.shape)
