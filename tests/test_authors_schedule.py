@@ -16,7 +16,7 @@ from conftest import TINY, compose_cfg
 from unroll_cli.config import ConfigError, schema_defaults, validate
 from unroll_cli.run import build_model, build_task, run
 from unroll_cli.train.checkpoints import resume_conflicts
-from unroll_cli.train.layerwise import LayerwiseTrainer
+from unroll_cli.train.layerwise import BatchStream, LayerwiseTrainer
 from unroll_cli.train.tf_adam import TFAdam
 
 CPU = torch.device("cpu")
@@ -167,7 +167,7 @@ def test_the_stopping_rule_ends_a_stage_where_it_predicts(check, every, patience
         return {task.monitor: -float(step) if step <= best else -float(best) + 1.0}
 
     task.validate = scripted_curve
-    row = trainer.run_stage(0, 0, trainer.stage_groups(0, 0, 1e-3), trainer.batches())
+    row = trainer.run_stage(0, 0, trainer.stage_groups(0, 0, 1e-3), BatchStream(task))
     assert row["stage_steps"] == end and validated[-1] == end
     assert best in validated and validated[0] == (1 if check else every)
     if (check, every) == (10, 10):
@@ -177,7 +177,8 @@ def test_the_stopping_rule_ends_a_stage_where_it_predicts(check, every, patience
 def test_new_keys_fail_by_name_and_default_to_what_runs_did_before():
     for bad, key in [("trainer.decay_mode=adam", "trainer.decay_mode"),
                      ("trainer.stop_check_validations=0", "trainer.stop_check_validations"),
-                     ("data.loss_reduction=sum", "data.loss_reduction")]:
+                     ("data.loss_reduction=sum", "data.loss_reduction"),
+                     ("trainer.checkpoint_every_s=-1", "trainer.checkpoint_every_s")]:
         with pytest.raises(ConfigError, match=key):
             validate(compose_cfg([*TINY, "trainer=layerwise", bad]))
     plain = compose_cfg([*TINY, "trainer=layerwise"])
@@ -186,7 +187,7 @@ def test_new_keys_fail_by_name_and_default_to_what_runs_did_before():
     # a checkpoint written before these keys existed resumes when the run keeps the defaults
     before = OmegaConf.to_container(plain, resolve=True)
     for group, key in [("trainer", "decay_mode"), ("trainer", "stop_check_validations"),
-                       ("data", "loss_reduction"), ("data", "test_path")]:
+                       ("data", "loss_reduction"), ("data", "test_path"), ("trainer", "checkpoint_every_s")]:
         del before[group][key]
     assert resume_conflicts(before, OmegaConf.to_container(plain, resolve=True), added=schema_defaults(plain)) == []
     authors = compose_cfg([*TINY, "trainer=layerwise", "trainer.decay_mode=gradient"])

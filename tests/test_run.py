@@ -106,6 +106,44 @@ def test_layerwise_run_trains_every_stage_and_resumes_after_the_last_one(tiny_cf
     assert 1000.0 < read_metrics(tmp_path / "resumed")["wall_s"] <= 1000.0 + time.time() - started
 
 
+def test_a_layerwise_run_stopped_inside_a_stage_resumes_there_to_the_same_result(tiny_cfg, tmp_path, one_thread,
+                                                                                 monkeypatch):
+    """Offline data, 3 batches an epoch: the stop falls inside a stage and inside an epoch, so the resume
+    must restore the stage's optimizer, step and best, and redraw the epoch's shuffle and skip into it."""
+    common = ("model=lista_cpss", "model.layers=2", "trainer=layerwise", "data.online=false", "data.n_train=96",
+              "trainer.val_every_steps=2", "trainer.stage_patience_steps=6", "trainer.stage_max_steps=15",
+              "trainer.checkpoint_every_s=0", "optim.lr=0.01", "tensorboard=false")
+    run(tiny_cfg(*common), tmp_path / "straight")
+    straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
+    assert straight["history"][1]["stage_steps"] > 9  # the premise: the second stage runs past the stop
+    stop_at = straight["history"][0]["step"] + 9  # step 9 of the second stage; its last validation: step 8
+    original = LayerwiseTrainer.train_step
+
+    def interrupted_step(self, *args, **kwargs):
+        loss = original(self, *args, **kwargs)
+        if self.global_step == stop_at:
+            raise KeyboardInterrupt
+        return loss
+
+    monkeypatch.setattr(LayerwiseTrainer, "train_step", interrupted_step)
+    with pytest.raises(KeyboardInterrupt):
+        run(tiny_cfg(*common), tmp_path / "stopped")
+    monkeypatch.setattr(LayerwiseTrainer, "train_step", original)
+    saved = torch.load(tmp_path / "stopped/checkpoints/last.pt", weights_only=True)
+    assert (saved["position"], saved["stage_progress"]["step"]) == ([0, 0], 8)
+    assert saved["stream"]["drawn"] in (1, 2)  # inside an epoch
+    run(tiny_cfg(*common, f"resume={tmp_path / 'stopped'}"), tmp_path / "resumed")
+    resumed = torch.load(tmp_path / "resumed/checkpoints/last.pt", weights_only=True)
+    assert all(torch.equal(straight["model"][k], resumed["model"][k]) for k in straight["model"])
+    assert without_seconds(resumed["history"]) == without_seconds(straight["history"])
+    assert resumed["history"][1]["seconds"] >= saved["stage_progress"]["seconds"]  # the stage's earlier seconds
+    assert read_metrics(tmp_path / "resumed")["metrics"] == read_metrics(tmp_path / "straight")["metrics"]
+
+
+def without_seconds(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
 @pytest.mark.parametrize("option", ["trainer.precision=bf16",
                                     pytest.param("trainer.compile=true", marks=pytest.mark.slow)])
 def test_bf16_autocast_and_compile_train_and_improve_on_the_initialisation(tiny_cfg, tmp_path, option):

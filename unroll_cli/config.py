@@ -137,6 +137,10 @@ class LayerwiseTrainerConfig(TrainerConfig):
     stop_check_validations: Optional[int] = constrained(None, "null (check at every validation) or an integer >= 1",
                                                         lambda v: v is None or v >= 1)
     stage_max_steps: int = constrained(200000, "an integer >= 1", lambda v: v >= 1)
+    # a checkpoint inside a stage at the first validation this many seconds after the last one
+    # (null: at stage ends only); a resume continues the stage from it to the same result
+    checkpoint_every_s: Optional[float] = constrained(600.0, "null (at stage ends only) or seconds >= 0",
+                                                      lambda v: v is None or v >= 0, changeable=True)
 
 
 # ----------------------------------------------------------------------------- published numbers

@@ -19,7 +19,9 @@ validation every ``val_every_steps`` steps, the stage ending at the first valida
 ``stage_patience_steps`` after its best; or, with ``stop_check_validations`` = k, the authors' rule
 (``do_training``): validations after steps 1, 1 + v, 1 + 2v, ..., and every k-th one ends the stage
 when its best is more than ``stage_patience_steps`` old (ALISTA: k = 10, v = 10, 2000 steps, so a
-stage ends 2010-2100 steps after its best). A checkpoint after every stage makes the schedule resumable.
+stage ends 2010-2100 steps after its best). A checkpoint after every stage, and inside a stage every
+``checkpoint_every_s`` seconds (its optimizer, step and best so far, and the data stream's place),
+makes the schedule resumable, to the same result as a run never stopped.
 """
 from __future__ import annotations
 
@@ -43,10 +45,6 @@ class LayerwiseTrainer(Trainer):
         if not (callable(getattr(model, "layer_parameters", None)) and isinstance(getattr(model, "layers", None), int)):
             raise ConfigError(f"trainer=layerwise needs a model with per-layer parameter groups "
                               f"(layer_parameters and layers); model={name} has none: use trainer=default")
-
-    def batches(self) -> Iterator:
-        while True:
-            yield from self.task.train_batches()
 
     def stage_groups(self, layer: int, stage: int, lr0: float) -> list[dict]:
         """Optimizer param groups of ``stage`` (0-based) while training ``layer`` (0-based); with
@@ -78,39 +76,50 @@ class LayerwiseTrainer(Trainer):
             log.info("nothing to train: the model has no trainable parameters")
             return
         done = (-1, len(self.s.stage_lr_factors) - 1)  # (layer, stage) last completed
-        if self.resume_state is not None:
-            state = self.resume_state
+        state = self.resume_state or {}
+        progress = state.get("stage_progress")  # a checkpoint written inside the next stage
+        if state:
             self.restore(state)
             done = tuple(state["position"])
-            log.info("resumed after layer %d stage %d", done[0] + 1, done[1])
+            log.info("resumed after layer %d stage %d%s", done[0] + 1, done[1],
+                     f", {progress['step']} steps into the next stage" if progress else "")
         lr0, layers, n_stages = self.optim_cfg.lr, self.model.layers, len(self.s.stage_lr_factors)
         schedule = [(t, k) for t in range(layers) for k in range(n_stages) if (t, k) > done]
         if not schedule:
             return
-        self.save(position=list(done))
-        batches = self.batches()
+        stream = BatchStream(self.task, state.get("stream"))
+        self.save(position=list(done), stream=stream.state_dict(), stage_progress=progress)
         with self.progress(len(schedule), unit="stage") as bar:
             for number, (layer, stage) in enumerate(schedule, start=len(self.recorder.history) + 1):
                 groups = self.stage_groups(layer, stage, lr0)
                 if groups:
-                    row = self.run_stage(layer, stage, groups, batches)
+                    row = self.run_stage(layer, stage, groups, stream, done, progress)
                     self.recorder.add_row(row)
                     bar.set_postfix(layer=layer + 1, stage=stage, val=f"{row[self.task.monitor]:.4g}")
-                self.save(position=[layer, stage])
+                done, progress = (layer, stage), None
+                self.save(position=list(done), stream=stream.state_dict())
                 bar.update(1)
                 if groups:
                     self.recorder.write_history(step=self.global_step)
                     self.on_validation(number, row[self.task.monitor])
 
-    def run_stage(self, layer: int, stage: int, groups: list[dict], batches: Iterator) -> dict:
+    def run_stage(self, layer: int, stage: int, groups: list[dict], stream: BatchStream,
+                  done: tuple[int, int] | None = None, progress: dict | None = None) -> dict:
+        """Train one stage; with ``done`` (the last completed stage), checkpoint inside it every
+        ``checkpoint_every_s`` seconds; ``progress`` is such a checkpoint's state of this stage."""
         depth, started = layer + 1, time.time()
         optimizer = self.stage_optimizer(groups)
-        best, best_step, step = self.worst(), 0, 0
-        loss_sum, count = torch.zeros((), device=self.device), 0
-        every, check = self.s.val_every_steps, self.s.stop_check_validations
+        best, best_step, step, count, earlier_s = self.worst(), 0, 0, 0, 0.0
+        loss_sum = torch.zeros((), device=self.device)
+        if progress is not None:
+            optimizer.load_state_dict(progress["optimizer"])
+            best, best_step, step, count, earlier_s = (progress[k] for k in PROGRESS_SCALARS)
+            loss_sum = progress["loss_sum"].to(self.device)
+        every, check, interval = self.s.val_every_steps, self.s.stop_check_validations, self.s.checkpoint_every_s
         first = 1 if check else 0  # the authors' rule validates after the first step
+        saved_at = time.time()
         while step < self.s.stage_max_steps:
-            loss_sum += self.train_step(optimizer, next(batches), depth)
+            loss_sum += self.train_step(optimizer, next(stream), depth)
             count += 1
             step += 1
             if (step - first) % every == 0:
@@ -123,6 +132,12 @@ class LayerwiseTrainer(Trainer):
                         break
                 elif (step - 1) % (check * every) == 0 and step - best_step > self.s.stage_patience_steps:
                     break
+                if done is not None and interval is not None and time.time() - saved_at >= interval:
+                    seconds = earlier_s + time.time() - started
+                    self.save(position=list(done), stream=stream.state_dict(), stage_progress=dict(
+                        zip(PROGRESS_SCALARS, (best, best_step, step, count, seconds)),
+                        layer=layer, stage=stage, loss_sum=loss_sum.clone(), optimizer=optimizer.state_dict()))
+                    saved_at = time.time()
         train_loss = self.check_finite(loss_sum, count)
         if not math.isfinite(best):  # fewer steps than one validation interval
             best = self.task.validate(self.model, depth)[self.task.monitor]
@@ -130,7 +145,44 @@ class LayerwiseTrainer(Trainer):
                  self.task.monitor, best)
         return {"layer": depth, "stage": stage, "step": self.global_step, "stage_steps": step,
                 "lr": groups[-1]["lr"], "train/loss": train_loss, self.task.monitor: best,
-                "seconds": round(time.time() - started, 3)}
+                "seconds": round(earlier_s + time.time() - started, 3)}
+
+
+#: the numbers a checkpoint inside a stage holds besides its optimizer and summed loss
+PROGRESS_SCALARS = ("best", "best_step", "step", "count", "seconds")
+
+
+class BatchStream:
+    """The task's training batches, epoch after epoch, resumable mid-epoch. Its state is the task's
+    data-stream state at the start of the current epoch and the number of batches drawn since: a
+    resume draws that epoch again (its shuffle included) and skips the batches already used."""
+
+    def __init__(self, task, state: dict | None = None):
+        self.task = task
+        if state is not None:
+            task.load_state_dict(state["epoch_start"])
+        self.new_epoch()
+        for _ in range(state["drawn"] if state is not None else 0):
+            next(self)
+
+    def new_epoch(self) -> None:
+        self.epoch_start, self.drawn = self.task.state_dict(), 0
+        self.batches = iter(self.task.train_batches())
+
+    def __iter__(self) -> Iterator:
+        return self
+
+    def __next__(self):
+        try:
+            batch = next(self.batches)
+        except StopIteration:
+            self.new_epoch()
+            batch = next(self.batches)
+        self.drawn += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"epoch_start": self.epoch_start, "drawn": self.drawn}
 
 
 def scale_gradients(optimizer: torch.optim.Optimizer, args, kwargs) -> None:
