@@ -13,7 +13,7 @@ from omegaconf import OmegaConf
 from scipy.io import loadmat
 
 from conftest import TINY, compose_cfg
-from unroll_cli.config import ConfigError, schema_defaults, validate
+from unroll_cli.config import ConfigError, changeable_keys, schema_defaults, validate
 from unroll_cli.run import build_model, build_task, run
 from unroll_cli.train.checkpoints import resume_conflicts
 from unroll_cli.train.layerwise import BatchStream, LayerwiseTrainer
@@ -190,6 +190,10 @@ def test_new_keys_fail_by_name_and_default_to_what_runs_did_before():
                        ("data", "loss_reduction"), ("data", "test_path"), ("trainer", "checkpoint_every_s")]:
         del before[group][key]
     assert resume_conflicts(before, OmegaConf.to_container(plain, resolve=True), added=schema_defaults(plain)) == []
+    # how often a stage checkpoints does not change the result: a resume may set it
+    other = compose_cfg([*TINY, "trainer=layerwise", "trainer.checkpoint_every_s=5"])
+    assert resume_conflicts(OmegaConf.to_container(plain, resolve=True), OmegaConf.to_container(other, resolve=True),
+                            changeable_keys(other)) == []
     authors = compose_cfg([*TINY, "trainer=layerwise", "trainer.decay_mode=gradient"])
     assert resume_conflicts(before, OmegaConf.to_container(authors, resolve=True), added=schema_defaults(authors))
 
