@@ -136,7 +136,7 @@ class LayerwiseTrainer(Trainer):
                     seconds = earlier_s + time.time() - started
                     self.save(position=list(done), stream=stream.state_dict(), stage_progress=dict(
                         zip(PROGRESS_SCALARS, (best, best_step, step, count, seconds)),
-                        layer=layer, stage=stage, loss_sum=loss_sum.clone(), optimizer=optimizer.state_dict()))
+                        loss_sum=loss_sum.clone(), optimizer=optimizer.state_dict()))
                     saved_at = time.time()
         train_loss = self.check_finite(loss_sum, count)
         if not math.isfinite(best):  # fewer steps than one validation interval
