@@ -14,8 +14,9 @@ try:
     from hydra import compose, initialize_config_module
     from hydra.core.global_hydra import GlobalHydra
 except ModuleNotFoundError as missing:  # a pytest outside the project's environment
-    pytest.exit(f"{missing}: install the project and run its tests as the README says: python3 -m venv "
-                ".venv && .venv/bin/pip install -e \".[test]\", then .venv/bin/pytest", returncode=4)
+    # SystemExit, not pytest.exit: pytest wraps any Exception raised by a conftest in a traceback
+    raise SystemExit(f"{missing}: install the project and run its tests as the README says: python3 -m "
+                     "venv .venv && .venv/bin/pip install -e \".[test]\", then .venv/bin/pytest") from None
 
 import unroll_cli.app  # noqa: F401  (registers the schemas and the run_uid resolver)
 
