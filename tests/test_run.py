@@ -10,7 +10,7 @@ from conftest import read_metrics
 from unroll_cli.config import ConfigError, validate
 from unroll_cli.record.run_dir import RunDirError, claim
 from unroll_cli.run import build_model, build_task, run
-from unroll_cli.sweep.optuna_study import RunPruned
+from unroll_cli.train.callbacks import Callback, RunPruned
 from unroll_cli.train.layerwise import LayerwiseTrainer
 from unroll_cli.train.trainer import NonFiniteLossError
 
@@ -36,23 +36,22 @@ def test_non_finite_loss_fails_the_run_and_keeps_the_last_good_checkpoint(tiny_c
     assert all(torch.isfinite(v).all() for v in state.values())
 
 
-@pytest.mark.parametrize("stop, status", [(SystemExit(-1), "interrupted"),  # submitit's requeue exits
-                                          (RunPruned("pruned at step 1"), "pruned")])
-def test_a_run_stopped_after_an_epoch_is_recorded_with_its_checkpoint(tiny_cfg, tmp_path, stop, status):
-    def stop_after_first_epoch(monitor_mode):
-        assert monitor_mode == "min"  # NMSE in dB: lower is better
-
-        def on_validation(epoch, value):
+# a pruner's stop comes after the epoch's checkpoint; an exit (submitit's requeue) inside a callback leaves
+# the checkpoint before that epoch, from which a resume redoes it
+@pytest.mark.parametrize("stop, status, saved_epoch", [(SystemExit(-1), "interrupted", 0),
+                                                       (RunPruned("pruned at step 1"), "pruned", 1)])
+def test_a_run_stopped_after_an_epoch_is_recorded_with_its_checkpoint(tiny_cfg, tmp_path, stop, status, saved_epoch):
+    class StopAfterFirstEpoch(Callback):
+        def on_validation(self, trainer, number, metrics):
+            assert trainer.task.monitor_mode == "min"  # NMSE in dB: lower is better
             raise stop
-
-        return on_validation
 
     overrides = ["trainer.max_epochs=5", "tensorboard=false"]
     with pytest.raises(type(stop)):
-        run(tiny_cfg(*overrides), tmp_path, overrides, pruning=stop_after_first_epoch)
+        run(tiny_cfg(*overrides), tmp_path, overrides, callbacks={"stop": StopAfterFirstEpoch()})
     record = read_metrics(tmp_path)
     assert record["status"] == status
-    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["epoch"] == 1
+    assert torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["epoch"] == saved_epoch
     # the same job run again resumes an interrupted run and starts a pruned one again; another job is refused
     assert claim(tmp_path, overrides).action == ("resume" if status == "interrupted" else "fresh")
     with pytest.raises(RunDirError, match="holds another run"):
@@ -112,7 +111,8 @@ def test_a_layerwise_run_stopped_inside_a_stage_resumes_there_to_the_same_result
     must restore the stage's optimizer, step and best, and redraw the epoch's shuffle and skip into it."""
     common = ("model=lista_cpss", "model.layers=2", "trainer=layerwise", "data.online=false", "data.n_train=96",
               "trainer.val_every_steps=2", "trainer.stage_patience_steps=6", "trainer.stage_max_steps=15",
-              "trainer.checkpoint_every_s=0", "optim.lr=0.01", "tensorboard=false")
+              "trainer.checkpoint_every_s=0", "optim.lr=0.01", "tensorboard=false",
+              "+callbacks=grad_norm")  # a callback's state inside the stage (its running sum) resumes too
     run(tiny_cfg(*common), tmp_path / "straight")
     straight = torch.load(tmp_path / "straight/checkpoints/last.pt", weights_only=True)
     assert straight["history"][1]["stage_steps"] > 9  # the premise: the second stage runs past the stop

@@ -174,6 +174,10 @@ class TrainConfig:
     resume: Optional[str] = None  # a run directory or a checkpoint file to continue from
     optimized_metric: Optional[str] = None  # null: the task's primary metric
     tensorboard: bool = True
+    # trainer callbacks (unroll_cli.train.callbacks) and run diagnostics (unroll_cli.evaluate.diagnostics):
+    # name -> a _target_ node each; +callbacks=NAME / +diagnostics=NAME add conf/<group>/NAME.yaml
+    callbacks: Dict[str, Any] = field(default_factory=dict)
+    diagnostics: Dict[str, Any] = field(default_factory=dict)
     # packages whose classes a config file may name in _target_ besides the built-in allow-list
     # (unroll_cli.targets); set in a config file, never on the command line
     trusted_packages: List[str] = field(default_factory=list)
@@ -215,6 +219,7 @@ def register_configs() -> None:
 
 # ----------------------------------------------------------------------------- value checks
 GROUPS = ("data", "model", "optim", "sched", "trainer")
+EXTENSIONS = ("callbacks", "diagnostics")  # name -> _target_ node; each class checks its own keys
 
 
 def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
@@ -275,7 +280,7 @@ def changeable_keys(cfg: DictConfig) -> list[str]:
 
 
 def schema_defaults(cfg: DictConfig) -> dict[str, Any]:
-    """``group.key: default`` of every field of the groups' schemas."""
+    """``group.key: default`` of every field of the groups' schemas; no callbacks or diagnostics."""
     defaults = {}
     for group in GROUPS:
         schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
@@ -285,6 +290,8 @@ def schema_defaults(cfg: DictConfig) -> dict[str, Any]:
                     defaults[f"{group}.{f.name}"] = f.default
                 elif f.default_factory is not MISSING_FIELD:
                     defaults[f"{group}.{f.name}"] = f.default_factory()
+    for key in EXTENSIONS:  # none, flattened as a checkpoint's config is (checkpoints.flatten)
+        defaults[key] = None
     return defaults
 
 
@@ -303,6 +310,11 @@ def validate(cfg: DictConfig) -> None:
     for key in GROUPS:
         _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
         _check_constraints(cfg[key], key)
+    for key in EXTENSIONS:
+        for name, node in cfg[key].items():
+            if not (OmegaConf.is_dict(node) and "_target_" in node):
+                raise ConfigError(f"{key}.{name} is not allowed: a node with a _target_ (the class of the {key[:-1]})")
+        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
     _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
     _require(cfg.optim.get("lr", 1) > 0, "optim.lr", cfg.optim.get("lr"), "a number > 0")
     trainer = cfg.trainer

@@ -12,7 +12,6 @@ import shutil
 import signal
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
 
 import torch
 from hydra.errors import InstantiationException
@@ -20,9 +19,10 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from unroll_cli.config import ConfigError, changeable_keys, schema_defaults, validate
+from unroll_cli.evaluate.diagnostics import PerValidation, check_diagnostics, record_diagnostics
 from unroll_cli.memory import require_memory
 from unroll_cli.record.recorder import RunRecorder
-from unroll_cli.sweep.optuna_study import RunPruned
+from unroll_cli.train.callbacks import Callback, Callbacks, RunPruned, check_callbacks
 from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
                                           load_checkpoint, resume_conflicts)
 from unroll_cli.train.cpu_memory import keep_freed_memory
@@ -109,6 +109,16 @@ def check_optimizer(cfg: DictConfig) -> None:
             scheduler.step()
 
 
+def build_extensions(cfg: DictConfig, key: str) -> dict:
+    """The named ``callbacks`` or ``diagnostics`` of the config, each built from its ``_target_``; a
+    key its class does not take, or a value it refuses, fails naming ``key.NAME``."""
+    built = {}
+    for name, node in cfg[key].items():
+        with refused_as(f"{key}.{name}"):
+            built[name] = instantiate(node, _recursive_=False)
+    return built
+
+
 def check_optimized_metric(cfg: DictConfig, task) -> None:
     """``optimized_metric`` must be a metric this task reports."""
     names = task.metric_names()
@@ -165,16 +175,16 @@ def sigterm_as_interrupt():
 
 
 def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
-        pruning: Callable[[str], Callable[[int, float], None] | None] | None = None) -> float:
+        callbacks: dict[str, Callback] | None = None) -> float:
     """Train and evaluate the configured model; write the run directory; return the optimized metric.
 
-    ``pruning``, given the task's monitor mode ("min"/"max"), returns the callback the trainer calls
-    after every validation (a sweeper's pruner), or None.
+    ``callbacks``: trainer callbacks the caller adds to the config's (a sweeper's pruner).
     """
     validate(cfg)
     device = resolve_device(cfg.device)
     resume_state = resume_point(cfg, device) if cfg.resume else None
     check_optimizer(cfg)
+    extensions = {key: build_extensions(cfg, key) for key in ("callbacks", "diagnostics")}
     if device.type == "cpu":
         keep_freed_memory()
     seed_everything(cfg.seed, cfg.deterministic)
@@ -184,6 +194,11 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer_class = get_class(cfg.trainer._target_)
     trainer_class.check_model(model, cfg.model.name)
+    check_callbacks(extensions["callbacks"], model, cfg)
+    diagnostics = extensions["diagnostics"]
+    check_diagnostics(diagnostics, model, cfg.model.name)
+    callbacks = Callbacks.for_model(model, {**extensions["callbacks"], **(callbacks or {}),
+                                            "diagnostics.per_epoch": PerValidation(diagnostics)})
 
     run_dir = Path(run_dir)
     if resume_state is None:
@@ -199,10 +214,11 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         with sigterm_as_interrupt():
             trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder,
                                     resume_state=resume_state, config=OmegaConf.to_container(cfg, resolve=True),
-                                    on_validation=pruning(task.monitor_mode) if pruning else None)
+                                    callbacks=callbacks)
             trainer.fit()
             model.eval()
             metrics = task.report(model, recorder, cfg.model.name, cfg.paper)
+            metrics.update(record_diagnostics(diagnostics, model, recorder))
             if callable(getattr(model, "dictionary", None)):  # the learned arrays, beside the run's tables
                 recorder.write_array("dictionary.npy", model.dictionary().detach().cpu().numpy())
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, or a cluster's requeue (submitit exits)

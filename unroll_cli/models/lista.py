@@ -361,6 +361,10 @@ class LISTACP(CoupledUnrolledISTA):
     def _coupling(self, t):
         return (self.W if self.tied else self.W[t]), 1.0
 
+    def coupled_weight(self) -> Tensor | None:
+        """The one dense ``W`` (m, n) of all layers (tied), detached; None when untied or structured."""
+        return self.W.detach() if self.tied and self.operator == "dense" else None
+
     def layer_parameters(self, t):
         self._check_layer(t)
         if self.tied:
@@ -388,6 +392,10 @@ class _SteppedCoupled(CoupledUnrolledISTA):
 
     def _coupling(self, t):
         return self.W, self.gamma[t]
+
+    def coupled_weight(self) -> Tensor:
+        """The ``W`` (m, n) of every layer, detached (learned in TiLISTA, analytic in ALISTA)."""
+        return self.W.detach()
 
     def step_sizes(self):
         return torch.stack(list(self.gamma)).detach()

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import math
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -31,14 +31,11 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 
 from unroll_cli.record.atomic import atomic_write
+from unroll_cli.train.callbacks import Callback, RunPruned
 
 log = logging.getLogger(__name__)
 
 SWEEPER_TARGET = "hydra_plugins.unroll_optuna_sweeper.optuna_sweeper.OptunaSweeper"
-
-
-class RunPruned(Exception):
-    """The study's pruner stopped this run early (an unpromising trial, not a failure)."""
 
 
 def storage_url(storage: str | None, sweep_dir: str | Path) -> str:
@@ -172,36 +169,44 @@ def write_results(study, sweep_dir: Path) -> None:
     log.info("best trial %d: %.6g with %s", best.number, best.value, best.params)
 
 
-def trial_reporter(hydra_cfg: DictConfig) -> Callable[[str], Callable[[int, float], None] | None]:
-    """For a job of this sweeper with a pruner: a factory that, given the task's monitor mode,
-    returns ``report(step, value)``, which records the value in the trial and raises
-    :class:`RunPruned` when the pruner says stop. Otherwise a factory returning None."""
-    sweeper = hydra_cfg.get("sweeper", {})
-    if (hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != SWEEPER_TARGET
-            or not sweeper.get("pruner")):  # not a trial (e.g. an hparams_search config without -m)
-        return lambda monitor_mode: None
+class TrialPruning(Callback):
+    """The trial's pruner as a trainer callback: after every validation the monitored value goes to
+    the trial, and :class:`RunPruned` stops the run when the pruner says so."""
 
-    def make(monitor_mode: str) -> Callable[[int, float], None] | None:
+    def __init__(self, hydra_cfg: DictConfig):
+        self.sweeper, self.sweep_dir, self.number = hydra_cfg.sweeper, hydra_cfg.sweep.dir, int(hydra_cfg.job.num)
+        self.trial = None
+
+    def on_fit_start(self, trainer) -> None:
         import optuna
 
-        storage = optuna.storages.RDBStorage(storage_url(sweeper.storage, hydra_cfg.sweep.dir))
+        sweeper = self.sweeper
+        storage = optuna.storages.RDBStorage(storage_url(sweeper.storage, self.sweep_dir))
         study = optuna.load_study(study_name=sweeper.study_name, storage=storage,
                                   pruner=instantiate(sweeper.pruner))
+        monitor_mode = trainer.task.monitor_mode
         if (study.direction == optuna.study.StudyDirection.MINIMIZE) != (monitor_mode == "min"):
             log.warning("the study is to %s but the monitored metric is better when %s: no pruning",
                         study.direction.name.lower(), "lower" if monitor_mode == "min" else "higher")
-            return None
-        number = int(hydra_cfg.job.num)
+            return
         trial_id = storage.get_trial_id_from_study_id_trial_number(
-            storage.get_study_id_from_name(sweeper.study_name), number)
-        trial = optuna.trial.Trial(study, trial_id)
+            storage.get_study_id_from_name(sweeper.study_name), self.number)
+        self.trial = optuna.trial.Trial(study, trial_id)
 
-        def report(step: int, value: float) -> None:
-            trial.report(value, step)
-            if trial.should_prune():
-                raise RunPruned(f"trial {number} pruned by {type(study.pruner).__name__} at step {step} "
-                                f"(monitored value {value:.4g})")
+    def on_validation(self, trainer, number: int, metrics: dict[str, Any]) -> None:
+        if self.trial is None:
+            return
+        value = metrics[trainer.task.monitor]
+        self.trial.report(value, number)
+        if self.trial.should_prune():
+            raise RunPruned(f"trial {self.number} pruned by {type(self.trial.study.pruner).__name__} at step "
+                            f"{number} (monitored value {value:.4g})")
 
-        return report
 
-    return make
+def trial_callbacks(hydra_cfg: DictConfig) -> dict[str, Callback]:
+    """``{"optuna_pruning": TrialPruning}`` for a job of this sweeper with a pruner; else nothing."""
+    sweeper = hydra_cfg.get("sweeper", {})
+    if (hydra_cfg.mode != RunMode.MULTIRUN or sweeper.get("_target_") != SWEEPER_TARGET
+            or not sweeper.get("pruner")):  # not a trial (e.g. an hparams_search config without -m)
+        return {}
+    return {"optuna_pruning": TrialPruning(hydra_cfg)}

@@ -31,6 +31,7 @@ LINK, GENERATIONS = "checkpoints", "checkpoints.d"
 CHANGEABLE_ON_RESUME = (
     "resume", "trainer.max_epochs", "trainer.patience", "trainer.progress", "trainer.checkpoint",
     "tensorboard", "optimized_metric", "paper", "paper.*",
+    "diagnostics", "diagnostics.*",  # measurements of the model, not its training
 )
 
 

@@ -71,7 +71,7 @@ class LayerwiseTrainer(Trainer):
             optimizer.register_step_pre_hook(scale_gradients)
         return optimizer
 
-    def fit(self) -> None:
+    def run_schedule(self) -> None:
         if not self.trainable(self.model.parameters()):
             log.info("nothing to train: the model has no trainable parameters")
             return
@@ -92,8 +92,10 @@ class LayerwiseTrainer(Trainer):
         with self.progress(len(schedule), unit="stage") as bar:
             for number, (layer, stage) in enumerate(schedule, start=len(self.recorder.history) + 1):
                 groups = self.stage_groups(layer, stage, lr0)
+                stop = None
                 if groups:
                     row = self.run_stage(layer, stage, groups, stream, done, progress)
+                    stop = self.callbacks.on_validation(self, number, row)
                     self.recorder.add_row(row)
                     bar.set_postfix(layer=layer + 1, stage=stage, val=f"{row[self.task.monitor]:.4g}")
                 done, progress = (layer, stage), None
@@ -101,7 +103,8 @@ class LayerwiseTrainer(Trainer):
                 bar.update(1)
                 if groups:
                     self.recorder.write_history(step=self.global_step)
-                    self.on_validation(number, row[self.task.monitor])
+                if stop is not None:
+                    raise stop
 
     def run_stage(self, layer: int, stage: int, groups: list[dict], stream: BatchStream,
                   done: tuple[int, int] | None = None, progress: dict | None = None) -> dict:

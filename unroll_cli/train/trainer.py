@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import warnings
-from typing import Any, Callable, Iterable
+from typing import Any, Iterable
 
 import torch
 from hydra.utils import instantiate
@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from unroll_cli.config import TrainingFailure
 from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.train.callbacks import Callbacks
 from unroll_cli.train.checkpoints import CheckpointStore
 from unroll_cli.train.cuda_graphs import GraphedLoss
 
@@ -40,11 +41,10 @@ class Trainer:
 
     def __init__(self, settings: DictConfig, model: torch.nn.Module, task, optim_cfg: DictConfig,
                  sched_cfg: DictConfig, recorder: RunRecorder, resume_state: dict[str, Any] | None = None,
-                 on_validation: Callable[[int, float], None] | None = None, config: dict | None = None):
+                 callbacks: Callbacks | None = None, config: dict | None = None):
         self.s, self.model, self.task, self.recorder = settings, model, task, recorder
-        # called with (epoch or stage number, monitored value) after each checkpoint; may raise
-        # to stop the run (an Optuna pruner does)
-        self.on_validation = on_validation or (lambda step, value: None)
+        # the run's callbacks (unroll_cli.train.callbacks), the model's own step hook among them
+        self.callbacks = callbacks if callbacks is not None else Callbacks.for_model(model)
         self.optim_cfg, self.sched_cfg = optim_cfg, sched_cfg
         self.device = task.device
         # the checkpoint to continue from (its best.pt as "best_checkpoint"), and the run's config,
@@ -53,8 +53,6 @@ class Trainer:
         self.best_state: dict[str, torch.Tensor] | None = None  # the best model's weights
         self.carried_best: dict[str, Any] | None = None  # a resumed best.pt, written with the next save
         self.forward = torch.compile(model) if settings.compile else model
-        # a model's projection after every optimizer step (e.g. unit-norm atoms), if it declares one
-        self.after_step = getattr(model, "after_step", None)
         self.autocast_dtype = torch.bfloat16 if settings.precision == "bf16" else None
         self.graphed_loss = None
         if settings.cuda_graphs and self.device.type == "cuda":
@@ -89,10 +87,8 @@ class Trainer:
         if self.s.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
         optimizer.step()
-        if self.after_step is not None:
-            with torch.no_grad():
-                self.after_step()
         self.global_step += 1
+        self.callbacks.after_step(self, self.global_step)
         return loss.detach()
 
     @staticmethod
@@ -139,7 +135,8 @@ class Trainer:
             return
         full = {"model": self.model.state_dict(), "rng": self.rng_state(), "config": self.config,
                 "history": self.recorder.history, "global_step": self.global_step,
-                "wall_s": self.recorder.elapsed(), "device": self.device.type, **state}
+                "wall_s": self.recorder.elapsed(), "device": self.device.type,
+                "callbacks": self.callbacks.state_dict(), **state}
         CheckpointStore(self.recorder.dir).save(full, best=full if improved else self.carried_best)
         self.carried_best = None
 
@@ -150,6 +147,7 @@ class Trainer:
         self.recorder.history = list(state["history"])
         self.recorder.earlier_s = state.get("wall_s", 0.0)  # older checkpoints did not hold it
         self.global_step = state["global_step"]
+        self.callbacks.load_state_dict(state.get("callbacks", {}))  # older checkpoints held none
         self.carried_best = state.get("best_checkpoint")
         self.best_state = self.carried_best["model"] if self.carried_best is not None else None
 
@@ -158,8 +156,14 @@ class Trainer:
         return tqdm(total=total, initial=initial, unit=unit, disable=None if self.s.progress else True,
                     dynamic_ncols=True, leave=False)
 
-    # ------------------------------------------------------------------ end-to-end fit
     def fit(self) -> None:
+        """Train, with the callbacks' ``on_fit_start`` before and ``on_fit_end`` after."""
+        self.callbacks.on_fit_start(self)
+        self.run_schedule()
+        self.callbacks.on_fit_end(self)
+
+    # ------------------------------------------------------------------ end-to-end schedule
+    def run_schedule(self) -> None:
         params = self.trainable(self.model.parameters())
         if not params or self.s.max_epochs == 0:
             log.info("nothing to train (%d trainable parameters, %d epochs)", len(params), self.s.max_epochs)
@@ -207,13 +211,15 @@ class Trainer:
                 best, stale = (monitored, 0) if improved else (best, stale + 1)
                 row = {"epoch": epoch, "step": self.global_step, "lr": lr, "train/loss": train_loss,
                        **val, "seconds": round(time.time() - started, 3)}
+                stop = self.callbacks.on_validation(self, epoch, row)
                 self.recorder.add_row(row)
                 bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4g}", val=f"{monitored:.4g}")
                 log.info("epoch %d/%d  loss %.5g  %s %.4f", epoch, self.s.max_epochs, train_loss,
                          self.task.monitor, monitored)
                 save(improved)  # before history.csv, which is then never ahead of the checkpoint
                 self.recorder.write_history(step=epoch)
-                self.on_validation(epoch, monitored)
+                if stop is not None:
+                    raise stop
                 if self.s.patience is not None and stale >= self.s.patience:
                     log.info("early stop: %s has not improved for %d epochs", self.task.monitor, stale)
                     break
