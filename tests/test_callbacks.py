@@ -129,7 +129,8 @@ class ParameterTrace(Callback):
 
 def test_a_users_callback_from_their_own_folder_resumes_exactly_after_a_kill(tmp_path):
     """docs/architecture.md's example as a user types it: a module in their folder, a YAML file in their
-    config folder found through hydra.searchpath; SIGKILL after three epochs, the same command again."""
+    config folder found through hydra.searchpath, selected with a built-in one; SIGKILL after three
+    epochs, then the same command again."""
     (tmp_path / "my_callbacks.py").write_text(USER_CALLBACK)
     (tmp_path / "my_conf/callbacks").mkdir(parents=True)
     (tmp_path / "my_conf/callbacks/trace.yaml").write_text(
@@ -140,7 +141,7 @@ def test_a_users_callback_from_their_own_folder_resumes_exactly_after_a_kill(tmp
         "    _target_: my_callbacks.ParameterTrace\n"
         "    scale: 0.5\n")
     args = [*TINY, "model=lista_cp", "trainer.max_epochs=30", "tensorboard=false",
-            f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "+callbacks=trace"]
+            f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "+callbacks=[grad_norm,trace]"]
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path}{os.pathsep}{Path(__file__).parents[1]}"}
     straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, env=env)
     assert straight.returncode == 0, straight.stderr
@@ -159,3 +160,6 @@ def test_a_users_callback_from_their_own_folder_resumes_exactly_after_a_kill(tmp
     assert int(steps) == 30 * 5  # every step of the 30 epochs, once
     assert (killed / "trace.txt").read_text() == (tmp_path / "straight/trace.txt").read_text()
     assert read_metrics(killed)["metrics"] == read_metrics(tmp_path / "straight")["metrics"]
+    histories = [pd.read_csv(folder / "history.csv").drop(columns="seconds") for folder in (killed, tmp_path / "straight")]
+    pd.testing.assert_frame_equal(*histories)  # train/grad_norm of the built-in callback beside it
+    assert histories[0]["train/grad_norm"].notna().all()
