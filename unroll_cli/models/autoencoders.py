@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from numbers import Integral, Real
+from numbers import Integral
 from pathlib import Path
 from typing import Optional
 
@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from unroll_cli.config import constrained, register_schema
-from unroll_cli.models.mlista import _check_int
+from unroll_cli.models.arguments import check_bool, check_choice, check_int, check_number, fista_momentum
 from unroll_cli.models.prox import group_soft_threshold, hard_threshold, nonneg_soft_threshold, soft_threshold
 
 GRADS = ("g_dec", "g_ae_lasso", "g_ae_ls")
@@ -107,36 +107,6 @@ class GroupSparseAEConfig(TiedAutoencoderConfig):
     group_size: int = _at_least(4, 1)
 
 
-def _check_choice(name: str, value, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value
-
-
-def _check_bool(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be a bool, got {value!r}")
-    return value
-
-
-def _check_number(name: str, value, positive: bool) -> float:
-    ok = isinstance(value, Real) and not isinstance(value, bool) and (value > 0 if positive else value >= 0)
-    if not ok:
-        raise ValueError(f"{name} must be a real number {'>' if positive else '>='} 0, got {value!r}")
-    return float(value)
-
-
-def fista_momentum(layers: int) -> list[float]:
-    """``(t_k - 1) / t_{k+1}`` for k = 1..layers, ``t_1 = 1``, ``t_{k+1} = (1 + sqrt(1 + 4 t_k^2)) / 2``
-    (Beck & Teboulle 2009): the extrapolation applied after step k."""
-    momentum, tk = [], 1.0
-    for _ in range(layers):
-        tk_next = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
-        momentum.append((tk - 1.0) / tk_next)
-        tk = tk_next
-    return momentum
-
-
 def batched(matrix: Tensor, stack: Tensor) -> Tensor:
     """``matrix @ stack[i]`` for every i, as one ``bmm`` on the expanded matrix: ``matrix @ stack``
     would copy the stack into a (N rows, ...) layout first (about 1.3x slower on the CPU)."""
@@ -192,30 +162,30 @@ class TiedAutoencoder(nn.Module):
                  dictionary_path: str | None = None, check_step: bool = True,
                  init_images: Tensor | None = None):
         super().__init__()
-        self.layers = _check_int("layers", layers, 1)
-        self.lam, self.step = _check_number("lam", lam, False), _check_number("step", step, True)
-        fista = _check_choice("encoder", encoder, ("ista", "fista")) == "fista"
+        self.layers = check_int("layers", layers, 1)
+        self.lam, self.step = check_number("lam", lam, False), check_number("step", step, True)
+        fista = check_choice("encoder", encoder, ("ista", "fista")) == "fista"
         self.momentum = fista_momentum(self.layers) if fista else None
-        self.grad = _check_choice("grad", grad, GRADS)
-        self.two_sided = _check_bool("two_sided", two_sided)
-        self.normalize = _check_bool("normalize", normalize)
-        self.conv = _check_bool("conv", conv)
-        self.in_channels = _check_int("in_channels", in_channels, 1)
+        self.grad = check_choice("grad", grad, GRADS)
+        self.two_sided = check_bool("two_sided", two_sided)
+        self.normalize = check_bool("normalize", normalize)
+        self.conv = check_bool("conv", conv)
+        self.in_channels = check_int("in_channels", in_channels, 1)
         images = self._check_images(init_images)
         if self.conv:
-            self.stride = _check_int("stride", stride, 1)
-            k = _check_int("kernel_size", kernel_size, 1)
-            shape = (_check_int("filters", filters, 1), self.in_channels, k, k)
+            self.stride = check_int("stride", stride, 1)
+            k = check_int("kernel_size", kernel_size, 1)
+            shape = (check_int("filters", filters, 1), self.in_channels, k, k)
         else:
             self.image_shape = self._dense_image_shape(input_dim, images)
-            shape = (math.prod(self.image_shape), _check_int("atoms", atoms, 1))
+            shape = (math.prod(self.image_shape), check_int("atoms", atoms, 1))
         if dictionary_path is not None:
             saved = None if self.conv else (shape[1], *self.image_shape)
             weight = load_dictionary(dictionary_path, shape, saved)
         else:
-            weight = self._initial_atoms(shape, _check_choice("init", init, ("random", "data")), images)
+            weight = self._initial_atoms(shape, check_choice("init", init, ("random", "data")), images)
         self.weight = nn.Parameter(weight)
-        if _check_bool("check_step", check_step):
+        if check_bool("check_step", check_step):
             self._check_step(images)
         self._code: Tensor | None = None  # z_T of the last forward, for loss_penalty
 
@@ -238,7 +208,7 @@ class TiedAutoencoder(nn.Module):
                 raise ValueError(f"input_dim={input_dim} but the task's images have C*H*W = "
                                  f"{images[0].numel()}")
             return tuple(images.shape[1:])
-        if input_dim is None or _check_int("input_dim", input_dim, 1) % self.in_channels:
+        if input_dim is None or check_int("input_dim", input_dim, 1) % self.in_channels:
             raise ValueError(f"conv=false needs the task's images or input_dim, a multiple of in_channels="
                              f"{self.in_channels}; got input_dim={input_dim!r}")
         return self.in_channels, input_dim // self.in_channels, 1
@@ -395,7 +365,7 @@ class SparseAutoencoder(TiedAutoencoder):
 
     def __init__(self, in_channels: int, threshold: str = "soft", **options):
         super().__init__(in_channels, **options)
-        self.threshold = _check_choice("threshold", threshold, ("soft", "hard"))
+        self.threshold = check_choice("threshold", threshold, ("soft", "hard"))
 
     def _shrink(self, z: Tensor) -> Tensor:
         b = self.lam * self.step
@@ -417,7 +387,7 @@ class GroupSparseAutoencoder(TiedAutoencoder):
     def __init__(self, in_channels: int, group_size: int = 4, init: str = "data", step: float = 0.003,
                  atoms: int = 320, **options):
         super().__init__(in_channels, init=init, step=step, atoms=atoms, **options)
-        self.group_size = _check_int("group_size", group_size, 1)
+        self.group_size = check_int("group_size", group_size, 1)
         entries = self.weight.shape[0 if self.conv else 1]
         if entries % self.group_size:
             raise ValueError(f"group_size={group_size} must divide the {entries} "

@@ -25,7 +25,6 @@ projections of the trained matrices instead (``unroll-compress``, :mod:`unroll_c
 from __future__ import annotations
 
 import copy
-import math
 from numbers import Integral, Real
 
 import torch
@@ -34,6 +33,7 @@ from torch import Tensor, nn
 
 from unroll_cli.config import constrained, register_schema
 from unroll_cli.models.analytic import analytic_weight
+from unroll_cli.models.arguments import check_bool, fista_momentum
 from unroll_cli.models.operators import OPERATORS, check_operator, structured_copy, structured_map
 from unroll_cli.models.prox import soft_threshold, support_selection_threshold
 
@@ -48,12 +48,6 @@ def _addmm(bias, a: Tensor, b: Tensor, alpha: float = 1.0) -> Tensor:
     if bias is None:
         return torch.mm(a, b) if alpha == 1.0 else torch.mm(a, b).mul_(alpha)
     return torch.addmm(bias, a, b, alpha=alpha)
-
-
-def _check_tied(tied) -> bool:
-    if not isinstance(tied, bool):
-        raise ValueError(f"tied must be a bool, got {tied!r}")
-    return tied
 
 
 def _learned_map(matrix: Tensor, operator: str) -> nn.Parameter | nn.Module:
@@ -265,11 +259,7 @@ class FISTA(ISTA):
 
     def __init__(self, A: Tensor, layers: int, lam: float):
         super().__init__(A, layers, lam)
-        tk, self._momentum = 1.0, []
-        for _ in range(self.layers):
-            tk_next = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
-            self._momentum.append((tk - 1.0) / tk_next)
-            tk = tk_next
+        self._momentum = fista_momentum(self.layers)
 
     def _extrapolate(self, t, x, x_prev):
         if x_prev is None:
@@ -292,7 +282,7 @@ class LISTA(UnrolledISTA):
     def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
                  ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0, operator: str = "dense"):
         super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
-        self.tied = _check_tied(tied)
+        self.tied = check_bool("tied", tied)
         self.operator = check_operator(operator)
         A64 = self.A.double()
         B = (A64.t() / self.L).to(self.A.dtype)
@@ -342,7 +332,7 @@ class LISTACP(CoupledUnrolledISTA):
     def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
                  ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0, operator: str = "dense"):
         super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
-        self.tied = _check_tied(tied)
+        self.tied = check_bool("tied", tied)
         self.operator = check_operator(operator)
         W = (self.A.double() / self.L).to(self.A.dtype)
         if operator != "dense":

@@ -57,6 +57,7 @@ from omegaconf import MISSING
 from torch import Tensor, nn
 
 from unroll_cli.config import constrained, register_schema
+from unroll_cli.models.arguments import check_bool, check_int, fista_momentum
 from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer, structured_copy, structured_map
 from unroll_cli.models.prox import nonneg_soft_threshold
 
@@ -66,12 +67,6 @@ ARCHS = {
     "mnist": {"layers": ((32, 6, 2), (64, 6, 2), (512, 4, 1)), "padding": 0, "tail": ()},
     "cifar10": {"layers": ((32, 4, 2), (64, 4, 2), (128, 4, 2)), "padding": 1, "tail": (256, 512, 512)},
 }
-
-
-def _check_int(name: str, value, low: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return int(value)
 
 
 def _sees_all(n: int, k: int, s: int, p: int) -> bool:
@@ -166,9 +161,9 @@ class MultiLayerNet(nn.Module):
         if arch not in ARCHS:
             raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
         self.arch = arch
-        self.in_channels = _check_int("in_channels", in_channels, 1)
-        self.num_classes = _check_int("num_classes", num_classes, 1)
-        self.unfoldings = _check_int("unfoldings", unfoldings, 0)
+        self.in_channels = check_int("in_channels", in_channels, 1)
+        self.num_classes = check_int("num_classes", num_classes, 1)
+        self.unfoldings = check_int("unfoldings", unfoldings, 0)
         self.operator = check_operator(operator)
         spec = ARCHS[arch]
         self.padding = spec["padding"]
@@ -303,7 +298,7 @@ class MultiLayerNet(nn.Module):
         return structured_copy(self, operator, classifier=layer)
 
     def _check_unfoldings(self, t) -> int:
-        return _check_int("unfoldings", t, 0)
+        return check_int("unfoldings", t, 0)
 
     def _pursuit(self, plan: _Plan, t: int) -> Tensor:
         raise NotImplementedError
@@ -372,19 +367,10 @@ class MLFISTA(MLISTA):
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
                  unfoldings: int = 6, momentum: bool = True, operator: str = "dense"):
         super().__init__(arch, in_channels, num_classes, unfoldings, operator)
-        if not isinstance(momentum, bool):
-            raise ValueError(f"momentum must be a bool, got {momentum!r}")
-        self.momentum = momentum
+        self.momentum = check_bool("momentum", momentum)
 
     def _momentum(self, t):
-        if not self.momentum:
-            return [0.0] * t
-        tk, weights = 1.0, []
-        for _ in range(t):
-            tk_next = (1.0 + math.sqrt(1.0 + 4.0 * tk * tk)) / 2.0
-            weights.append((tk - 1.0) / tk_next)
-            tk = tk_next
-        return weights
+        return fista_momentum(t) if self.momentum else [0.0] * t
 
 
 class LBP(_TiedNet):
