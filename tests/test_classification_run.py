@@ -1,6 +1,9 @@
 """ML-ISTA family through the runner: tiny MNIST files in the real format, errors for bad input."""
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -48,6 +51,14 @@ def test_tiny_ml_ista_run_learns_and_reports_per_unfolding_accuracy(tmp_path):
     assert layers["test/acc"].iloc[-1] == pytest.approx(metrics["test/acc"])
     for name in ("acc_per_unfolding.png", "filters.png", "training_curve.png"):
         assert (run_dir / "figures" / name).is_file()
+    # unroll-eval on the test set again: the last epoch's model (validated on test data, no best is
+    # selected), the same accuracies, and where the model came from
+    again = subprocess.run([sys.executable, "-c", "from unroll_cli.cli import eval_main; eval_main()", str(run_dir),
+                            f"hydra.run.dir={tmp_path / 'again'}"], cwd=tmp_path, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    evaluated = read_metrics(tmp_path / "again")
+    assert evaluated["metrics"] == metrics
+    assert evaluated["source"]["checkpoint"] == "last.pt" and evaluated["source"]["epoch"] == 4
 
 
 def test_missing_dataset_is_one_clear_error(tmp_path):

@@ -20,12 +20,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.errors import CompactHydraException
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from unroll_cli.interrupts import interrupted
 from unroll_cli.config import ConfigError, TrainingFailure, register_configs, validate
-from unroll_cli.record.atomic import atomic_write_text
-from unroll_cli.record.run_dir import claim, locked
+from unroll_cli.record.run_dir import claim, locked, write_hydra_files
 from unroll_cli.targets import check_hydra_node, refuse_trust_from_overrides
 
 log = logging.getLogger("unroll_cli")
@@ -34,14 +33,6 @@ register_configs()
 
 class JobFailed(CompactHydraException):
     """One job of a multirun failed (its error is in its metrics.json); the others still run."""
-
-
-def write_hydra_files(run_dir: Path, cfg: DictConfig, hydra_cfg: DictConfig, overrides: list[str]) -> None:
-    """``.hydra/config.yaml``, ``hydra.yaml`` and ``overrides.yaml``, as Hydra writes them."""
-    folder = run_dir / ".hydra"
-    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
-    atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
-    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:

@@ -1,5 +1,6 @@
 """The entrypoints: ``unroll-train`` (Hydra's command line, around :mod:`unroll_cli.app`),
-``unroll-report`` (sweep tables, :mod:`unroll_cli.report.aggregate`) and ``unroll-compress`` (a trained
+``unroll-report`` (sweep tables, :mod:`unroll_cli.report.aggregate`), ``unroll-eval`` (a finished run
+evaluated again, :mod:`unroll_cli.reevaluate`) and ``unroll-compress`` (a trained
 run's dense maps as butterfly or Monarch layers, :mod:`unroll_cli.compress`).
 
 Only the standard library is imported at the top, so that Ctrl-C at any moment of the start-up is
@@ -34,6 +35,12 @@ def train_main() -> None:
 
 def report_main() -> None:
     from unroll_cli.report.aggregate import main
+
+    sys.exit(main())
+
+
+def eval_main() -> None:
+    from unroll_cli.reevaluate import main
 
     sys.exit(main())
 

@@ -43,11 +43,23 @@ def register_schema(group: str, name: str) -> Callable[[type], type]:
     return store
 
 
-def constrained(default: Any, allowed: str, ok: Callable[[Any], bool], changeable: bool = False) -> Any:
+def constrained(default: Any, allowed: str, ok: Callable[[Any], bool], changeable: bool = False,
+                evaluation: bool = False) -> Any:
     """A schema field with its allowed values: :func:`validate` checks ``ok(value)`` before any work
     and names the key and ``allowed`` when it fails. ``changeable``: a resumed run may set another
-    value (it changes only the report, not the problem or the training)."""
-    metadata = {"allowed": allowed, "ok": ok, "changeable": changeable}
+    value (it changes only the report, not the problem or the training); such a key is also
+    ``evaluation``: it changes only what a finished model is evaluated on (the test data, its noise,
+    a metric's convention), so ``unroll-eval`` may set it."""
+    metadata = {"allowed": allowed, "ok": ok, "changeable": changeable, "evaluation": evaluation or changeable}
+    return _field(default, metadata)
+
+
+def evaluation_only(default: Any) -> Any:
+    """A schema field without a value check that ``unroll-eval`` may set (see :func:`constrained`)."""
+    return _field(default, {"evaluation": True})
+
+
+def _field(default: Any, metadata: dict) -> Any:
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: type(default)(default), metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -188,6 +200,12 @@ class TrainConfig:
 _RUN_UID = f"{os.getpid()}{secrets.token_hex(2)}"
 
 
+def run_uid() -> str:
+    """This process's part of a run directory's name (the ``run_uid`` resolver)."""
+    return _RUN_UID
+
+
+
 def register_configs() -> None:
     """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists: the shared
     ones here, and those the task and model modules declare (:func:`register_schema`), which are
@@ -198,7 +216,7 @@ def register_configs() -> None:
     import unroll_cli.models
     import unroll_cli.tasks
 
-    OmegaConf.register_new_resolver("run_uid", lambda: _RUN_UID, replace=True)
+    OmegaConf.register_new_resolver("run_uid", run_uid, replace=True)
     for package in (unroll_cli.tasks, unroll_cli.models):
         for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             importlib.import_module(module.name)
@@ -271,11 +289,21 @@ def _check_constraints(node: DictConfig, key: str) -> None:
 
 def changeable_keys(cfg: DictConfig) -> list[str]:
     """The keys the schemas mark as changeable on resume (:func:`constrained`)."""
+    return _marked_keys(cfg, ("changeable",))
+
+
+def evaluation_keys(cfg: DictConfig) -> list[str]:
+    """The keys the schemas mark as changing only the evaluation (:func:`evaluation_only`), the
+    changeable ones among them."""
+    return _marked_keys(cfg, ("changeable", "evaluation"))
+
+
+def _marked_keys(cfg: DictConfig, marks: tuple[str, ...]) -> list[str]:
     keys = []
     for group in GROUPS:
         schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
         if is_dataclass(schema):
-            keys += [f"{group}.{f.name}" for f in fields(schema) if f.metadata.get("changeable")]
+            keys += [f"{group}.{f.name}" for f in fields(schema) if any(f.metadata.get(m) for m in marks)]
     return keys
 
 

@@ -11,6 +11,7 @@ import random
 import shutil
 import signal
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -157,6 +158,14 @@ def start_afresh(run_dir: Path) -> None:
     shutil.rmtree(run_dir / "tb", ignore_errors=True)
 
 
+def load_weights(model: torch.nn.Module, weights: dict, where: str) -> None:
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise ConfigError(f"{where}: its weights do not fit the model its config builds "
+                          f"({str(error).splitlines()[0]})") from None
+
+
 @contextmanager
 def sigterm_as_interrupt():
     """SIGTERM (a cluster's pre-emption, ``kill``) is handled like Ctrl-C."""
@@ -174,15 +183,36 @@ def sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+@dataclass
+class SourceModel:
+    """A finished run's trained model, evaluated instead of training one (``unroll-eval``): its
+    directory and its last and best checkpoints (best None when it has none)."""
+
+    run_dir: str
+    last: dict
+    best: dict | None
+
+    def weights(self, trainer_class, task) -> dict:
+        """The weights the run reported: its best epoch's or its last (the trainer's rule)."""
+        use_best = self.best is not None and trainer_class.reports_best(task)
+        return (self.best if use_best else self.last)["model"]
+
+    def describe(self, trainer_class, task) -> dict:
+        use_best = self.best is not None and trainer_class.reports_best(task)
+        return {"run": self.run_dir, "checkpoint": "best.pt" if use_best else "last.pt",
+                "epoch": (self.best if use_best else self.last).get("epoch")}
+
+
 def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
-        callbacks: dict[str, Callback] | None = None) -> float:
+        callbacks: dict[str, Callback] | None = None, source: SourceModel | None = None) -> float:
     """Train and evaluate the configured model; write the run directory; return the optimized metric.
 
     ``callbacks``: trainer callbacks the caller adds to the config's (a sweeper's pruner).
+    ``source``: evaluate this trained model instead of training (``unroll-eval``).
     """
     validate(cfg)
     device = resolve_device(cfg.device)
-    resume_state = resume_point(cfg, device) if cfg.resume else None
+    resume_state = resume_point(cfg, device) if cfg.resume and source is None else None
     check_optimizer(cfg)
     extensions = {key: build_extensions(cfg, key) for key in ("callbacks", "diagnostics")}
     if device.type == "cpu":
@@ -205,17 +235,22 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
         start_afresh(run_dir)
     recorder = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
     recorder.start(model=cfg.model.name, device=str(device), params=params, seed=cfg.seed,
-                   overrides=overrides or [])
+                   overrides=overrides or [],
+                   **({"source": source.describe(trainer_class, task)} if source is not None else {}))
     for name, array in task.artifacts().items():
         recorder.write_array(name, array)
     log.info("%s: %d parameters on %s; run directory %s", cfg.model.name, params, device, recorder.dir)
     metrics: dict[str, float] = {}
     try:
         with sigterm_as_interrupt():
-            trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder,
-                                    resume_state=resume_state, config=OmegaConf.to_container(cfg, resolve=True),
-                                    callbacks=callbacks)
-            trainer.fit()
+            if source is None:
+                trainer = trainer_class(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder,
+                                        resume_state=resume_state, config=OmegaConf.to_container(cfg, resolve=True),
+                                        callbacks=callbacks)
+                trainer.fit()
+            else:
+                load_weights(model, source.weights(trainer_class, task), source.run_dir)
+                recorder.history = list(source.last.get("history", []))  # the training curve the report draws
             model.eval()
             metrics = task.report(model, recorder, cfg.model.name, cfg.paper)
             metrics.update(record_diagnostics(diagnostics, model, recorder))

@@ -30,6 +30,7 @@ from typing import Iterator
 import yaml
 
 from unroll_cli.config import ConfigError
+from unroll_cli.record.atomic import atomic_write_text
 
 LOCK = ".lock"
 
@@ -65,6 +66,18 @@ def locked(run_dir: str | Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+def write_hydra_files(run_dir: Path, cfg, hydra_cfg, overrides: list[str]) -> None:
+    """``.hydra/config.yaml``, ``hydra.yaml`` (when there is a Hydra config: not for ``unroll-eval``)
+    and ``overrides.yaml``, as Hydra writes them."""
+    from omegaconf import OmegaConf
+
+    folder = Path(run_dir) / ".hydra"
+    atomic_write_text(folder / "config.yaml", OmegaConf.to_yaml(cfg))
+    if hydra_cfg is not None:
+        atomic_write_text(folder / "hydra.yaml", OmegaConf.to_yaml(OmegaConf.create({"hydra": hydra_cfg})))
+    atomic_write_text(folder / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
 
 def job_identity(overrides: list[str]) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
 
-from unroll_cli.config import ConfigError, register_schema
+from unroll_cli.config import ConfigError, evaluation_only, register_schema
 from unroll_cli.data.images import ARCHS, DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
 from unroll_cli.record import figures
 
@@ -27,10 +27,10 @@ class ImageDataConfig:
 
     _target_: str = "unroll_cli.tasks.classification.ImageClassification"
     name: str = MISSING  # mnist | fashion_mnist | cifar10 | svhn
-    root: str = "./data"
-    download: bool = True
+    root: str = evaluation_only("./data")
+    download: bool = evaluation_only(True)
     batch_size: int = 128
-    eval_batch_size: int = 1000
+    eval_batch_size: int = evaluation_only(1000)
     arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10
     normalize_mean: Optional[List[float]] = None
     normalize_std: Optional[List[float]] = None

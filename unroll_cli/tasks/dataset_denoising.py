@@ -20,7 +20,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.config import constrained, evaluation_only, register_schema
 from unroll_cli.data.images import SPLIT_SEED, load_dataset
 from unroll_cli.evaluate.representer import RepresenterView, representer_view
 from unroll_cli.record import figures
@@ -41,15 +41,15 @@ class DatasetDenoisingConfig(DenoisingOptions):
 
     _target_: str = "unroll_cli.tasks.dataset_denoising.DatasetDenoising"
     name: str = constrained("mnist", "mnist or fashion_mnist", lambda v: v in GRAY_DATASETS)
-    root: str = "${oc.env:UNROLL_DATA,./data}"
-    download: bool = True
+    root: str = evaluation_only("${oc.env:UNROLL_DATA,./data}")
+    download: bool = evaluation_only(True)
     classes: Optional[List[int]] = constrained(None, "null (all) or distinct labels in 0..9", valid_classes)
     sigma: float = constrained(0.0, "a noise std >= 0 on the 0-255 scale", lambda v: v >= 0)
     test_sigmas: List[float] = constrained(
         [0.0], "a non-empty list of distinct noise stds >= 0 (0-255 scale)",
         lambda v: len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v), changeable=True)
     batch_size: int = constrained(32, "an integer > 0", positive)
-    eval_batch_size: int = constrained(1000, "an integer > 0", positive)
+    eval_batch_size: int = constrained(1000, "an integer > 0", positive, evaluation=True)
     representer_images: int = constrained(6000, "an integer >= 0 (0: no representer view)",
                                           lambda v: v >= 0, changeable=True)
     representer_rho: float = constrained(1e-3, "a number > 0", positive, changeable=True)
@@ -154,7 +154,7 @@ class DatasetDenoising(DenoisingTask):
         if not self.representer["images"]:
             return {}, []
         view = representer_view(model, self.train_images[self._representer_images()],
-                                self.test_noisy[self.test_sigmas[0]][0][None, None], self.representer["rho"])
+                                self.test_noisy[self.headline_sigma][0][None, None], self.representer["rho"])
         if isinstance(view, str):
             return {}, ["## Representer view", "", f"Not drawn: {view}", ""]
         self._representer_figures(view, recorder, model_name)
@@ -199,4 +199,4 @@ class DatasetDenoising(DenoisingTask):
 
     def setting(self) -> str:
         """The published-table key: the dataset and the first test noise level (mnist_sigma0)."""
-        return f"{self.name}_sigma{self.test_sigmas[0]:g}"
+        return f"{self.name}_sigma{self.headline_sigma:g}"

@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.config import constrained, evaluation_only, register_schema
 from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_flips, random_window
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record import figures
@@ -51,12 +51,13 @@ class DenoisingOptions:
     test_sigmas: List[float] = constrained(
         [25.0], "a non-empty list of distinct noise stds >= 0 (0-255 scale)",
         lambda v: len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v), changeable=True)
-    test_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0)
+    test_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0, evaluation=True)
     batch_size: int = constrained(1, "an integer > 0", positive)
     n_train: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
-    n_test: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
+    n_test: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive, evaluation=True)
     val_size: int = constrained(0, "an integer >= 0 (0: validate on the test images)", lambda v: v >= 0)
-    psnr_peak: Any = constrained("max", "max (the clean image's maximum) or a number > 0", valid_peak)
+    psnr_peak: Any = constrained("max", "max (the clean image's maximum) or a number > 0", valid_peak,
+                                 evaluation=True)
     clamp: bool = True
     n_figures: int = constrained(3, "an integer >= 0", lambda v: v >= 0, changeable=True)
 
@@ -67,13 +68,14 @@ class ImageDenoisingConfig(DenoisingOptions):
 
     _target_: str = "unroll_cli.tasks.denoising.ImageDenoising"
     train_dir: str = "${oc.env:UNROLL_DATA,./data}/CBSD432"
-    test_dir: str = "${oc.env:UNROLL_DATA,./data}/BSD68"
+    test_dir: str = evaluation_only("${oc.env:UNROLL_DATA,./data}/BSD68")
     crop: int = constrained(129, "an integer > 0", positive)
     hflip: bool = True
     vflip: bool = True
     steps_per_epoch: Optional[int] = constrained(
         None, "null (one pass over the training images) or an integer > 0", null_or_positive)
-    test_crop: Optional[int] = constrained(None, "null (full test images) or an integer > 0", null_or_positive)
+    test_crop: Optional[int] = constrained(None, "null (full test images) or an integer > 0", null_or_positive,
+                                           evaluation=True)
 
 
 def sigma_metric(sigma: float) -> str:
@@ -129,10 +131,13 @@ class DenoisingTask:
         self.batch_size = int(batch_size)
         self.peak, self.clamp, self.n_figures = psnr_peak, bool(clamp), int(n_figures)
         self.monitor = "val/psnr" if val_size else METRIC
-        if self.monitor == METRIC and self.test_sigmas[0] != self.sigma:
+        if self.monitor == METRIC and self.sigma not in self.test_sigmas:
             raise ValueError(f"data.val_size=0 validates on the test images at data.sigma={sigma:g} as "
-                             f"test/psnr, the PSNR at the first of data.test_sigmas={self.test_sigmas}: put "
-                             f"{sigma:g} first there, or set data.val_size > 0")
+                             f"test/psnr, but data.test_sigmas={self.test_sigmas} lacks it: add {sigma:g} "
+                             "there, or set data.val_size > 0")
+        # the noise level of test/psnr, the figures and the published table: the training sigma when
+        # the test images validate (val_size=0), else the first test sigma
+        self.headline_sigma = self.sigma if self.monitor == METRIC else self.test_sigmas[0]
         self.device = torch.device(device)
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
 
@@ -209,16 +214,16 @@ class DenoisingTask:
     def evaluate(self, model: torch.nn.Module) -> tuple[pd.DataFrame, pd.DataFrame, list]:
         """Every test image at every test sigma: one row per image and sigma (input and final PSNR),
         the mean PSNR per layer and sigma (layer 0 = the noisy input), and the figure's panels of the
-        first ``n_figures`` images at the first sigma."""
+        first ``n_figures`` images at the headline sigma."""
         items, layers, panels = [], {}, []
         for s in self.test_sigmas:
-            keep = self.n_figures if s == self.test_sigmas[0] else 0
+            keep = self.n_figures if s == self.headline_sigma else 0
             scores, kept = self._scores(model, self.test_clean, self.test_noisy[s], keep=keep)
             items.append(pd.DataFrame({"image": self.test_names, "sigma": s,
                                        "psnr_input": scores[:, 0].numpy(), "psnr": scores[:, -1].numpy()}))
             layers[sigma_metric(s)] = scores.mean(dim=0).numpy()
             panels += [self._panel(i, s, scores[i], estimate) for i, estimate in enumerate(kept)]
-        depth = len(layers[sigma_metric(self.test_sigmas[0])])
+        depth = len(layers[sigma_metric(self.headline_sigma)])
         return pd.concat(items, ignore_index=True), pd.DataFrame({"layer": range(depth), **layers}), panels
 
     def _panel(self, i: int, sigma: float, scores: torch.Tensor, estimate: torch.Tensor) -> list:
@@ -237,8 +242,8 @@ class DenoisingTask:
 
     def summary(self, table: pd.DataFrame) -> dict[str, float]:
         """The flat metrics of :meth:`per_sigma`'s table: test/psnr_s{sigma} and its _std for each
-        sigma; the first sigma's also as test/psnr, test/psnr_std and test/psnr_input."""
-        first = table.iloc[0]
+        sigma; the headline sigma's also as test/psnr, test/psnr_std and test/psnr_input."""
+        first = table[table["sigma"] == self.headline_sigma].iloc[0]
         metrics = {METRIC: first["psnr"], f"{METRIC}_std": first["psnr_std"],
                    f"{METRIC}_input": first["psnr_input"]}
         for row in table.itertuples():
@@ -329,8 +334,8 @@ class DenoisingTask:
         return {}
 
     def setting(self) -> str:
-        """The published-table key: the first test noise level (sigma25)."""
-        return f"sigma{self.test_sigmas[0]:g}"
+        """The published-table key: the headline noise level (sigma25)."""
+        return f"sigma{self.headline_sigma:g}"
 
 
 class ImageDenoising(DenoisingTask):

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.config import constrained, evaluation_only, register_schema
 from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, measure, sample_codes
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.lista import FISTA, ISTA
@@ -41,21 +41,21 @@ class SyntheticSparseCodingConfig:
     m: int = constrained(250, "an integer > 0", positive)
     n: int = constrained(500, "an integer > 0", positive)
     p: float = constrained(0.1, "a probability in (0, 1]", lambda v: 0 < v <= 1)
-    snr_db: Optional[float] = None  # null: noiseless
+    snr_db: Optional[float] = evaluation_only(None)  # null: noiseless
     kappa: Optional[float] = constrained(None, "null or >= 1", lambda v: v is None or v >= 1)  # condition number of A
     col_normalized: bool = True
     online: bool = True  # fresh batches every step (TF code) or a fixed set (HyperLISTA)
     n_train: int = constrained(51200, "an integer > 0", positive)  # the fixed training set when online is false
     n_val: int = constrained(1000, "an integer > 0", positive)
-    n_test: int = constrained(1000, "an integer > 0", positive)
+    n_test: int = constrained(1000, "an integer > 0", positive, evaluation=True)
     batch_size: int = constrained(64, "an integer > 0", positive)
     matrix_seed: int = 0
     val_seed: int = 1
-    test_seed: int = 2
+    test_seed: int = evaluation_only(2)
     A_path: Optional[str] = None  # .npy or .mat file holding the user's own A
     # .npy or .mat file of fixed test codes, one sample per column (n x n_test), e.g. the authors'
     # xtest_n500_p10.npy; y = A x in float64 as their numpy code; null: n_test codes drawn by test_seed
-    test_path: Optional[str] = None
+    test_path: Optional[str] = evaluation_only(None)
     loss: str = constrained("supervised", "supervised (MSE to the true code) or lasso (unsupervised)",
                             lambda v: v in ("supervised", "lasso"))
     # the loss's scale over a batch: mean (of the per-sample loss) or tf_l2_loss (the authors' TF
@@ -63,7 +63,7 @@ class SyntheticSparseCodingConfig:
     loss_reduction: str = constrained("mean", "mean or tf_l2_loss (the authors' sum over the batch)",
                                       lambda v: v in ("mean", "tf_l2_loss"))
     nmse: str = constrained("pooled", "pooled (LISTA-CPSS/ALISTA code) or per_sample (Open-L2O)",
-                            lambda v: v in ("pooled", "per_sample"))
+                            lambda v: v in ("pooled", "per_sample"), evaluation=True)
     # |x_hat_i| > support_tol counts as a detected nonzero
     support_tol: float = constrained(0.0, "a number >= 0", lambda v: v >= 0, changeable=True)
     baselines: List[str] = constrained(["ista", "fista"], "a list of ista and/or fista",

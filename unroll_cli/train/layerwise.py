@@ -46,6 +46,11 @@ class LayerwiseTrainer(Trainer):
             raise ConfigError(f"trainer=layerwise needs a model with per-layer parameter groups "
                               f"(layer_parameters and layers); model={name} has none: use trainer=default")
 
+    @classmethod
+    def reports_best(cls, task) -> bool:
+        """The weights the last stage ends with are reported (the schedule keeps no best weights)."""
+        return False
+
     def stage_groups(self, layer: int, stage: int, lr0: float) -> list[dict]:
         """Optimizer param groups of ``stage`` (0-based) while training ``layer`` (0-based); with
         ``decay_mode=gradient`` each carries its ``gradient_factor`` (:meth:`stage_optimizer`)."""

@@ -65,6 +65,12 @@ class Trainer:
     def check_model(cls, model: torch.nn.Module, name: str) -> None:
         """Refuse, before any work, a model this trainer cannot train (end to end: any model)."""
 
+    @classmethod
+    def reports_best(cls, task) -> bool:
+        """Whether a finished run reports its best validation epoch's weights (never selected on test
+        data) rather than its last ones: ``best.pt`` against ``last.pt`` for ``unroll-eval``."""
+        return task.monitor.startswith("val/")
+
     # ------------------------------------------------------------------ shared pieces
     def trainable(self, params: Iterable[torch.nn.Parameter]) -> list[torch.nn.Parameter]:
         return [p for p in params if p.requires_grad]
@@ -226,6 +232,5 @@ class Trainer:
                 if self.reached(monitored):
                     log.info("stop: %s reached trainer.stop_at=%g", self.task.monitor, self.s.stop_at)
                     break
-        if self.best_state is not None and self.task.monitor.startswith("val/"):
-            # the test metrics are those of the best validation epoch (never selected on test data)
+        if self.best_state is not None and self.reports_best(self.task):
             self.model.load_state_dict(self.best_state)
