@@ -23,7 +23,7 @@ import pytest
 import torch
 
 from conftest import TINY, read_metrics, run_cli, wait_for_history
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 from unroll_cli.run import run
 
 FAST = [*TINY, "tensorboard=false"]

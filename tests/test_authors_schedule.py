@@ -13,7 +13,8 @@ from omegaconf import OmegaConf
 from scipy.io import loadmat
 
 from conftest import TINY, compose_cfg
-from unroll_cli.config import ConfigError, changeable_keys, schema_defaults, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.validation import changeable_keys, schema_defaults, validate
 from unroll_cli.run import build_model, build_task, run
 from unroll_cli.train.checkpoints import resume_conflicts
 from unroll_cli.train.layerwise import BatchStream, LayerwiseTrainer

@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
-from unroll_cli.config import ConfigError, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.validation import validate
 from unroll_cli.models.autoencoders import GroupSparseAutoencoder, SparseAutoencoder
 from unroll_cli.models.prox import group_soft_threshold, nonneg_soft_threshold, soft_threshold
 from unroll_cli.run import build_model
@@ -257,6 +258,7 @@ def test_a_dictionary_loads_exactly_and_a_runs_dictionary_reloads(tmp_path, conv
     array = 0.1 * np.random.default_rng(0).standard_normal(shape)
     np.save(tmp_path / "D.npy", array)
     model = SparseAutoencoder(2, conv=conv, step=0.01, dictionary_path=str(tmp_path / "D.npy"), **options)
+    # used as saved: not rescaled to unit atoms (normalize is on), not cast, not transposed
     assert torch.equal(model.weight.detach(), torch.from_numpy(array))
     np.save(tmp_path / "saved.npy", model.dictionary().numpy())  # what a run writes as dictionary.npy
     again = SparseAutoencoder(2, conv=conv, step=0.01, dictionary_path=str(tmp_path / "saved.npy"), **options)
@@ -272,11 +274,22 @@ def test_data_atoms_are_normalised_training_patches():
         assert torch.isclose(patches, atom).flatten(1).all(1).any()
 
 
-def test_a_step_with_which_the_encoder_diverges_is_refused_unless_asked_for():
+def test_a_step_with_which_the_encoder_diverges_is_refused_unless_asked_for(one_thread):
     images = torch.rand(4, 1, 40, 40)
     with pytest.raises(ValueError, match=r"step=0\.1: the encoder diverges.*check_step=false"):
         GroupSparseAutoencoder(1, step=0.1, init_images=images)
-    assert GroupSparseAutoencoder(1, step=0.1, check_step=False, init_images=images).step == 0.1
+
+    def errors(step, **options):  # ||D z_t - x|| after each layer, on the same data atoms
+        torch.manual_seed(1)
+        model = GroupSparseAutoencoder(1, step=step, init_images=images, **options)
+        with torch.no_grad():
+            return [torch.linalg.vector_norm(out - images).item() for out in model(images)]
+
+    # the refusal was right: built anyway, that encoder's error grows at every layer, by orders of
+    # magnitude, where the accepted default step's error never grows
+    diverging, converging = errors(0.1, check_step=False), errors(0.003)
+    assert all(b > 10 * a for a, b in zip(diverging, diverging[1:]))
+    assert all(b <= a for a, b in zip(converging, converging[1:]))
 
 
 # ----------------------------------------------------------------------------- the YAML files
@@ -285,17 +298,56 @@ def denoising_task(images):
                            model_kwargs=lambda: {"in_channels": 1, "init_images": images})
 
 
+THRESHOLDS = {("soft", True): soft, ("soft", False): lambda v, b: torch.clamp(v - b, min=0),
+              ("hard", True): lambda v, b: torch.where(v.abs() > b, v, 0),
+              ("hard", False): lambda v, b: torch.where(v > b, v, 0)}
+
+
+def channel_groups(size, filters, one_sided=False):
+    """The block soft threshold of a convolutional code (filters, rows, cols) flattened filter-major:
+    groups of ``size`` consecutive channels at each position (one-sided: the scale of the group's own
+    norm times the group's ReLU)."""
+    def shrink(v, b):
+        z = v.view(filters // size, size, -1)
+        scale = torch.clamp(1 - b / torch.linalg.vector_norm(z, dim=1, keepdim=True), min=0)
+        return (scale * (torch.relu(z) if one_sided else z)).reshape(-1)
+    return shrink
+
+
 @pytest.mark.parametrize("name", ["sparse_ae", "group_sparse_ae"])
-def test_the_yaml_files_build_the_denoising_recipe_through_the_run_flow(name):
+def test_the_yaml_files_build_the_denoising_recipe_through_the_run_flow(name, one_thread):
+    """What each YAML file builds through the run flow is its written-out encoder, with the step,
+    threshold, stride and depth the file sets, and its step is inside ISTA's convergence condition
+    step * ||D||^2 < 2, with ||D|| the spectral norm of the dense matrix of the built convolution;
+    the model's own check refuses a step just beyond that bound and takes one just inside it."""
     cfg = compose_cfg([f"model={name}"])
     validate(cfg)
-    model = build_model(cfg.model, denoising_task(torch.rand(8, 1, 40, 40)), cfg)
+    m, side = cfg.model, 29  # 29 = 9 + 4 * 5: the 9x9 stride-4 windows tile the image
+    images = torch.rand(8, 1, side, side)
+    torch.manual_seed(1)
+    model = build_model(cfg.model, denoising_task(images), cfg)
     group = name == "group_sparse_ae"
     assert isinstance(model, GroupSparseAutoencoder if group else SparseAutoencoder)
-    assert model.weight.shape == (64, 1, 9, 9) and (model.stride, model.layers, model.lam) == (4, 15, 0.12)
-    assert (model.step, model.grad, model.two_sided, model.normalize) == (0.003 if group else 0.1, "g_ae_ls",
-                                                                          True, True)
-    assert model.momentum is None and (model.group_size == 4 if group else model.threshold == "soft")
+    D = conv_matrix(model.weight.detach(), m.stride, side, side)
+    norm2 = torch.linalg.eigvalsh(D @ D.T)[-1].item()
+    assert m.step * norm2 < 2
+    for factor, refused in ((0.98, False), (1.02, True)):
+        near = cfg.model.copy()
+        near.step = factor * 2 / norm2
+        torch.manual_seed(1)  # the same atoms
+        if refused:
+            with pytest.raises(ConfigError, match="the encoder diverges"):
+                build_model(near, denoising_task(images), cfg)
+        else:
+            build_model(near, denoising_task(images), cfg)
+
+    shrink = (channel_groups(m.group_size, model.weight.shape[0], one_sided=not m.two_sided) if group
+              else THRESHOLDS[m.threshold, m.two_sided])
+    x = images[:2]
+    recs = unrolled(D, x.flatten(1), m.step, m.lam * m.step, m.layers, shrink, fista=m.encoder == "fista")[1]
+    with torch.no_grad():
+        outputs = torch.stack(model(x)).flatten(2)
+    torch.testing.assert_close(outputs, recs, rtol=1e-10, atol=1e-12)
     with pytest.raises(ConfigError, match="trainer=layerwise"):
         LayerwiseTrainer.check_model(model, name)
 

@@ -14,7 +14,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY, read_metrics, run_cli, wait_for_history
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 from unroll_cli.run import run
 from unroll_cli.train.callbacks import Callback
 

@@ -16,7 +16,9 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from conftest import compose_cfg
-from unroll_cli.config import ConfigError, TrainerConfig, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.schema import TrainerConfig
+from unroll_cli.validation import validate
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.run import build_task

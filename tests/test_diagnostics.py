@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import compose_cfg, read_metrics
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 from unroll_cli.evaluate.coherence import atoms
 from unroll_cli.run import run
 

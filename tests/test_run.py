@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from conftest import read_metrics
-from unroll_cli.config import ConfigError, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.validation import validate
 from unroll_cli.record.run_dir import RunDirError, claim
 from unroll_cli.run import build_model, build_task, run
 from unroll_cli.train.callbacks import Callback, RunPruned

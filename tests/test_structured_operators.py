@@ -10,7 +10,8 @@ import torch
 from torch import nn
 
 from conftest import TINY, compose_cfg, read_metrics, run_cli
-from unroll_cli.config import ConfigError, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.validation import validate
 from unroll_cli.models.butterfly import Butterfly, Monarch
 from unroll_cli.models.lista import LISTA, LISTACP, lipschitz_constant
 from unroll_cli.models.mlista import MLISTA, MLLISTA

@@ -12,7 +12,8 @@ import torch
 from numpy.polynomial import legendre
 
 from conftest import compose_cfg, read_metrics, run_cli
-from unroll_cli.config import ConfigError, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.validation import validate
 from unroll_cli.models.transform_models import BPModel
 from unroll_cli.report.aggregate import main as report_main
 from unroll_cli.run import build_model, build_task, run

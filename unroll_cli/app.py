@@ -23,7 +23,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from unroll_cli.interrupts import interrupted
-from unroll_cli.config import ConfigError, TrainingFailure, register_configs, validate
+from unroll_cli.errors import ConfigError, TrainingFailure
+from unroll_cli.registry import register_configs
+from unroll_cli.validation import validate
 from unroll_cli.record.run_dir import claim, locked, write_hydra_files
 from unroll_cli.targets import check_hydra_node, refuse_trust_from_overrides
 

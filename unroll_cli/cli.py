@@ -18,7 +18,7 @@ def train_main() -> None:
     interrupts.install()
     try:
         from unroll_cli.command_line import check_command_line
-        from unroll_cli.config import ConfigError
+        from unroll_cli.errors import ConfigError
 
         try:
             check_command_line(sys.argv[1:])

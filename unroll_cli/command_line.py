@@ -15,7 +15,8 @@ import argparse
 import contextlib
 import io
 
-from unroll_cli.config import ConfigError, register_configs
+from unroll_cli.errors import ConfigError
+from unroll_cli.registry import register_configs
 
 REFUSED_FLAGS = {
     "experimental_rerun": "--experimental-rerun unpickles a file, which can run code: re-run with the "

@@ -33,7 +33,7 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 from unroll_cli.models.operators import STRUCTURED
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
 from unroll_cli.record.recorder import RunRecorder

@@ -13,7 +13,7 @@ import os
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 
 
 def device_memory(device: torch.device) -> int:

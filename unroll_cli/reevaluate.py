@@ -7,7 +7,7 @@ the evaluation, and runs the task's report into a new run directory: ``metrics.j
 ``.hydra/``, so that ``unroll-report`` reads it like any run (the overrides are its columns).
 
 An override may set only a key the task's or the model's schema declares evaluation-only (test data,
-noise levels, SNR, test sizes, metric conventions: :func:`unroll_cli.config.evaluation_keys`),
+noise levels, SNR, test sizes, metric conventions: :func:`unroll_cli.validation.evaluation_keys`),
 ``device``, ``tensorboard``, ``paper.*`` and ``diagnostics.*`` (``+diagnostics=coherence``); any
 other key would change the model or its training and is refused, naming it. The output directory
 follows Hydra's convention: ``hydra.run.dir=DIR`` sets it, else
@@ -27,7 +27,9 @@ from pathlib import Path
 import yaml
 from omegaconf import OmegaConf
 
-from unroll_cli.config import ConfigError, evaluation_keys, register_configs, run_uid, schema_defaults, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.registry import register_configs, run_uid
+from unroll_cli.validation import evaluation_keys, schema_defaults, validate
 from unroll_cli.train.checkpoints import LINK, load_checkpoint, resume_conflicts
 
 SHARED_EVALUATION_KEYS = ("device", "tensorboard", "optimized_metric", "paper", "paper.*", "diagnostics",

@@ -19,7 +19,8 @@ from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from unroll_cli.config import ConfigError, changeable_keys, schema_defaults, validate
+from unroll_cli.errors import ConfigError
+from unroll_cli.validation import changeable_keys, schema_defaults, validate
 from unroll_cli.evaluate.diagnostics import PerValidation, check_diagnostics, record_diagnostics
 from unroll_cli.memory import require_memory
 from unroll_cli.record.recorder import RunRecorder

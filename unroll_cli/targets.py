@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from hydra.utils import get_object
 from omegaconf import DictConfig, ListConfig
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 
 ALLOWED_PACKAGES = (
     "unroll_cli",  # the project's tasks, models and trainers

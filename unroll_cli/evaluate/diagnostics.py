@@ -20,7 +20,7 @@ from typing import Any
 import pandas as pd
 import torch
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 from unroll_cli.train.callbacks import Callback
 
 

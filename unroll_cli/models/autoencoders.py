@@ -41,7 +41,7 @@ from omegaconf import MISSING
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.arguments import check_bool, check_choice, check_int, check_number, fista_momentum
 from unroll_cli.models.prox import group_soft_threshold, hard_threshold, nonneg_soft_threshold, soft_threshold
 

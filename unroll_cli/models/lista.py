@@ -31,7 +31,7 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.analytic import analytic_weight
 from unroll_cli.models.arguments import check_bool, fista_momentum
 from unroll_cli.models.operators import OPERATORS, check_operator, structured_copy, structured_map

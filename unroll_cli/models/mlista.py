@@ -56,7 +56,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import Tensor, nn
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.arguments import check_bool, check_int, fista_momentum
 from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer, structured_copy, structured_map
 from unroll_cli.models.prox import nonneg_soft_threshold

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.butterfly import BP_KINDS, bp_model
 
 

@@ -29,7 +29,7 @@ from typing import Iterator
 
 import yaml
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 from unroll_cli.record.atomic import atomic_write_text
 
 LOCK = ".lock"

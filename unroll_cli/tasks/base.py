@@ -2,7 +2,7 @@
 recorder and the report never branch on the kind of problem or the model family.
 
 A task is the class a ``data`` config instantiates (``data._target_``); its schema is declared beside
-it with :func:`unroll_cli.config.register_schema`, its options (loss, metric conventions, ...) are
+it with :func:`unroll_cli.schema.register_schema`, its options (loss, metric conventions, ...) are
 ``data.*`` keys. :func:`unroll_cli.run.run` builds it with the config's own keys plus ``seed``,
 ``device`` and ``trainer`` (the shared trainer settings, e.g. ``steps_per_epoch``), and then uses
 only what :class:`Task` lists. See ``docs/architecture.md`` for the whole flow.

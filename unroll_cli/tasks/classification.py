@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
 
-from unroll_cli.config import ConfigError, evaluation_only, register_schema
+from unroll_cli.errors import ConfigError
+from unroll_cli.schema import evaluation_only, register_schema
 from unroll_cli.data.images import ARCHS, DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
 from unroll_cli.record import figures
 

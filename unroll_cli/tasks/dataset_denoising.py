@@ -20,7 +20,7 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.config import constrained, evaluation_only, register_schema
+from unroll_cli.schema import constrained, evaluation_only, register_schema
 from unroll_cli.data.images import SPLIT_SEED, load_dataset
 from unroll_cli.evaluate.representer import RepresenterView, representer_view
 from unroll_cli.record import figures

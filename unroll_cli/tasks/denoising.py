@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.config import constrained, evaluation_only, register_schema
+from unroll_cli.schema import constrained, evaluation_only, register_schema
 from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_flips, random_window
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record import figures

@@ -27,7 +27,7 @@ import torch
 from numpy.polynomial import legendre
 from omegaconf import DictConfig
 
-from unroll_cli.config import constrained, register_schema
+from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.butterfly_factorize import TREES, butterfly_factorize, twiddle_to_dense
 from unroll_cli.record import figures
 

@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 
 
 class RunPruned(Exception):

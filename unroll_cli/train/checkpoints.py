@@ -22,7 +22,7 @@ from typing import Any, Iterable
 
 import torch
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 
 LINK, GENERATIONS = "checkpoints", "checkpoints.d"
 

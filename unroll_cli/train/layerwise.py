@@ -32,7 +32,7 @@ from typing import Iterator
 
 import torch
 
-from unroll_cli.config import ConfigError
+from unroll_cli.errors import ConfigError
 from unroll_cli.train.trainer import Trainer
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from unroll_cli.config import TrainingFailure
+from unroll_cli.errors import TrainingFailure
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.train.callbacks import Callbacks
 from unroll_cli.train.checkpoints import CheckpointStore

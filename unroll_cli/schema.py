@@ -1,34 +1,21 @@
 """Structured-config schemas: every YAML file under ``conf/`` extends one of these.
 
 Hydra checks keys and types against them while composing, so ``model.layerz=3`` or
-``data.m=abc`` fails before anything runs, with a message naming the key.  Value ranges
-(m > 0, p in (0, 1], ...) and the ``_target_`` allow-list are checked by :func:`validate`.
+``data.m=abc`` fails before anything runs, with a message naming the key. Tasks and models declare
+their own schemas beside their classes with :func:`register_schema`; the shared ones (optimizers,
+schedulers, trainers, ``paper``, the top level) are here. Value ranges (:func:`constrained`) are
+checked by :func:`unroll_cli.validation.validate`; :mod:`unroll_cli.registry` stores every schema
+in Hydra's ConfigStore.
 """
 from __future__ import annotations
 
-import math
-import os
-import secrets
-from dataclasses import MISSING as MISSING_FIELD
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
-from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
-
-
-class ConfigError(ValueError):
-    """A configuration value that cannot work; raised before any training."""
-
-
-class TrainingFailure(RuntimeError):
-    """A run that failed while training for a reason the user can act on (not a bug): recorded as
-    failed and reported in one line."""
-
+from omegaconf import MISSING
 
 # ----------------------------------------------------------------------------- the schema registry
-_SCHEMAS: list[tuple[str, str, type]] = []
+SCHEMAS: list[tuple[str, str, type]] = []  # (group, name, schema) of every register_schema
 
 
 def register_schema(group: str, name: str) -> Callable[[type], type]:
@@ -37,7 +24,7 @@ def register_schema(group: str, name: str) -> Callable[[type], type]:
     theirs beside their class (a new family is one module and one YAML file)."""
     def store(cls: type) -> type:
         schema = dataclass(cls)
-        _SCHEMAS.append((group, name, schema))
+        SCHEMAS.append((group, name, schema))
         return schema
 
     return store
@@ -193,159 +180,3 @@ class TrainConfig:
     # packages whose classes a config file may name in _target_ besides the built-in allow-list
     # (unroll_cli.targets); set in a config file, never on the command line
     trusted_packages: List[str] = field(default_factory=list)
-
-
-# One value per process, so every use of ${run_uid:} in a run names the same directory, and two
-# runs started in the same microsecond (or in two processes) never share one.
-_RUN_UID = f"{os.getpid()}{secrets.token_hex(2)}"
-
-
-def run_uid() -> str:
-    """This process's part of a run directory's name (the ``run_uid`` resolver)."""
-    return _RUN_UID
-
-
-
-def register_configs() -> None:
-    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists: the shared
-    ones here, and those the task and model modules declare (:func:`register_schema`), which are
-    imported for that; and the ``run_uid`` resolver of the run directory names."""
-    import importlib
-    import pkgutil
-
-    import unroll_cli.models
-    import unroll_cli.tasks
-
-    OmegaConf.register_new_resolver("run_uid", run_uid, replace=True)
-    for package in (unroll_cli.tasks, unroll_cli.models):
-        for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
-            importlib.import_module(module.name)
-    cs = ConfigStore.instance()
-    cs.store(group="schema", name="train", node=TrainConfig)
-    for group, name, node in [
-        ("optim", "adam", AdamConfig),
-        ("optim", "sgd", SGDConfig),
-        ("sched", "constant", ConstantSchedConfig),
-        ("sched", "step", StepSchedConfig),
-        ("sched", "cosine", CosineSchedConfig),
-        ("trainer", "end_to_end", TrainerConfig),
-        ("trainer", "layerwise", LayerwiseTrainerConfig),
-        *_SCHEMAS,
-    ]:
-        cs.store(group=f"schema/{group}", name=name, node=node)
-
-
-# ----------------------------------------------------------------------------- value checks
-GROUPS = ("data", "model", "optim", "sched", "trainer")
-EXTENSIONS = ("callbacks", "diagnostics")  # name -> _target_ node; each class checks its own keys
-
-
-def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
-
-
-def _check_keys(cfg: DictConfig) -> None:
-    """Keys added with ``+key=value`` bypass Hydra's schema check: refuse those the schema lacks."""
-    nodes = [("", cfg, TrainConfig)] + [(f"{key}.", cfg[key], OmegaConf.get_type(cfg[key])) for key in GROUPS]
-    for prefix, node, schema in nodes:
-        if is_dataclass(schema):
-            known = {f.name for f in fields(schema)}
-            for extra in sorted(set(node.keys()) - known):
-                raise ConfigError(f"{prefix}{extra} is not a key of {prefix.rstrip('.') or 'the config'} "
-                                  f"({schema.__name__}); allowed: {', '.join(sorted(known))}")
-    if cfg.paper is not None:
-        try:
-            OmegaConf.merge(OmegaConf.structured(PaperConfig), cfg.paper)
-        except OmegaConfBaseException as error:
-            key = getattr(error, "full_key", None) or "paper"
-            raise ConfigError(f"paper.{key.removeprefix('paper.')}: {str(error).splitlines()[0]} "
-                              f"(a paper config has {', '.join(f.name for f in fields(PaperConfig))})") from None
-
-
-def _check_finite(node: Any, key: str) -> None:
-    """No NaN or infinity anywhere in the run's settings: each one fails later, far from its cause."""
-    if isinstance(node, dict):
-        for child, value in node.items():
-            _check_finite(value, f"{key}.{child}")
-    elif isinstance(node, list):
-        for i, item in enumerate(node):
-            _check_finite(item, f"{key}[{i}]")
-    elif isinstance(node, float) and not math.isfinite(node):
-        raise ConfigError(f"{key}={node} is not allowed: a finite number")
-
-
-def _check_constraints(node: DictConfig, key: str) -> None:
-    """The allowed values a schema declares for its fields (:func:`constrained`)."""
-    schema = OmegaConf.get_type(node)
-    if not is_dataclass(schema):
-        return
-    for f in fields(schema):
-        if "ok" in f.metadata and not f.metadata["ok"](node[f.name]):
-            value = node[f.name]
-            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-            raise ConfigError(f"{key}.{f.name}={value!r} is not allowed: {f.metadata['allowed']}")
-
-
-def changeable_keys(cfg: DictConfig) -> list[str]:
-    """The keys the schemas mark as changeable on resume (:func:`constrained`)."""
-    return _marked_keys(cfg, ("changeable",))
-
-
-def evaluation_keys(cfg: DictConfig) -> list[str]:
-    """The keys the schemas mark as changing only the evaluation (:func:`evaluation_only`), the
-    changeable ones among them."""
-    return _marked_keys(cfg, ("changeable", "evaluation"))
-
-
-def _marked_keys(cfg: DictConfig, marks: tuple[str, ...]) -> list[str]:
-    keys = []
-    for group in GROUPS:
-        schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
-        if is_dataclass(schema):
-            keys += [f"{group}.{f.name}" for f in fields(schema) if any(f.metadata.get(m) for m in marks)]
-    return keys
-
-
-def schema_defaults(cfg: DictConfig) -> dict[str, Any]:
-    """``group.key: default`` of every field of the groups' schemas; no callbacks or diagnostics."""
-    defaults = {}
-    for group in GROUPS:
-        schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
-        if is_dataclass(schema):
-            for f in fields(schema):
-                if f.default is not MISSING_FIELD:
-                    defaults[f"{group}.{f.name}"] = f.default
-                elif f.default_factory is not MISSING_FIELD:
-                    defaults[f"{group}.{f.name}"] = f.default_factory()
-    for key in EXTENSIONS:  # none, flattened as a checkpoint's config is (checkpoints.flatten)
-        defaults[key] = None
-    return defaults
-
-
-def validate(cfg: DictConfig) -> None:
-    """Check keys, NaN/infinity, the values each schema allows, then the targets.
-
-    Raises :class:`ConfigError` naming the key and the allowed values.
-    """
-    from unroll_cli.targets import check_targets
-
-    for key in GROUPS:
-        if cfg.get(key) is None:
-            raise ConfigError(f"{key} is missing (removed with ~{key}?): choose one of the {key} options "
-                              "(unroll-train --help lists them)")
-    _check_keys(cfg)
-    for key in GROUPS:
-        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
-        _check_constraints(cfg[key], key)
-    for key in EXTENSIONS:
-        for name, node in cfg[key].items():
-            if not (OmegaConf.is_dict(node) and "_target_" in node):
-                raise ConfigError(f"{key}.{name} is not allowed: a node with a _target_ (the class of the {key[:-1]})")
-        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
-    _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
-    _require(cfg.optim.get("lr", 1) > 0, "optim.lr", cfg.optim.get("lr"), "a number > 0")
-    trainer = cfg.trainer
-    _require(not (trainer.get("cuda_graphs") and trainer.get("compile")), "trainer.cuda_graphs",
-             trainer.get("cuda_graphs"), "false with trainer.compile=true (choose one)")
-    check_targets(cfg, trusted=list(cfg.trusted_packages))  # last: it imports the targets' packages

@@ -1,0 +1,53 @@
+"""The registry: every schema stored in Hydra's ConfigStore as ``schema/<group>/<name>`` for the YAML
+files' defaults lists, and the ``run_uid`` resolver of the run directory names.
+
+It imports every task and model module (so that their :func:`~unroll_cli.schema.register_schema`
+declarations run): it sits above them, and only the entrypoints and tests call it.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import pkgutil
+import secrets
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from unroll_cli.schema import (SCHEMAS, AdamConfig, ConstantSchedConfig, CosineSchedConfig, LayerwiseTrainerConfig,
+                               SGDConfig, StepSchedConfig, TrainConfig, TrainerConfig)
+
+# One value per process, so every use of ${run_uid:} in a run names the same directory, and two
+# runs started in the same microsecond (or in two processes) never share one.
+_RUN_UID = f"{os.getpid()}{secrets.token_hex(2)}"
+
+
+def run_uid() -> str:
+    """This process's part of a run directory's name (the ``run_uid`` resolver)."""
+    return _RUN_UID
+
+
+def register_configs() -> None:
+    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists: the shared
+    ones here, and those the task and model modules declare (:func:`~unroll_cli.schema.register_schema`), which are
+    imported for that; and the ``run_uid`` resolver of the run directory names."""
+    import unroll_cli.models
+    import unroll_cli.tasks
+
+    OmegaConf.register_new_resolver("run_uid", run_uid, replace=True)
+    for package in (unroll_cli.tasks, unroll_cli.models):
+        for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
+            importlib.import_module(module.name)
+    cs = ConfigStore.instance()
+    cs.store(group="schema", name="train", node=TrainConfig)
+    for group, name, node in [
+        ("optim", "adam", AdamConfig),
+        ("optim", "sgd", SGDConfig),
+        ("sched", "constant", ConstantSchedConfig),
+        ("sched", "step", StepSchedConfig),
+        ("sched", "cosine", CosineSchedConfig),
+        ("trainer", "end_to_end", TrainerConfig),
+        ("trainer", "layerwise", LayerwiseTrainerConfig),
+        *SCHEMAS,
+    ]:
+        cs.store(group=f"schema/{group}", name=name, node=node)

@@ -1,0 +1,130 @@
+"""The checks of a composed config before any work: keys the schemas lack, NaN and infinity, each
+schema's allowed values (:func:`unroll_cli.schema.constrained`), callbacks and diagnostics, and every
+``_target_`` (:mod:`unroll_cli.targets`); and what the schemas mark: the keys a resumed run may
+change and those that change only an evaluation (``unroll-eval``).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import MISSING as MISSING_FIELD
+from dataclasses import fields, is_dataclass
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from unroll_cli.errors import ConfigError
+from unroll_cli.schema import PaperConfig, TrainConfig
+from unroll_cli.targets import check_targets
+
+GROUPS = ("data", "model", "optim", "sched", "trainer")
+EXTENSIONS = ("callbacks", "diagnostics")  # name -> _target_ node; each class checks its own keys
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
+
+
+def _check_keys(cfg: DictConfig) -> None:
+    """Keys added with ``+key=value`` bypass Hydra's schema check: refuse those the schema lacks."""
+    nodes = [("", cfg, TrainConfig)] + [(f"{key}.", cfg[key], OmegaConf.get_type(cfg[key])) for key in GROUPS]
+    for prefix, node, schema in nodes:
+        if is_dataclass(schema):
+            known = {f.name for f in fields(schema)}
+            for extra in sorted(set(node.keys()) - known):
+                raise ConfigError(f"{prefix}{extra} is not a key of {prefix.rstrip('.') or 'the config'} "
+                                  f"({schema.__name__}); allowed: {', '.join(sorted(known))}")
+    if cfg.paper is not None:
+        try:
+            OmegaConf.merge(OmegaConf.structured(PaperConfig), cfg.paper)
+        except OmegaConfBaseException as error:
+            key = getattr(error, "full_key", None) or "paper"
+            raise ConfigError(f"paper.{key.removeprefix('paper.')}: {str(error).splitlines()[0]} "
+                              f"(a paper config has {', '.join(f.name for f in fields(PaperConfig))})") from None
+
+
+def _check_finite(node: Any, key: str) -> None:
+    """No NaN or infinity anywhere in the run's settings: each one fails later, far from its cause."""
+    if isinstance(node, dict):
+        for child, value in node.items():
+            _check_finite(value, f"{key}.{child}")
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            _check_finite(item, f"{key}[{i}]")
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"{key}={node} is not allowed: a finite number")
+
+
+def _check_constraints(node: DictConfig, key: str) -> None:
+    """The allowed values a schema declares for its fields (:func:`constrained`)."""
+    schema = OmegaConf.get_type(node)
+    if not is_dataclass(schema):
+        return
+    for f in fields(schema):
+        if "ok" in f.metadata and not f.metadata["ok"](node[f.name]):
+            value = node[f.name]
+            value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+            raise ConfigError(f"{key}.{f.name}={value!r} is not allowed: {f.metadata['allowed']}")
+
+
+def changeable_keys(cfg: DictConfig) -> list[str]:
+    """The keys the schemas mark as changeable on resume (:func:`constrained`)."""
+    return _marked_keys(cfg, ("changeable",))
+
+
+def evaluation_keys(cfg: DictConfig) -> list[str]:
+    """The keys the schemas mark as changing only the evaluation (:func:`evaluation_only`), the
+    changeable ones among them."""
+    return _marked_keys(cfg, ("changeable", "evaluation"))
+
+
+def _marked_keys(cfg: DictConfig, marks: tuple[str, ...]) -> list[str]:
+    keys = []
+    for group in GROUPS:
+        schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
+        if is_dataclass(schema):
+            keys += [f"{group}.{f.name}" for f in fields(schema) if any(f.metadata.get(m) for m in marks)]
+    return keys
+
+
+def schema_defaults(cfg: DictConfig) -> dict[str, Any]:
+    """``group.key: default`` of every field of the groups' schemas; no callbacks or diagnostics."""
+    defaults = {}
+    for group in GROUPS:
+        schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
+        if is_dataclass(schema):
+            for f in fields(schema):
+                if f.default is not MISSING_FIELD:
+                    defaults[f"{group}.{f.name}"] = f.default
+                elif f.default_factory is not MISSING_FIELD:
+                    defaults[f"{group}.{f.name}"] = f.default_factory()
+    for key in EXTENSIONS:  # none, flattened as a checkpoint's config is (checkpoints.flatten)
+        defaults[key] = None
+    return defaults
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check keys, NaN/infinity, the values each schema allows, then the targets.
+
+    Raises :class:`ConfigError` naming the key and the allowed values.
+    """
+    for key in GROUPS:
+        if cfg.get(key) is None:
+            raise ConfigError(f"{key} is missing (removed with ~{key}?): choose one of the {key} options "
+                              "(unroll-train --help lists them)")
+    _check_keys(cfg)
+    for key in GROUPS:
+        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
+        _check_constraints(cfg[key], key)
+    for key in EXTENSIONS:
+        for name, node in cfg[key].items():
+            if not (OmegaConf.is_dict(node) and "_target_" in node):
+                raise ConfigError(f"{key}.{name} is not allowed: a node with a _target_ (the class of the {key[:-1]})")
+        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
+    _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
+    _require(cfg.optim.get("lr", 1) > 0, "optim.lr", cfg.optim.get("lr"), "a number > 0")
+    trainer = cfg.trainer
+    _require(not (trainer.get("cuda_graphs") and trainer.get("compile")), "trainer.cuda_graphs",
+             trainer.get("cuda_graphs"), "false with trainer.compile=true (choose one)")
+    check_targets(cfg, trusted=list(cfg.trusted_packages))  # last: it imports the targets' packages
