@@ -19,7 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from unroll_cli.report.aggregate import load_runs, main, summarize, summarize_layers
+from unroll_cli.report.aggregate import main
+from unroll_cli.report.runs import load_runs
+from unroll_cli.report.tables import summarize, summarize_layers
 
 MODELS = ["ista", "fista", "lista", "lista_cpss", "alista"]
 LRS = ["1e-4", "3e-4", "1e-3", "3e-3"]

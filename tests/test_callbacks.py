@@ -42,7 +42,7 @@ class Recording(Callback):
 class SGDOnly(Callback):
     """A callback valid only with SGD (ENorm's kind of restriction)."""
 
-    def check(self, model, cfg):
+    def check(self, model, task, cfg):
         if cfg.optim._target_ != "torch.optim.SGD":
             raise ConfigError(f"needs optim=sgd, not optim._target_={cfg.optim._target_}")
 

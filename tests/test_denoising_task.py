@@ -21,6 +21,7 @@ from unroll_cli.schema import TrainerConfig
 from unroll_cli.validation import validate
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.record.report import write_report
 from unroll_cli.run import build_task
 from unroll_cli.tasks.denoising import ImageDenoising
 from unroll_cli.train.trainer import Trainer
@@ -273,7 +274,7 @@ def test_training_and_report_with_a_stand_in_model(folders, tmp_path, one_thread
     model.eval()
     paper = OmegaConf.create({"source": "a test", "variant": "tiny@1", "note": "a shortened recipe",
                               "psnr": {"sigma25": {"tiny@1": 30.0, "tiny": 99.0}, "sigma50": {"tiny@1": 9.0}}})
-    metrics = task.report(model, recorder, "tiny", paper)
+    metrics = write_report(task.report(model, "tiny", paper, recorder.history), recorder, "tiny", paper.note)
 
     names = sorted(TEST)
     test = {name: pil_gray(folders[1] / name) for name in names}

@@ -12,8 +12,11 @@ import pytest
 import yaml
 
 from conftest import TINY, run_cli
-from unroll_cli.report.aggregate import (expand_sweep, find_runs, load_runs, missing_jobs, paper_cells, planned_jobs,
-                                         plot_metric, read_runs, summarize)
+from unroll_cli.report.formatting import paper_cells
+from unroll_cli.report.plots import plot_metric
+from unroll_cli.report.runs import find_runs, load_runs, read_runs
+from unroll_cli.report.sweeps import expand_sweep, missing_jobs, planned_jobs
+from unroll_cli.report.tables import summarize
 from unroll_cli.report.aggregate import main as report_main
 
 

@@ -37,6 +37,7 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.models.operators import STRUCTURED
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
 from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.record.report import write_report
 from unroll_cli.run import build_model, build_task, resolve_device, seed_everything
 from unroll_cli.train.checkpoints import LINK, load_checkpoint
 
@@ -105,7 +106,8 @@ def evaluate(task, model, folder: Path, model_name: str, paper) -> dict[str, flo
     """The task's own ``report()`` of ``model`` into ``folder`` (no metrics.json there: the folder is
     not a run, and ``unroll-report`` does not list it)."""
     model.eval()
-    return task.report(model, RunRecorder(folder, tensorboard=False), model_name, paper)
+    report = task.report(model, model_name, paper, [])
+    return write_report(report, RunRecorder(folder, tensorboard=False), model_name, (paper or {}).get("note"))
 
 
 def compress(run_dir: Path, structure: str, out: Path, device: str | None = None) -> dict:

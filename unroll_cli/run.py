@@ -24,6 +24,8 @@ from unroll_cli.validation import changeable_keys, schema_defaults, validate
 from unroll_cli.evaluate.diagnostics import PerValidation, check_diagnostics, record_diagnostics
 from unroll_cli.memory import require_memory
 from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.record.report import write_report
+from unroll_cli.tasks.base import check_model_protocol
 from unroll_cli.train.callbacks import Callback, Callbacks, RunPruned, check_callbacks
 from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
                                           load_checkpoint, resume_conflicts)
@@ -225,7 +227,8 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer_class = get_class(cfg.trainer._target_)
     trainer_class.check_model(model, cfg.model.name)
-    check_callbacks(extensions["callbacks"], model, cfg)
+    check_model_protocol(task, model, cfg.model.name)
+    check_callbacks(extensions["callbacks"], model, task, cfg)
     diagnostics = extensions["diagnostics"]
     check_diagnostics(diagnostics, model, cfg.model.name)
     callbacks = Callbacks.for_model(model, {**extensions["callbacks"], **(callbacks or {}),
@@ -253,7 +256,9 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
                 load_weights(model, source.weights(trainer_class, task), source.run_dir)
                 recorder.history = list(source.last.get("history", []))  # the training curve the report draws
             model.eval()
-            metrics = task.report(model, recorder, cfg.model.name, cfg.paper)
+            report = task.report(model, cfg.model.name, cfg.paper, recorder.history)
+            metrics = write_report(report, recorder, cfg.model.name, (cfg.paper or {}).get("note"))
+            metrics.update(callbacks.metrics())
             metrics.update(record_diagnostics(diagnostics, model, recorder))
             if callable(getattr(model, "dictionary", None)):  # the learned arrays, beside the run's tables
                 recorder.write_array("dictionary.npy", model.dictionary().detach().cpu().numpy())

@@ -12,13 +12,8 @@ unfolding of ML-ISTA (as the authors' code unfolds it) does
 
 ``ReLU(z + b)`` is ``nonneg_soft_threshold(z, -b)``.
 
-Architectures (``arch``):
-
-* ``"mnist"`` (1x28x28 input): W1 (32,C,6,6) stride 2, W2 (64,32,6,6) stride 2,
-  W3 (512,64,4,4) stride 1, no padding; then Linear(512, classes) + log_softmax.
-* ``"cifar10"`` (3x32x32): W1 (32,C,4,4), W2 (64,32,4,4), W3 (128,64,4,4), stride 2,
-  padding 1; then three plain layers ``ReLU(conv3x3 + b)`` with 256, 512, 512 channels,
-  max-pooling 2 after the last two, and Linear(512, classes) + log_softmax.
+Architectures (``arch``): ``"mnist"`` and ``"cifar10"``, with their convolution geometry in
+:mod:`unroll_cli.models.mlista_architectures`.
 
 Classifier (``operator``): the dense ``nn.Linear`` of the authors' code, or a butterfly / Monarch
 layer with bias and its own random initialisation (:func:`unroll_cli.models.operators.linear_layer`;
@@ -49,7 +44,6 @@ from __future__ import annotations
 
 import math
 from numbers import Integral
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -58,37 +52,17 @@ from torch import Tensor, nn
 
 from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.arguments import check_bool, check_int, fista_momentum
+from unroll_cli.models.mlista_architectures import (ARCHS, Plan, code_elements, forward_plan, kernel_shapes,
+                                                    plan_kernels, sees_all, tap_index)
 from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer, structured_copy, structured_map
 from unroll_cli.models.prox import nonneg_soft_threshold
 
-# Unfolded layers 1-3: (out channels, kernel, stride), layer 1 taking in_channels; one padding
-# for all three; "tail": channels of the plain 3x3 layers (max-pool after the last two).
-ARCHS = {
-    "mnist": {"layers": ((32, 6, 2), (64, 6, 2), (512, 4, 1)), "padding": 0, "tail": ()},
-    "cifar10": {"layers": ((32, 4, 2), (64, 4, 2), (128, 4, 2)), "padding": 1, "tail": (256, 512, 512)},
-}
-
-
-def _sees_all(n: int, k: int, s: int, p: int) -> bool:
-    """Whether every output position of a convolution (input size n, kernel k, stride s,
-    padding p) reaches every input position: then it is a dense layer with no wasted work."""
-    return k <= n + 2 * p and n <= k - p and s * ((n + 2 * p - k) // s) <= p
-
-
-def _tap_index(size: tuple, kernel: tuple, s: int, p: int) -> tuple:
-    """Kernel tap joining output position (py, px) to input position (qy, qx), (p, q) order."""
-    (h, w), (kh, kw) = size, kernel
-    ho, wo = (h + 2 * p - kh) // s + 1, (w + 2 * p - kw) // s + 1
-    return tuple((qy - s * py + p) * kw + (qx - s * px + p)
-                 for py in range(ho) for px in range(wo) for qy in range(h) for qx in range(w))
-
-
 def _dense_matrix(W: Tensor, size, s: int, p: int) -> Tensor:
-    """A convolution that ``_sees_all`` as a matrix: rows (out channel, out position), columns
+    """A convolution that ``sees_all`` as a matrix: rows (out channel, out position), columns
     (in position, in channel) -- a view of a channels-last kernel for a 1x1 output."""
     m, C, kh, kw = W.shape
     taps = W.permute(0, 2, 3, 1).reshape(m, kh * kw, C)
-    index = _tap_index(tuple(size), (kh, kw), s, p)
+    index = tap_index(tuple(size), (kh, kw), s, p)
     if index == tuple(range(kh * kw)):
         return taps.reshape(m, -1)
     rows = len(index) // (size[0] * size[1])
@@ -99,7 +73,7 @@ def conv2d(z: Tensor, W: Tensor, bias: Tensor | None, s: int, p: int) -> Tensor:
     """``F.conv2d``; as one matrix product when every output sees every input (MNIST's W3 on
     4x4 -> 1x1, CIFAR's 3x3 W6 on 2x2), where oneDNN's convolutions are slow."""
     n, (h, w) = z.shape[0], z.shape[-2:]
-    if not (_sees_all(h, W.shape[2], s, p) and _sees_all(w, W.shape[3], s, p)):
+    if not (sees_all(h, W.shape[2], s, p) and sees_all(w, W.shape[3], s, p)):
         return F.conv2d(z, W, bias, s, p)
     M = _dense_matrix(W, (h, w), s, p)
     positions = M.shape[0] // W.shape[0]
@@ -112,7 +86,7 @@ def conv2d(z: Tensor, W: Tensor, bias: Tensor | None, s: int, p: int) -> Tensor:
 def conv_transpose2d(g: Tensor, W: Tensor, s: int, p: int, size) -> Tensor:
     """``F.conv_transpose2d`` with output spatial size ``size``; the adjoint of ``conv2d``."""
     (h, w), (kh, kw) = tuple(size), W.shape[-2:]
-    if _sees_all(h, kh, s, p) and _sees_all(w, kw, s, p):
+    if sees_all(h, kh, s, p) and sees_all(w, kw, s, p):
         out = g.reshape(g.shape[0], -1) @ _dense_matrix(W, (h, w), s, p)
         return out.view(g.shape[0], h, w, W.shape[1]).permute(0, 3, 1, 2)
     pad = tuple(n - ((i - 1) * s - 2 * p + k) for n, i, k in zip((h, w), g.shape[-2:], (kh, kw)))
@@ -120,7 +94,7 @@ def conv_transpose2d(g: Tensor, W: Tensor, s: int, p: int, size) -> Tensor:
 
 
 def _kernel(W: Tensor) -> Tensor:
-    """Kernels are stored channels-last, the activations' layout on CPU (see ``_plan``)."""
+    """Kernels are stored channels-last, the activations' layout on CPU (see ``forward_plan``)."""
     return W.contiguous(memory_format=torch.channels_last)
 
 
@@ -134,17 +108,6 @@ class MultiLayerModelConfig:
     task: str = "classification"
     unfoldings: int = constrained(6, "an integer >= 0", lambda v: v >= 0)
     operator: str = constrained("dense", "one of " + ", ".join(OPERATORS), lambda v: v in OPERATORS)
-
-
-class _Plan(NamedTuple):
-    """Per-forward coordinates: ``image`` is x as layer 1 sees it (space-to-depth with block
-    ``block`` > 1), ``mask`` zero on its padding (or None), and the layers' strides/paddings."""
-
-    image: Tensor
-    mask: Tensor | None
-    block: int
-    strides: tuple
-    paddings: tuple
 
 
 class MultiLayerNet(nn.Module):
@@ -168,10 +131,8 @@ class MultiLayerNet(nn.Module):
         spec = ARCHS[arch]
         self.padding = spec["padding"]
         self.strides = tuple(s for _, _, s in spec["layers"])
-        self._shapes, fan_in = [], self.in_channels
-        for out, k, _ in spec["layers"]:
-            self._shapes.append((out, fan_in, k, k))
-            fan_in = out
+        self._shapes = kernel_shapes(spec, self.in_channels)
+        fan_in = self._shapes[-1][0]
         self.tail_W = nn.ParameterList()
         self.tail_b = nn.ParameterList()
         for out in spec["tail"]:
@@ -186,11 +147,7 @@ class MultiLayerNet(nn.Module):
         """Bytes of the activations (see :mod:`unroll_cli.memory`): the unfolded layers' outputs,
         a few tensors each per unfolding kept for the backward pass; one unfolding's at evaluation
         (the weights are a few MB whatever the config)."""
-        spec, per_sample = ARCHS.get(arch, ARCHS["mnist"]), 0
-        side = 28 if arch == "mnist" else 32
-        for out, k, s in spec["layers"]:
-            side = (side + 2 * spec["padding"] - k) // s + 1
-            per_sample += out * max(side, 1) ** 2
+        per_sample = code_elements(ARCHS.get(arch, ARCHS["mnist"]), 28 if arch == "mnist" else 32)
         unfoldings = int(config.get("unfoldings", 0)) + 1
         return {"model.unfoldings": 4 * per_sample * (4 * unfoldings * train_batch + 2 * eval_batch)}
 
@@ -207,59 +164,29 @@ class MultiLayerNet(nn.Module):
     def _new_steps() -> nn.ParameterList:
         return nn.ParameterList(nn.Parameter(torch.ones(())) for _ in range(3))
 
-    # -- coordinates -------------------------------------------------------
-    def _plan(self, x: Tensor) -> _Plan:
-        """Layer 1 space-to-depth when its stride divides its kernel and the padded image."""
-        s, p, k = self.strides[0], self.padding, self._shapes[0][2]
-        cpu = x.device.type == "cpu"
-        if s > 1 and k % s == 0 and all((n + 2 * p) % s == 0 for n in x.shape[-2:]):
-            image = F.pixel_unshuffle(F.pad(x, (p,) * 4) if p else x, s)
-            mask = None
-            if p:
-                ones = x.new_ones((1, *x.shape[1:]))
-                mask = F.pixel_unshuffle(F.pad(ones, (p,) * 4), s)
-            if cpu:
-                image = image.contiguous(memory_format=torch.channels_last)
-            return _Plan(image, mask, s, (1, *self.strides[1:]), (0, p, p))
-        if cpu:
-            x = x.contiguous(memory_format=torch.channels_last)
-        return _Plan(x, None, 1, self.strides, (p, p, p))
-
-    @staticmethod
-    def _kernels(kernels, plan: _Plan) -> list[Tensor]:
-        """Kernels in the plan's coordinates: with space-to-depth block s, W1 (m, C, k, k)
-        becomes W1'[m, c*s^2 + a*s + b, u, v] = W1[m, c, s*u + a, s*v + b]."""
-        W1, *rest = kernels
-        s = plan.block
-        if s > 1:
-            m, C, k, _ = W1.shape
-            q = k // s
-            W1 = W1.reshape(m, C, q, s, q, s).permute(0, 1, 3, 5, 2, 4).reshape(m, C * s * s, q, q)
-        return [W1, *rest]
-
     # -- operators ---------------------------------------------------------
     @staticmethod
-    def _analysis(z: Tensor, i: int, W: Tensor, plan: _Plan, bias: Tensor | None = None) -> Tensor:
+    def _analysis(z: Tensor, i: int, W: Tensor, plan: Plan, bias: Tensor | None = None) -> Tensor:
         """``W_i^T z`` (+ bias, shape (m,)), layer i 0-based."""
         return conv2d(z, W, bias, plan.strides[i], plan.paddings[i])
 
     @staticmethod
-    def _synthesis(g: Tensor, i: int, W: Tensor, size, plan: _Plan) -> Tensor:
+    def _synthesis(g: Tensor, i: int, W: Tensor, size, plan: Plan) -> Tensor:
         """``W_i g``, output spatial size ``size``."""
         return conv_transpose2d(g, W, plan.strides[i], plan.paddings[i], size)
 
     @staticmethod
-    def _residual(synth: Tensor, lower: Tensor | None, i: int, plan: _Plan) -> Tensor:
+    def _residual(synth: Tensor, lower: Tensor | None, i: int, plan: Plan) -> Tensor:
         """``W_i g_i - gamma_{i-1}`` (``lower`` None: ``W_i g_i``); in layer 1's padded
         space-to-depth coordinates, zeroed on the padding."""
         r = synth if lower is None else synth - lower
         return r * plan.mask if i == 0 and plan.mask is not None else r
 
-    def _encode(self, h: Tensor, i: int, W: Tensor, b: Tensor, plan: _Plan) -> Tensor:
+    def _encode(self, h: Tensor, i: int, W: Tensor, b: Tensor, plan: Plan) -> Tensor:
         """A CNN layer ``ReLU(W^T h + b)`` (``W`` may carry the step ``c_i``)."""
         return nonneg_soft_threshold(self._analysis(h, i, W, plan), -b)
 
-    def _ista_step(self, g: Tensor, residual: Tensor, i: int, W: Tensor, b: Tensor, plan: _Plan) -> Tensor:
+    def _ista_step(self, g: Tensor, residual: Tensor, i: int, W: Tensor, b: Tensor, plan: Plan) -> Tensor:
         """``ReLU(g - W^T residual + b)`` as ``nonneg_soft_threshold(g, W^T residual - b)``, the
         bias fused into the convolution (``W`` may carry the step ``c_i``)."""
         return nonneg_soft_threshold(g, self._analysis(residual, i, W, plan, -b.view(-1)))
@@ -278,7 +205,7 @@ class MultiLayerNet(nn.Module):
         t = self.unfoldings if unfoldings is None else self._check_unfoldings(unfoldings)
         if x.dim() != 4 or x.shape[1] != self.in_channels:
             raise ValueError(f"x must have shape (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
-        return self._head(self._pursuit(self._plan(x), t))
+        return self._head(self._pursuit(forward_plan(x, self.strides, self.padding, self._shapes[0][2]), t))
 
     def dictionary(self) -> Tensor:
         """The first layer's filters W1 (m1, C, k, k), detached (and contiguous)."""
@@ -300,7 +227,7 @@ class MultiLayerNet(nn.Module):
     def _check_unfoldings(self, t) -> int:
         return check_int("unfoldings", t, 0)
 
-    def _pursuit(self, plan: _Plan, t: int) -> Tensor:
+    def _pursuit(self, plan: Plan, t: int) -> Tensor:
         raise NotImplementedError
 
     def _first_kernel(self) -> Tensor:
@@ -320,9 +247,9 @@ class _TiedNet(MultiLayerNet):
     def _first_kernel(self):
         return self.W[0]
 
-    def _step_kernels(self, plan: _Plan) -> tuple[list[Tensor], list[Tensor]]:
+    def _step_kernels(self, plan: Plan) -> tuple[list[Tensor], list[Tensor]]:
         """``W_i`` and ``c_i W_i`` in the plan's coordinates, formed once per forward."""
-        W = self._kernels(self.W, plan)
+        W = plan_kernels(self.W, plan)
         return W, [c * w for c, w in zip(self.c, W)]
 
 
@@ -409,7 +336,7 @@ class MLLISTA(MultiLayerNet):
         return self.W[0]
 
     def _pursuit(self, plan, t):
-        W, B = self._kernels(self.W, plan), self._kernels(self.B, plan)
+        W, B = plan_kernels(self.W, plan), plan_kernels(self.B, plan)
         Bx = self._analysis(plan.image, 0, B[0], plan)
         gammas = [nonneg_soft_threshold(Bx, -self.b[0])]
         for i in (1, 2):
@@ -449,7 +376,7 @@ class AllFree(MultiLayerNet):
         return int(t)
 
     def _pursuit(self, plan, t):
-        W = [self._kernels(self.W[k], plan) for k in range(t + 1)]
+        W = [plan_kernels(self.W[k], plan) for k in range(t + 1)]
         gammas, h = [], plan.image
         for i in range(3):
             h = self._encode(h, i, W[0][i], self.b[0][i], plan)

@@ -14,6 +14,9 @@ from typing import Any, Iterator, Protocol
 import torch
 from omegaconf import DictConfig
 
+from unroll_cli.errors import ConfigError
+from unroll_cli.record.report import Report
+
 
 class Task(Protocol):
     """What :func:`unroll_cli.run.run` and the trainers use of a task."""
@@ -26,6 +29,9 @@ class Task(Protocol):
     steps_per_epoch: int
     batch_size: int  # training batch, for the memory estimate
     eval_batch_size: int  # evaluation batch, for the memory estimate
+    # what the task uses of a model beyond forward(): member names with what each is for, checked
+    # before training (:func:`check_model_protocol`)
+    model_protocol: dict[str, str]
 
     def model_kwargs(self) -> dict[str, Any]:
         """What a model needs from the data to be built (a matrix A, an architecture, ...)."""
@@ -42,9 +48,11 @@ class Task(Protocol):
     def metric_names(self) -> list[str]:
         """Every metric :meth:`report` returns (``optimized_metric`` must be one of them)."""
 
-    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
-        """Evaluate the trained model on the test data: write its tables (``layers.csv``, ...),
-        ``results.md`` and figures through ``recorder``; return the flat metrics for metrics.json."""
+    def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None,
+               history: list[dict]) -> Report:
+        """Evaluate the trained model on the test data (``history``: the run's rows, read only): its
+        flat metrics, tables, figures, paragraphs and published number, which
+        :func:`unroll_cli.record.report.write_report` writes."""
 
     def artifacts(self) -> dict[str, Any]:
         """Arrays that define the problem, saved in the run directory before training (``A.npy``)."""
@@ -54,3 +62,10 @@ class Task(Protocol):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore :meth:`state_dict`."""
+
+
+def check_model_protocol(task: Task, model: torch.nn.Module, model_name: str) -> None:
+    """Refuse, before training, a model without a member the task needs (one message naming them)."""
+    missing = [f"{name} ({use})" for name, use in task.model_protocol.items() if not hasattr(model, name)]
+    if missing:
+        raise ConfigError(f"model={model_name} lacks what {task.kind} data needs of a model: {', '.join(missing)}")

@@ -18,6 +18,7 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.schema import evaluation_only, register_schema
 from unroll_cli.data.images import ARCHS, DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
 from unroll_cli.record import figures
+from unroll_cli.record.report import Published, Report, Table
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
 
@@ -28,7 +29,7 @@ class ImageDataConfig:
 
     _target_: str = "unroll_cli.tasks.classification.ImageClassification"
     name: str = MISSING  # mnist | fashion_mnist | cifar10 | svhn
-    root: str = evaluation_only("./data")
+    root: str = evaluation_only("${oc.env:UNROLL_DATA,./data}")
     download: bool = evaluation_only(True)
     batch_size: int = 128
     eval_batch_size: int = evaluation_only(1000)
@@ -65,6 +66,8 @@ class ImageClassification:
     """
 
     kind = "classification"
+    model_protocol = {"unfoldings": "the accuracy per number of unfoldings",
+                      "dictionary": "the first-layer filters figure"}
     monitor_mode = "max"
     primary_metric = "test/acc"
 
@@ -207,11 +210,11 @@ class ImageClassification:
         acc, loss = self._score(model, self.test_images, self.test_labels, unfoldings)
         return {"acc": acc, "loss": loss}
 
-    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
+    def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
         """Final, best and windowed-mean test accuracy; accuracy per number of unfoldings T' = 0..T."""
         final = self.evaluate(model)
         metrics = {"test/acc": final["acc"], "test/loss": final["loss"]}
-        summary = accuracy_summary(recorder.history, self.monitor, final["acc"], self.acc_mean_epochs)
+        summary = accuracy_summary(history, self.monitor, final["acc"], self.acc_mean_epochs)
         if self.monitor.startswith("test/"):  # per-epoch test accuracy, the paper's protocol
             metrics.update({f"test/{k}": v for k, v in summary.items()})
         else:
@@ -219,30 +222,13 @@ class ImageClassification:
         depth = model.unfoldings
         layers = pd.DataFrame({"unfoldings": range(depth + 1),
                                "test/acc": [self.evaluate(model, t)["acc"] for t in range(depth + 1)]})
-        published = None
-        if paper is not None:
-            published = paper.get("acc", {}).get(self.setting(), {}).get(model_name)
-        if published is not None:
-            metrics[paper.metric.replace("test/", "published/test/")] = float(published)
-        recorder.write_table("layers.csv", layers, index=["unfoldings"])
-
+        value = None if paper is None else paper.get("acc", {}).get(self.setting(), {}).get(model_name)
+        published = None if value is None else Published(paper.metric, float(value), paper.source)
         title = f"{model_name} on {self.setting()}, T={depth}"
-        recorder.write_figure("acc_per_unfolding.png",
-                              figures.per_layer_figure(layers, "unfoldings", "test accuracy (%)", title))
-        recorder.write_figure("filters.png", figures.atoms_figure(model.dictionary(), f"{model_name}: first-layer filters"))
-        if recorder.history:
-            recorder.write_figure("training_curve.png",
-                                  figures.training_curves(pd.DataFrame(recorder.history), "epoch", model_name))
-        headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
-        lines = [f"# {title}", "", headline.to_markdown(index=False, floatfmt=".4g"), ""]
-        if published is not None:
-            reported = metrics[paper.metric]
-            lines += [f"Published {paper.metric}: {published:.2f} ({paper.source}); "
-                      f"this run: {reported:.2f}, difference {reported - published:+.2f}.", ""]
-        lines += ["## Test accuracy per number of unfoldings at test time", "",
-                  layers.to_markdown(index=False, floatfmt=[".0f", ".2f"]), ""]
-        recorder.write_text("results.md", "\n".join(lines))
-        return metrics
+        plots = {"acc_per_unfolding.png": figures.per_layer_figure(layers, "unfoldings", "test accuracy (%)", title),
+                 "filters.png": figures.atoms_figure(model.dictionary(), f"{model_name}: first-layer filters")}
+        table = Table(layers, ["unfoldings"], "Test accuracy per number of unfoldings at test time", [".0f", ".2f"])
+        return Report(title, metrics, {"layers.csv": table}, plots, published=published)
 
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""

@@ -149,22 +149,21 @@ class DatasetDenoising(DenoisingTask):
         picks = [torch.nonzero(self.train_labels == c).flatten() for c in labels]
         return torch.cat([p[torch.randperm(len(p), generator=gen)[:per_class]] for p in picks])
 
-    def interpretation(self, model: torch.nn.Module, recorder, model_name: str) -> tuple[dict, list[str]]:
-        """The representer view's metrics, figures and results.md lines, when the model allows it."""
+    def interpretation(self, model: torch.nn.Module, model_name: str) -> tuple[dict, dict, list[str]]:
+        """The representer view's metrics, figures and results.md paragraphs, when the model allows it."""
         if not self.representer["images"]:
-            return {}, []
+            return {}, {}, []
         view = representer_view(model, self.train_images[self._representer_images()],
                                 self.test_noisy[self.headline_sigma][0][None, None], self.representer["rho"])
         if isinstance(view, str):
-            return {}, ["## Representer view", "", f"Not drawn: {view}", ""]
-        self._representer_figures(view, recorder, model_name)
+            return {}, {}, [f"## Representer view\n\nNot drawn: {view}"]
         shown = view.atom_errors[self._most_used(view)]
         metrics = {"representer/dictionary_rel_error": view.dictionary_error,
                    "representer/atom_rel_error_median": view.atom_errors.median().item(),
                    "representer/shown_atoms_rel_error_max": shown.max().item(),
                    "representer/reconstruction_rel_error": view.reconstruction_error}
         n, rho = view.train_images.shape[0], self.representer["rho"]
-        lines = ["## Representer view (Tolooshams & Ba 2022)", "",
+        lines = ["## Representer view (Tolooshams & Ba 2022)",
                  f"With the codes Z of {n} training images X (the same number per class), the ridge "
                  f"least-squares dictionary X (Z^T Z + {rho:g} I)^-1 Z^T differs from the learned one by "
                  f"{view.dictionary_error:.3g} (relative Frobenius error; atom by atom: median "
@@ -174,23 +173,24 @@ class DatasetDenoising(DenoisingTask):
                  f"{view.reconstruction_error:.3g}. "
                  "representer_atoms.png: the most used atoms, each beside its least-squares form and the "
                  "training images that weigh most in it; representer_reconstruction.png: the first test "
-                 "image, its reconstruction, and the training images that weigh most in it.", ""]
-        return metrics, lines
+                 "image, its reconstruction, and the training images that weigh most in it."]
+        return metrics, self._representer_figures(view, model_name), lines
 
     def _most_used(self, view: RepresenterView) -> torch.Tensor:
         """Indices of the ``representer_atoms`` atoms with the largest summed |code|, most used first."""
         return view.usage.topk(min(self.representer["atoms"], len(view.usage))).indices
 
-    def _representer_figures(self, view: RepresenterView, recorder, model_name: str) -> None:
+    def _representer_figures(self, view: RepresenterView, model_name: str) -> dict:
         top, used = self.representer["top"], self._most_used(view)
         rows = [[(f"atom {j}", view.atoms[j]), (f"least-squares form (error {view.atom_errors[j]:.2f})",
                                                  view.ls_atoms[j])] for j in used.tolist()]
-        recorder.write_figure("representer_atoms.png", figures.representer_figure(
-            rows, view.train_images, view.atom_weights[used], top,
-            f"{model_name}: atoms as weighted sums of training images"))
-        recorder.write_figure("representer_reconstruction.png", figures.representer_figure(
-            [[("test input", view.test_input), ("D z", view.reconstruction)]], view.train_images,
-            view.test_weights[None], top, f"{model_name}: a test reconstruction as a weighted sum of training images"))
+        return {"representer_atoms.png": figures.representer_figure(
+                    rows, view.train_images, view.atom_weights[used], top,
+                    f"{model_name}: atoms as weighted sums of training images"),
+                "representer_reconstruction.png": figures.representer_figure(
+                    [[("test input", view.test_input), ("D z", view.reconstruction)]], view.train_images,
+                    view.test_weights[None], top,
+                    f"{model_name}: a test reconstruction as a weighted sum of training images")}
 
     def data_conventions(self) -> str:
         classes = "all classes" if self.classes is None else f"classes {self.classes}"

@@ -28,6 +28,7 @@ from unroll_cli.schema import constrained, evaluation_only, register_schema
 from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_flips, random_window
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record import figures
+from unroll_cli.record.report import Published, Report, Table
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (noisy, clean), each (N, 1, crop, crop)
 METRIC = "test/psnr"
@@ -119,6 +120,7 @@ class DenoisingTask:
     """
 
     kind = "denoising"
+    model_protocol: dict[str, str] = {}
     monitor_mode = "max"
     primary_metric = METRIC
     eval_batch_size = 1
@@ -250,67 +252,47 @@ class DenoisingTask:
             metrics[sigma_metric(row.sigma)], metrics[f"{sigma_metric(row.sigma)}_std"] = row.psnr, row.psnr_std
         return {k: float(v) for k, v in metrics.items()}
 
-    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
+    def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
         """Test PSNR per sigma (mean, std over images) and of the noisy input, the final validation
-        PSNR, the published value when the paper config has one; layers.csv, items.csv, results.md
-        and the figures."""
+        PSNR, the published value when the paper config has one; layers.csv, items.csv and the
+        figures, and what :meth:`interpretation` adds."""
         items, layers, panels = self.evaluate(model)
         table = self.per_sigma(items)
         metrics = self.summary(table)
         if self.monitor != METRIC:  # with val_size=0 the validation value is test/psnr itself
             metrics.update(self.validate(model))
         variant = paper_variant(paper, model_name)
-        published = published_psnr(paper, self.setting(), variant)
-        if published is not None:
-            metrics[f"published/{METRIC}"] = published
-        recorder.write_table("layers.csv", layers, index=["layer"])
-        recorder.write_table("items.csv", items, index=["image", "sigma"])
+        value = published_psnr(paper, self.setting(), variant)
+        published = None if value is None else Published(METRIC, value, paper.get("source"),
+                                                         f"{self.setting()}, {variant}")
         title = f"{model_name}, {self.setting()}, {len(self.test_clean)} test images"
-        self.write_figures(model, recorder, model_name, title, layers, panels)
-        extra, lines = self.interpretation(model, recorder, model_name)
+        extra, plots, lines = self.interpretation(model, model_name)
         metrics.update(extra)
-        recorder.write_text("results.md", "\n".join(
-            [self.results_markdown(metrics, table, layers, title, paper, variant), *lines]))
-        return metrics
+        tables = {
+            "sigmas": Table(table, None, "PSNR (dB) per noise level (test images: mean, std over images)",
+                            ["g", ".2f", ".2f", ".2f", ".0f"]),
+            "layers.csv": Table(layers, ["layer"], "PSNR (dB) per layer (mean over test images; layer 0 = the "
+                                "noisy input)", [".0f"] + [".2f"] * (layers.shape[1] - 1)),
+            "items.csv": Table(items, ["image", "sigma"])}
+        # the per-epoch test PSNR of val_size=0 is the papers' curve: shown beside the training loss
+        return Report(title, metrics, tables, {**self.figures_of(model, model_name, title, layers, panels), **plots},
+                      notes=["Conventions: " + self.conventions(), *lines], published=published,
+                      curve=("step", False), curve_names={METRIC: "val/psnr (test images)"})
 
-    def interpretation(self, model: torch.nn.Module, recorder, model_name: str) -> tuple[dict, list[str]]:
-        """Further metrics, figures and results.md lines that explain the trained model; none here."""
-        return {}, []
+    def interpretation(self, model: torch.nn.Module, model_name: str) -> tuple[dict, dict, list[str]]:
+        """Further metrics, figures and results.md paragraphs that explain the trained model; none here."""
+        return {}, {}, []
 
-    def write_figures(self, model: torch.nn.Module, recorder, model_name: str, title: str, layers: pd.DataFrame,
-                      panels: list) -> None:
-        """PSNR per layer, noisy / denoised / clean test images, the dictionary, the training curves."""
-        recorder.write_figure("psnr_per_layer.png",
-                              figures.per_layer_figure(layers, "layer", "PSNR (dB)", title))
+    def figures_of(self, model: torch.nn.Module, model_name: str, title: str, layers: pd.DataFrame,
+                   panels: list) -> dict:
+        """PSNR per layer, noisy / denoised / clean test images, the dictionary."""
+        plots = {"psnr_per_layer.png": figures.per_layer_figure(layers, "layer", "PSNR (dB)", title)}
         if panels:
-            recorder.write_figure("denoised.png", figures.image_rows_figure(panels, title))
+            plots["denoised.png"] = figures.image_rows_figure(panels, title)
         filters = model.dictionary() if callable(getattr(model, "dictionary", None)) else None
         if filters is not None and filters.dim() == 4:  # (atoms, channels, h, w)
-            recorder.write_figure("atoms.png", figures.atoms_figure(filters, f"{model_name}: dictionary"))
-        if recorder.history:
-            # the per-epoch test PSNR of val_size=0 is the papers' curve: shown beside the training loss
-            history = pd.DataFrame(recorder.history).rename(columns={METRIC: "val/psnr (test images)"})
-            recorder.write_figure("training_curve.png", figures.training_curves(history, "step", model_name))
-
-    def results_markdown(self, metrics: dict, table: pd.DataFrame, layers: pd.DataFrame, title: str,
-                         paper: DictConfig | None, variant: str) -> str:
-        """The human-readable record of one run: headline metrics, PSNR per sigma and per layer, and
-        the conventions behind them."""
-        headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
-        lines = [f"# {title}", "", headline.to_markdown(index=False, floatfmt=".4g"), ""]
-        published = metrics.get(f"published/{METRIC}")
-        if published is not None:
-            run, source = metrics[METRIC], paper.get("source")
-            lines += [f"Published {METRIC} ({self.setting()}, {variant}): {published:.2f} ({source}); "
-                      f"this run: {run:.2f}, difference {run - published:+.2f}.", ""]
-        if paper is not None and paper.get("note"):
-            lines += [f"Note: {paper.note}", ""]
-        lines += ["## PSNR (dB) per noise level (test images: mean, std over images)", "",
-                  table.to_markdown(index=False, floatfmt=["g", ".2f", ".2f", ".2f", ".0f"]), "",
-                  "## PSNR (dB) per layer (mean over test images; layer 0 = the noisy input)", "",
-                  layers.to_markdown(index=False, floatfmt=[".0f"] + [".2f"] * (layers.shape[1] - 1)), "",
-                  "Conventions: " + self.conventions(), ""]
-        return "\n".join(lines)
+            plots["atoms.png"] = figures.atoms_figure(filters, f"{model_name}: dictionary")
+        return plots
 
     def conventions(self) -> str:
         """How the numbers were computed, for results.md."""

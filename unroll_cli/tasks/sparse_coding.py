@@ -22,6 +22,7 @@ from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, 
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.lista import FISTA, ISTA
 from unroll_cli.record import figures
+from unroll_cli.record.report import Published, Report, Table
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (y, x)
 BASELINES = {"ista": ISTA, "fista": FISTA}
@@ -83,6 +84,7 @@ class SyntheticSparseCoding:
     """The sparse-coding task: recover x from y = A x (+ noise); NMSE per layer beside ISTA/FISTA."""
 
     kind = "sparse_coding"
+    model_protocol = {"layers": "the baselines' depth", "lam": "the baselines' threshold"}
     monitor, monitor_mode = "val/nmse_db", "min"
     primary_metric = "test/nmse_db"
 
@@ -223,10 +225,10 @@ class SyntheticSparseCoding:
             metrics[f"{prefix}/support_{key}"] = value
         return metrics, per_layer
 
-    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
+    def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
         """Test metrics of the model and of ISTA/FISTA at the same depth and threshold, the final
         validation NMSE (what a hyper-parameter search should select on); layers.csv (layer 0: the
-        all-zero start), results.md and the figures."""
+        all-zero start) beside the published curve, and the figures."""
         metrics, per_layer = self.evaluate(model)
         metrics.update(self.validate(model))
         depth = len(per_layer)
@@ -236,42 +238,27 @@ class SyntheticSparseCoding:
             baseline_metrics, baseline_layers = self.evaluate(baseline, prefix=f"baseline/{name}/test")
             metrics.update(baseline_metrics)
             layers[f"baseline/{name}/{METRIC}"] = baseline_layers
-        published = published_curve(paper, self.setting(), model_name)
-        if published is not None and len(published) >= depth:
-            layers[f"published/{METRIC}"] = published[:depth]
-            metrics[f"published/{METRIC}"] = published[depth - 1]
-        recorder.write_table("layers.csv", layers, index=["layer"])
+        curve, published, shown = published_curve(paper, self.setting(), model_name), None, layers
+        if curve is not None and len(curve) >= depth:
+            layers[f"published/{METRIC}"] = curve[:depth]
+            shown = layers.assign(difference=layers[METRIC] - layers[f"published/{METRIC}"])
+            published = Published(METRIC, curve[depth - 1], f"{paper.source}, reading error +-{paper.tolerance_db} dB",
+                                  f"layer {depth - 1}")
 
         title = f"{model_name}, {self.A.shape[0]}x{self.A.shape[1]}, {self.setting()}"
-        recorder.write_figure("nmse_per_layer.png", figures.per_layer_figure(layers, "layer", "NMSE (dB)", title))
+        plots = {"nmse_per_layer.png": figures.per_layer_figure(layers, "layer", "NMSE (dB)", title)}
         learned = {}
         for label, method in (("threshold", "thresholds"), ("step size", "step_sizes")):
             values = getattr(model, method, lambda: None)()
             if values is not None:
                 learned[label] = values.tolist()
         if learned:  # models that declare their thresholds / step sizes
-            recorder.write_figure("thresholds.png", figures.parameters_figure(learned, f"{model_name}: learned per layer"))
-        if recorder.history:
-            history = pd.DataFrame(recorder.history)
-            recorder.write_figure("training_curve.png", figures.training_curves(history, "step", model_name))
-        recorder.write_text("results.md", self.results_markdown(metrics, layers, title, paper))
-        return metrics
-
-    def results_markdown(self, metrics: dict, layers: pd.DataFrame, title: str, paper: DictConfig | None) -> str:
-        """The human-readable table of one run: headline metrics, then NMSE per layer."""
-        headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
-        lines = [f"# {title}", "", headline.to_markdown(index=False, floatfmt=".4g"), "",
-                 "## NMSE (dB) per layer (test set, layer 0 = the all-zero start)", ""]
-        table = layers.copy()
-        published = f"published/{METRIC}"
-        if published in table:
-            table["difference"] = table[METRIC] - table[published]
-        lines += [table.to_markdown(index=False, floatfmt=[".0f"] + [".2f"] * (table.shape[1] - 1)), ""]
-        if paper is not None:
-            lines += [f"Published values: {paper.source} (reading error +-{paper.tolerance_db} dB).", ""]
-        lines += [f"NMSE convention: {self.nmse}; baselines run at the model's depth and lam.", ""]
-        lines += [*self.notes, ""]
-        return "\n".join(lines)
+            plots["thresholds.png"] = figures.parameters_figure(learned, f"{model_name}: learned per layer")
+        table = Table(layers, ["layer"], "NMSE (dB) per layer (test set, layer 0 = the all-zero start)",
+                      [".0f"] + [".2f"] * (shown.shape[1] - 1), shown)
+        return Report(title, metrics, {"layers.csv": table}, plots, published=published, curve=("step", False),
+                      notes=[f"NMSE convention: {self.nmse}; baselines run at the model's depth and lam.",
+                             *self.notes])
 
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""

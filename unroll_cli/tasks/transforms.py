@@ -10,8 +10,9 @@ through their real/imaginary view (the mean over the ``2 N^2`` real numbers); th
 ``RMSE = sqrt(MSE)``, i.e. ``||M - T||_F / N`` for a real target and ``||M - T||_F / (N sqrt 2)`` for a
 complex one (the DFT row of their ``rmse.pkl``). The data is the target itself, nothing is held out:
 the validation metric after every epoch is the RMSE of the model's matrix (its best epoch is kept),
-and ``report`` evaluates it, polishes it with L-BFGS after freezing its permutations (the authors' last
-step), and runs the factorization.
+and ``report`` evaluates it and runs the factorization. The authors' last step, L-BFGS polishing
+with the permutations frozen, is a training phase (``+callbacks=polish``, :mod:`unroll_cli.train.polish`;
+``data=transform`` selects it) on :meth:`TransformLearning.full_batch`.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from omegaconf import DictConfig
 
 from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.butterfly_factorize import TREES, butterfly_factorize, twiddle_to_dense
-from unroll_cli.record import figures
+from unroll_cli.record.report import Published, Report, Table
 
 TRANSFORMS = ("dft", "dct", "dst", "hadamard", "hartley", "convolution", "legendre", "randn")
 # the model learning_transforms/run_exp.sh uses for each target (BP for the others)
@@ -54,9 +55,7 @@ class TransformConfig:
     N: int = constrained(16, "a power of two >= 2", power_of_two)
     target_seed: int = 0  # numpy's legacy seed of the randn and convolution targets (the authors': 0)
     # basis vectors per training step: all N (the authors', the default ${.N}), or a random subset
-    batch_size: int = constrained(16, "an integer >= 1", lambda v: v >= 1)
-    # L-BFGS steps after training, permutations frozen (the authors: 20); 0: none
-    polish_steps: int = constrained(20, "an integer >= 0", lambda v: v >= 0, changeable=True)
+    batch_size: int = constrained("${.N}", "an integer >= 1", lambda v: v >= 1)
     # the factorization's tree (Le et al. 2022)
     tree: str = constrained("balanced", "balanced or unbalanced", lambda v: v in TREES, changeable=True)
 
@@ -104,16 +103,17 @@ def published_rmse(paper: DictConfig | None, transform: str, N: int) -> float | 
 
 
 class TransformLearning:
-    """Learn the target transform from the identity; RMSE of the trained, polished and factorized matrix."""
+    """Learn the target transform from the identity; RMSE of the trained and of the factorized matrix."""
 
     kind = "transform"
+    model_protocol: dict[str, str] = {}
     monitor, monitor_mode = "val/rmse", "min"
     primary_metric = "test/rmse"
 
     def __init__(self, transform: str, N: int, target_seed: int = 0, batch_size: int = 16,
-                 polish_steps: int = 20, tree: str = "balanced", seed: int = 0,
+                 tree: str = "balanced", seed: int = 0,
                  device: str | torch.device = "cpu", trainer: DictConfig | None = None):
-        self.transform, self.N, self.polish_steps, self.tree = transform, N, polish_steps, tree
+        self.transform, self.N, self.tree = transform, N, tree
         self.device = torch.device(device)
         self.exact = torch.from_numpy(target_matrix(transform, N, target_seed))  # float64 / complex128
         dtype = torch.promote_types(torch.get_default_dtype(), torch.complex64) if self.exact.is_complex() \
@@ -147,6 +147,10 @@ class TransformLearning:
                 idx = torch.randperm(self.N, generator=self.gen, device=self.device)[:self.batch_size]
                 yield self.eye[idx], self.target[:, idx]
 
+    def full_batch(self) -> Batch:
+        """The whole identity with the whole target (L-BFGS polishing fits it at once)."""
+        return self.eye, self.target
+
     def loss(self, outputs: torch.Tensor, batch: Batch, model: torch.nn.Module) -> torch.Tensor:
         """``mse(outputs^T, target columns)``: the model maps the rows e_i to the rows of ``M^T``."""
         return mse(outputs.T, batch[1])
@@ -169,34 +173,6 @@ class TransformLearning:
     def validate(self, model: torch.nn.Module, depth: int | None = None) -> dict[str, float]:
         return {self.monitor: self.rmse(self.model_matrix(model))}
 
-    def polish(self, model: torch.nn.Module) -> float:
-        """The authors' final step: freeze the model (every submodule with a ``freeze()``: a learned
-        permutation becomes its rounded, hard one), then ``polish_steps`` L-BFGS steps (PyTorch's
-        defaults, as theirs) on the whole target; the best state met is kept. Returns its RMSE."""
-        for module in model.modules():
-            if callable(getattr(module, "freeze", None)):
-                module.freeze()
-        params = [p for p in model.parameters() if p.requires_grad]
-        best = self.rmse(self.model_matrix(model))
-        if not params:
-            return best
-        best_state = {k: v.clone() for k, v in model.state_dict().items()}
-        optimizer = torch.optim.LBFGS(params)
-
-        def closure() -> torch.Tensor:
-            optimizer.zero_grad()
-            loss = self.loss(model(self.eye), (self.eye, self.target), model)
-            loss.backward()
-            return loss
-
-        for _ in range(self.polish_steps):
-            optimizer.step(closure)
-            value = self.rmse(self.model_matrix(model))
-            if value < best:  # NaN never is
-                best, best_state = value, {k: v.clone() for k, v in model.state_dict().items()}
-        model.load_state_dict(best_state)
-        return best
-
     def factorize(self) -> dict:
         """The hierarchical SVD butterfly factorization (Le et al. 2022) of the exact target, in double
         precision, after each permutation of ``FACTORIZE_PERMUTATIONS``; the best RMSE is kept, and the
@@ -213,63 +189,37 @@ class TransformLearning:
         rmse, permutation = min(results)
         return {"rmse": rmse, "seconds": seconds, "permutation": permutation}
 
-    def report(self, model: torch.nn.Module, recorder, model_name: str, paper: DictConfig | None) -> dict:
-        """RMSE of the trained model (``test/rmse_adam``), after the L-BFGS polish
-        (``test/rmse_polished``, ``polish/seconds``) and of the factorization (``factorize/*``);
-        ``test/rmse`` is that of the final model (polished when ``polish_steps > 0``: the paper's
-        number), ``train/seconds`` the training epochs' time; results.md and the training curve."""
-        metrics = {"test/rmse_adam": self.rmse(self.model_matrix(model)),
-                   "train/seconds": float(sum(row.get("seconds", 0.0) for row in recorder.history))}
-        final = metrics["test/rmse_adam"]
-        if self.polish_steps:
-            started = time.perf_counter()
-            final = metrics["test/rmse_polished"] = self.polish(model)
-            metrics["polish/seconds"] = time.perf_counter() - started
-        metrics["test/rmse"] = final
+    def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
+        """RMSE of the final model (``test/rmse``: polished when the run polished it, the paper's
+        number), of the gradient phase's best epoch (``test/rmse_adam``) and of the factorization
+        (``factorize/*``); ``train/seconds`` the training epochs' time; the RMSE per method."""
+        final = self.rmse(self.model_matrix(model))
+        epochs = [row[self.monitor] for row in history if self.monitor in row]
+        train_seconds = float(sum(row.get("seconds", 0.0) for row in history))
+        metrics = {"test/rmse": final, "test/rmse_adam": min(epochs, default=final), "train/seconds": train_seconds}
         factorized = self.factorize()
         metrics["factorize/rmse"], metrics["factorize/seconds"] = factorized["rmse"], factorized["seconds"]
-        published = published_rmse(paper, self.transform, self.N)
-        if published is not None:
-            metrics["published/test/rmse"] = published
-
-        title = f"{model_name} on {self.transform}, N={self.N}"
-        if recorder.history:
-            recorder.write_figure("training_curve.png",
-                                  figures.training_curves(pd.DataFrame(recorder.history), "step", title, log=True))
-        metrics = {name: metrics[name] for name in [*self.metric_names(), *metrics] if name in metrics}  # in order
-        recorder.write_text("results.md", self.results_markdown(metrics, factorized["permutation"], title, paper))
-        return metrics
-
-    def results_markdown(self, metrics: dict, permutation: str, title: str, paper: DictConfig | None) -> str:
-        """Headline metrics, then one row per method (RMSE, seconds) beside the published RMSE."""
-        headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
-        rows = [("gradient (Adam, best epoch)", metrics["test/rmse_adam"], metrics["train/seconds"])]
-        if "test/rmse_polished" in metrics:
-            rows.append((f"+ frozen permutations, {self.polish_steps} L-BFGS steps", metrics["test/rmse_polished"],
-                         metrics["polish/seconds"]))
-        rows.append((f"hierarchical factorization ({self.tree} tree, permutation {permutation})",
-                     metrics["factorize/rmse"], metrics["factorize/seconds"]))
-        methods = pd.DataFrame(rows, columns=["method", "RMSE", "seconds"])
-        lines = [f"# {title}", "", headline.to_markdown(index=False, floatfmt=".4g"), "",
-                 "## RMSE per method", "", methods.to_markdown(index=False, floatfmt=[".4g", ".3g", ".3g"]), ""]
-        if "published/test/rmse" in metrics:
-            lines += [f"Published RMSE: {metrics['published/test/rmse']:.2g} ({paper.source}): the best of "
-                      "at least 20 Hyperband trials (random lr and seed), polished; this run is one trial "
-                      f"(test/rmse {metrics['test/rmse']:.3g}).", ""]
-        if paper is not None and paper.get("note"):
-            lines += [f"Note: {paper.note}", ""]
-        lines += ["The factorization is one butterfly after a fixed permutation (the identity or the bit reversal, "
-                  "the better one): exact for Hadamard and the DFT, a projection for targets that need more "
-                  "(BPP, BPBP).", "",
-                  "RMSE = sqrt(mean square error of the matrix entries), complex entries as two real ones "
-                  "(Dao et al.'s rmse.pkl convention): ||M - T||_F / N, or / (N sqrt 2) for the complex DFT.", ""]
-        return "\n".join(lines)
+        value = published_rmse(paper, self.transform, self.N)
+        published = None if value is None else Published(
+            "test/rmse", value, f"{paper.source}: the best of at least 20 Hyperband trials (random lr and seed), "
+            "polished; this run is one trial", digits=".2g")
+        methods = pd.DataFrame([("gradient (Adam, best epoch)", metrics["test/rmse_adam"], train_seconds),
+                                ("final model (after any polishing: see polish/*)", final, float("nan")),
+                                (f"hierarchical factorization ({self.tree} tree, permutation "
+                                 f"{factorized['permutation']})", factorized["rmse"], factorized["seconds"])],
+                               columns=["method", "RMSE", "seconds"])
+        return Report(f"{model_name} on {self.transform}, N={self.N}", metrics,
+                      {"methods": Table(methods, None, "RMSE per method", [".4g", ".3g", ".3g"])},
+                      published=published, curve=("step", True), notes=[
+                          "The factorization is one butterfly after a fixed permutation (the identity or the bit "
+                          "reversal, the better one): exact for Hadamard and the DFT, a projection for targets "
+                          "that need more (BPP, BPBP).",
+                          "RMSE = sqrt(mean square error of the matrix entries), complex entries as two real ones "
+                          "(Dao et al.'s rmse.pkl convention): ||M - T||_F / N, or / (N sqrt 2) for the complex DFT."])
 
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/test/rmse`` besides, when the paper has it)."""
-        names = ["test/rmse", "test/rmse_adam", "test/rmse_polished", "factorize/rmse", "train/seconds",
-                 "polish/seconds", "factorize/seconds"]
-        return names if self.polish_steps else [name for name in names if "polish" not in name]
+        return ["test/rmse", "test/rmse_adam", "factorize/rmse", "train/seconds", "factorize/seconds"]
 
     def artifacts(self) -> dict[str, np.ndarray]:
         """The target matrix defines the problem."""

@@ -4,15 +4,17 @@ A callback is a class named by a ``_target_`` under the ``callbacks`` config nod
 each; ``+callbacks=NAME`` selects ``conf/callbacks/NAME.yaml``, a user's own lives in their config
 folder). Every trainer calls, on every path (end to end, layer-wise, CUDA graphs):
 
-- ``check(model, cfg)`` before any work: raise :class:`ConfigError` to refuse a model or an
-  optimizer it cannot serve (the run names the callback's key before the message);
+- ``check(model, task, cfg)`` before any work: raise :class:`ConfigError` to refuse a model, a
+  task or an optimizer it cannot serve (the run names the callback's key before the message);
 - ``on_fit_start(trainer)`` before the first step, also of a resumed run (before its state returns);
 - ``after_step(trainer, step)`` after every optimizer step, under ``no_grad`` (``step``: the run's
   count of optimizer steps so far);
 - ``on_validation(trainer, number, metrics)`` after every validation (an epoch, or a stage of the
   layer-wise trainer), before the checkpoint; ``metrics`` is the history row, and a callback may
   add its own columns to it;
-- ``on_fit_end(trainer)`` once training is over;
+- ``on_fit_end(trainer)`` once training is over: a further phase of training may run here
+  (``trainer.save_phase()`` checkpoints after it);
+- ``metrics()``: flat metrics of its own, written to ``metrics.json`` (``polish/seconds``, ...);
 - ``state_dict()`` / ``load_state_dict(state)``: saved in every checkpoint (tensors and plain values,
   read back with ``weights_only=True``) so that a resumed run equals one never stopped.
 
@@ -36,8 +38,8 @@ class RunPruned(Exception):
 class Callback:
     """The protocol, every hook a no-op: a callback overrides what it needs."""
 
-    def check(self, model: torch.nn.Module, cfg: DictConfig) -> None:
-        """Raise :class:`ConfigError` for a model or a config this callback cannot serve."""
+    def check(self, model: torch.nn.Module, task, cfg: DictConfig) -> None:
+        """Raise :class:`ConfigError` for a model, a task or a config this callback cannot serve."""
 
     def on_fit_start(self, trainer) -> None:
         pass
@@ -50,6 +52,9 @@ class Callback:
 
     def on_fit_end(self, trainer) -> None:
         pass
+
+    def metrics(self) -> dict[str, float]:
+        return {}
 
     def state_dict(self) -> dict[str, Any]:
         return {}
@@ -105,6 +110,9 @@ class Callbacks:
         for callback in self.named.values():
             callback.on_fit_end(trainer)
 
+    def metrics(self) -> dict[str, float]:
+        return {key: value for callback in self.named.values() for key, value in callback.metrics().items()}
+
     def state_dict(self) -> dict[str, Any]:
         return {name: callback.state_dict() for name, callback in self.named.items()}
 
@@ -114,10 +122,10 @@ class Callbacks:
                 callback.load_state_dict(states[name])
 
 
-def check_callbacks(callbacks: dict[str, Callback], model: torch.nn.Module, cfg: DictConfig) -> None:
+def check_callbacks(callbacks: dict[str, Callback], model: torch.nn.Module, task, cfg: DictConfig) -> None:
     """Each callback's ``check``, its refusal prefixed with its key (``callbacks.NAME``)."""
     for name, callback in callbacks.items():
         try:
-            callback.check(model, cfg)
+            callback.check(model, task, cfg)
         except ConfigError as error:
             raise ConfigError(f"callbacks.{name}: {error}") from None

@@ -60,6 +60,7 @@ class Trainer:
         elif settings.cuda_graphs:
             log.info("trainer.cuda_graphs: the device is %s, not CUDA: training eagerly", self.device)
         self.global_step = 0
+        self.schedule_state: dict[str, Any] | None = None  # what the schedule's last save held besides
 
     @classmethod
     def check_model(cls, model: torch.nn.Module, name: str) -> None:
@@ -135,6 +136,7 @@ class Trainer:
 
     def save(self, improved: bool = False, **state: Any) -> None:
         """Write ``last.pt`` (and ``best.pt`` when ``improved``) as one pair; remember the best model."""
+        self.schedule_state = state
         if improved:
             self.best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         if not self.s.checkpoint:
@@ -145,6 +147,12 @@ class Trainer:
                 "callbacks": self.callbacks.state_dict(), **state}
         CheckpointStore(self.recorder.dir).save(full, best=full if improved else self.carried_best)
         self.carried_best = None
+
+    def save_phase(self) -> None:
+        """A checkpoint after a phase that follows the schedule (a callback's, e.g. L-BFGS polishing):
+        the schedule's last saved position with the model as it is now, which becomes the best one."""
+        if self.schedule_state is not None:
+            self.save(improved=True, **self.schedule_state)
 
     def restore(self, state: dict[str, Any]) -> None:
         """Model, RNG, history, step count, seconds so far and best model of a checkpoint."""

@@ -1,0 +1,97 @@
+"""One report writer for every kind of problem: a task's evaluation returns a :class:`Report`, and
+:func:`write_report` writes it into the run directory.
+
+A task says what it measured (flat metrics, tables with their index columns, figures, paragraphs of
+conventions) and which published number compares with which metric; this module writes the tables
+(and ``tables.json``, so that ``unroll-report`` groups each table by its own indices), the figures,
+the training-curve figure from the run's history, and ``results.md``: the title, the headline
+metrics, the published value with this run's and the difference, the paper's note, each table
+under its heading, then the task's paragraphs. The published value is also a metric
+(``published/<metric>``), so sweep tables show it beside the group's mean.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pandas as pd
+
+from unroll_cli.record import figures
+
+
+@dataclass
+class Table:
+    """A CSV table of the run, its ``index`` columns declared in tables.json (no index: a table of
+    results.md alone); with a ``heading`` it is a section of results.md, as ``shown`` when that
+    differs from the CSV (a difference column beside a published one)."""
+
+    frame: pd.DataFrame
+    index: list[str] | None
+    heading: str | None = None
+    floatfmt: Any = ".2f"
+    shown: pd.DataFrame | None = None
+
+
+@dataclass
+class Published:
+    """A published number and the run metric it is compared with; ``setting``: where in the paper
+    (a noise level, a variant); ``source``: the paper and the place in it."""
+
+    metric: str
+    value: float
+    source: str
+    setting: str = ""
+    digits: str = ".2f"
+
+
+@dataclass
+class Report:
+    """What a task's ``report`` returns; ``curve``: the history column of the training curve's x axis
+    and whether its y axis is logarithmic; ``curve_names``: history columns renamed in that figure."""
+
+    title: str
+    metrics: dict[str, float]
+    tables: dict[str, Table] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    published: Published | None = None
+    curve: tuple[str, bool] = ("epoch", False)
+    curve_names: dict[str, str] = field(default_factory=dict)
+
+
+def write_report(report: Report, recorder, model_name: str, paper_note: str | None = None) -> dict[str, float]:
+    """Write ``report`` through ``recorder`` (module docstring); returns the run's flat metrics."""
+    metrics = dict(report.metrics)
+    if report.published is not None:
+        metrics[f"published/{report.published.metric}"] = report.published.value
+    for name, table in report.tables.items():
+        if table.index is not None:
+            recorder.write_table(name, table.frame, index=table.index)
+    for name, figure in report.figures.items():
+        recorder.write_figure(name, figure)
+    if recorder.history:
+        x, log = report.curve
+        history = pd.DataFrame(recorder.history).rename(columns=report.curve_names)
+        recorder.write_figure("training_curve.png", figures.training_curves(history, x, model_name, log=log))
+    recorder.write_text("results.md", results_markdown(report, metrics, paper_note))
+    return metrics
+
+
+def results_markdown(report: Report, metrics: dict[str, float], paper_note: str | None) -> str:
+    headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
+    lines = [f"# {report.title}", "", headline.to_markdown(index=False, floatfmt=".4g"), ""]
+    published = report.published
+    if published is not None:
+        run = metrics[published.metric]
+        where = f" ({published.setting})" if published.setting else ""
+        lines += [f"Published {published.metric}{where}: {published.value:{published.digits}} ({published.source}); "
+                  f"this run: {run:{published.digits}}, difference {run - published.value:+{published.digits}}.", ""]
+    if paper_note:
+        lines += [f"Note: {paper_note}", ""]
+    for table in report.tables.values():
+        if table.heading is not None:
+            shown = table.frame if table.shown is None else table.shown
+            lines += [f"## {table.heading}", "", shown.to_markdown(index=False, floatfmt=table.floatfmt), ""]
+    for note in report.notes:
+        lines += [note, ""]
+    return "\n".join(lines)

@@ -1,0 +1,67 @@
+"""Tables as printed and in report.tex: a paper's ``mean ± std (n)`` cells, Markdown and LaTeX.
+
+Only the printed tables and report.tex are formatted; report.csv and the Python API keep separate
+mean, std and count columns (:mod:`unroll_cli.report.tables`).
+"""
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+
+
+def decimals(value: float) -> int:
+    """How many decimals a paper's cell gives ``value``: 2 when its magnitude is 1 or more (or it is 0 or
+    not finite), else as many as give it 4 significant digits (0.9123, 0.001234)."""
+    if not math.isfinite(value) or value == 0 or abs(value) >= 1:
+        return 2
+    return 3 - math.floor(math.log10(abs(value)))
+
+
+def number(value: float, like: float | None = None) -> str:
+    """``value`` with the decimals (see decimals) of ``like``, by default its own; empty when missing. A
+    std or difference is printed at its mean's decimals, as in a paper. Magnitudes below 1e-3 (an RMSE
+    of 3.1e-06) are printed with 3 significant digits in scientific notation."""
+    if pd.isna(value):
+        return ""
+    scale = abs(value if like is None else like)
+    if 0 < scale < 1e-3:
+        return f"{value:.2e}"
+    return f"{value:.{decimals(value if like is None else like)}f}"
+
+
+def cell(mean: float, std: float, count: int) -> str:
+    """A paper's cell, ``mean ± std (n)``: ``-30.41 ± 0.12 (3)``; ``-30.41 (1)`` for one run; empty for
+    none."""
+    if not count:
+        return ""
+    return f"{number(mean)}{f' ± {number(std, mean)}' if count > 1 else ''} ({int(count)})"
+
+
+def paper_cells(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` (of summarize or summarize_layers) as printed and in report.tex: the keys as they are, then
+    per metric one ``mean ± std (n)`` cell (see cell) named by the metric, with its published value and
+    difference beside as numbers (see number)."""
+    metrics = [c.removesuffix(" mean") for c in table.columns if c.endswith(" mean")]
+    stats = {f"{metric} {stat}" for metric in metrics for stat in ("mean", "std", "count", "diff")}
+    keys = [c for c in table.columns if c not in stats and not c.startswith("published/")]
+    cells = {}
+    for metric in metrics:
+        mean, std, count = (table[f"{metric} {stat}"] for stat in ("mean", "std", "count"))
+        cells[metric] = [cell(*values) for values in zip(mean, std, count)]
+        if f"{metric} diff" in table:
+            cells[f"published/{metric}"] = [number(value) for value in table[f"published/{metric}"]]
+            cells[f"{metric} diff"] = [number(diff, of) for diff, of in zip(table[f"{metric} diff"], mean)]
+    published = [c for c in table.columns if c.startswith("published/") and c not in cells]  # of no metric
+    return table[keys].assign(**cells, **{c: [number(value) for value in table[c]] for c in published})
+
+
+def markdown(table: pd.DataFrame, empty: str) -> str:
+    """``table`` in Markdown, its cells as they are (see paper_cells), or ``empty`` (in parentheses) when it
+    has no row."""
+    return table.to_markdown(index=False, disable_numparse=True) if len(table) else f"({empty})"
+
+
+def latex(table: pd.DataFrame) -> str:
+    """``table`` in LaTeX, with its special characters escaped (``g_dec``) and ``±`` as ``$\\pm$``."""
+    return table.to_latex(index=False, escape=True).replace("±", r"$\pm$")
