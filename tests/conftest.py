@@ -1,6 +1,7 @@
 """Shared helpers: tiny configs composed like the CLI does, and the CLI as a subprocess."""
 from __future__ import annotations
 
+import io
 import json
 import os
 import subprocess
@@ -20,6 +21,11 @@ except ModuleNotFoundError as missing:  # a pytest outside the project's environ
 
 import unroll_cli.app  # noqa: F401  (registers the schemas and the run_uid resolver)
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: the workers share the machine's cores
+    import torch
+
+    torch.set_num_threads(1)
+
 # A problem small enough for a CLI run in a few seconds on 2 CPU cores.
 TINY = [
     "data.m=20", "data.n=40", "data.n_val=64", "data.n_test=64", "data.batch_size=32",
@@ -34,12 +40,57 @@ def compose_cfg(overrides: list[str]):
         return compose(config_name="train", overrides=overrides)
 
 
-def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None,
+def run_cli(args: list[str], cwd: Path, timeout: float = 300, env: dict | None = None, process: bool = False,
             **kwargs) -> subprocess.CompletedProcess:
-    """``unroll-train ARGS`` in ``cwd``, as a user would type it (``env``: variables to add)."""
+    """``unroll-train ARGS`` in ``cwd``, as a user would type it (``env``: variables to add): in this
+    process (the entrypoint called with ``sys.argv``, its output captured), or with ``process=True``
+    in a fresh interpreter, where the process itself is what a test checks (start-up, signals, a
+    user's own modules on PYTHONPATH)."""
+    if not process and not kwargs:
+        return run_cli_here(args, cwd, env or {})
     env = {**os.environ, "HYDRA_FULL_ERROR": "0", "PYTHONPATH": str(Path(__file__).parents[1]), **(env or {})}
     return subprocess.run([sys.executable, "-m", "unroll_cli.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout, **kwargs)
+
+
+def run_cli_here(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """``unroll-train ARGS`` through :func:`unroll_cli.cli.train_main` in this process: its exit code,
+    stdout and stderr (Hydra's log lines included); the process's state is restored afterwards."""
+    import logging
+    import signal
+    from contextlib import redirect_stderr, redirect_stdout
+
+    import torch
+
+    from unroll_cli.cli import train_main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved = (list(sys.argv), os.getcwd(), dict(os.environ), torch.get_num_threads(), signal.getsignal(signal.SIGINT),
+             logging.root.handlers[:], logging.root.level)
+    os.environ.update({"HYDRA_FULL_ERROR": "0", **env})
+    if "OMP_NUM_THREADS" in env:
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
+    sys.argv = ["unroll-train", *args]
+    os.chdir(cwd)
+    code = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                train_main()
+            except SystemExit as exit_:
+                code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv, cwd_before, environ, threads, sigint, handlers, level = saved
+        os.chdir(cwd_before)
+        os.environ.clear()
+        os.environ.update(environ)
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(False)
+        signal.signal(signal.SIGINT, sigint)
+        logging.root.handlers[:] = handlers
+        logging.root.setLevel(level)
+        GlobalHydra.instance().clear()
+    return subprocess.CompletedProcess(["unroll-train", *args], code, out.getvalue(), err.getvalue())
 
 
 def wait_for_history(run_dir: Path, rows: int, proc: subprocess.Popen, hang_guard_s: float = 600) -> None:

@@ -162,7 +162,7 @@ def test_trusted_packages_in_a_config_file_allow_the_users_own_classes(tmp_path)
                       cwd=tmp_path)
     assert_refused(refused, "optim._target_='my_optim.MarkedAdam' is not allowed")
     assert not (tmp_path / "used").exists()
-    trusted = run_cli([*FAST, search, "+experiment=mine", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path)
+    trusted = run_cli([*FAST, search, "+experiment=mine", f"hydra.run.dir={tmp_path / 'b'}"], cwd=tmp_path, process=True)
     assert trusted.returncode == 0, trusted.stdout + trusted.stderr
     assert (tmp_path / "used").exists() and read_metrics(tmp_path / "b")["status"] == "completed"
 
@@ -321,6 +321,21 @@ def test_an_error_after_ctrl_c_reads_as_the_interrupt(tmp_path):
     assert "Traceback" not in result.stdout + result.stderr
 
 
+def test_an_error_in_an_import_after_ctrl_c_reads_as_the_interrupt(tmp_path, monkeypatch):
+    """The same while the command line is checked, before Hydra (seen: scipy's import half done when
+    SIGINT came, a RecursionError out of numpy)."""
+    from unroll_cli import command_line, interrupts
+
+    def half_imported(argv):
+        interrupts._interrupted = True
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(command_line, "check_command_line", half_imported)
+    monkeypatch.setattr(interrupts, "_interrupted", False)
+    result = run_cli([*FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 130 and result.stderr == "unroll-train: interrupted\n"
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_writes_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],
@@ -427,7 +442,7 @@ def test_a_users_own_model_from_their_own_folders(tmp_path):
         "  lam: 0.4\n")
     run_dir = tmp_path / "run"
     result = run_cli([*FAST, "optim.lr=1e-9", f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]",
-                      "model=half_cp", f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+                      "model=half_cp", f"hydra.run.dir={run_dir}"], cwd=tmp_path, process=True)
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_metrics(run_dir)["model"] == "half_cp"
     # barely trained (lr 1e-9): the thresholds are the class's, lam / 2 / L, L = 1.001 ||A||^2 of the saved A

@@ -143,7 +143,7 @@ def test_a_users_callback_from_their_own_folder_resumes_exactly_after_a_kill(tmp
     args = [*TINY, "model=lista_cp", "trainer.max_epochs=30", "tensorboard=false",
             f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "+callbacks=[grad_norm,trace]"]
     env = {"OMP_NUM_THREADS": "1", "PYTHONPATH": f"{tmp_path}{os.pathsep}{Path(__file__).parents[1]}"}
-    straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, env=env)
+    straight = run_cli([*args, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, env=env, process=True)
     assert straight.returncode == 0, straight.stderr
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *args, f"hydra.run.dir={killed}"],
@@ -153,7 +153,7 @@ def test_a_users_callback_from_their_own_folder_resumes_exactly_after_a_kill(tmp
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=60)
     assert read_metrics(killed)["status"] == "running"
-    again = run_cli([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=env)
+    again = run_cli([*args, f"hydra.run.dir={killed}"], cwd=tmp_path, env=env, process=True)
     assert again.returncode == 0, again.stderr
     assert "resumed from its last checkpoint" in again.stdout + again.stderr
     steps, trace = (tmp_path / "straight/trace.txt").read_text().split()

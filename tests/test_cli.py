@@ -38,7 +38,7 @@ def numpy_ista_nmse(A: np.ndarray, y: np.ndarray, x: np.ndarray, lam: float, lay
 
 def test_run_writes_every_file_of_the_contract(tmp_path):
     run_dir = tmp_path / "run"
-    result = run_cli([*TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli([*TINY, f"hydra.run.dir={run_dir}"], cwd=tmp_path, process=True)  # the whole CLI, once
     assert result.returncode == 0, result.stderr
     assert f"results: {run_dir}" in result.stdout
     for name in CONTRACT:

@@ -31,6 +31,11 @@ def train_main() -> None:
     except KeyboardInterrupt:
         print("unroll-train: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Exception:  # Ctrl-C inside a library's import can surface as another error (interrupts.py)
+        if interrupts.interrupted():
+            print("unroll-train: interrupted", file=sys.stderr)
+            sys.exit(130)
+        raise
 
 
 def report_main() -> None:
