@@ -260,7 +260,7 @@ def test_a_dictionary_loads_exactly_and_a_runs_dictionary_reloads(tmp_path, conv
     model = SparseAutoencoder(2, conv=conv, step=0.01, dictionary_path=str(tmp_path / "D.npy"), **options)
     # used as saved: not rescaled to unit atoms (normalize is on), not cast, not transposed
     assert torch.equal(model.weight.detach(), torch.from_numpy(array))
-    np.save(tmp_path / "saved.npy", model.dictionary().numpy())  # what a run writes as dictionary.npy
+    np.save(tmp_path / "saved.npy", model.dictionaries()["D"].numpy())  # what a run writes as dictionary.npy
     again = SparseAutoencoder(2, conv=conv, step=0.01, dictionary_path=str(tmp_path / "saved.npy"), **options)
     assert torch.equal(again.weight, model.weight)
 
@@ -270,7 +270,7 @@ def test_data_atoms_are_normalised_training_patches():
     model = GroupSparseAutoencoder(1, filters=8, kernel_size=5, stride=2, group_size=2, init_images=images)
     patches = images.unfold(2, 5, 1).unfold(3, 5, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 1, 5, 5)
     patches = patches / torch.linalg.vector_norm(patches, dim=(1, 2, 3), keepdim=True)
-    for atom in model.dictionary():
+    for atom in model.dictionaries()["D"]:
         assert torch.isclose(patches, atom).flatten(1).all(1).any()
 
 

@@ -49,7 +49,7 @@ def test_tiny_ml_ista_run_learns_and_reports_per_unfolding_accuracy(tmp_path):
     layers = pd.read_csv(run_dir / "layers.csv")
     assert list(layers["unfoldings"]) == [0, 1, 2]
     assert layers["test/acc"].iloc[-1] == pytest.approx(metrics["test/acc"])
-    for name in ("acc_per_unfolding.png", "filters.png", "training_curve.png"):
+    for name in ("acc_per_unfolding.png", "atoms.png", "training_curve.png"):
         assert (run_dir / "figures" / name).is_file()
     # unroll-eval on the test set again: the last epoch's model (validated on test data, no best is
     # selected), the same accuracies, and where the model came from

@@ -160,3 +160,28 @@ def test_sigterm_marks_the_run_interrupted_and_keeps_a_checkpoint(tmp_path):
     assert record["status"] == "interrupted" and "resume=" in record["error"]
     checkpoint = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)
     assert checkpoint["epoch"] >= 1
+
+
+@pytest.mark.parametrize("extra, composed", [([], 0), (["hydra.searchpath=[pkg://unroll_cli.conf]"], 1)])
+def test_a_run_is_composed_once_and_validated_once(tmp_path, monkeypatch, extra, composed):
+    """Hydra composes the config; the command line is composed beforehand only when it changes the
+    hydra node (whose targets Hydra builds before any job); a job validates its config once."""
+    import hydra
+
+    import unroll_cli.app
+    import unroll_cli.run
+
+    calls = {"compose": 0, "validate": 0}
+
+    def counted(name, function):
+        def call(*args, **kwargs):
+            calls[name] += 1
+            return function(*args, **kwargs)
+        return call
+
+    monkeypatch.setattr(hydra, "compose", counted("compose", hydra.compose))
+    monkeypatch.setattr(unroll_cli.app, "validate", counted("validate", unroll_cli.app.validate))
+    monkeypatch.setattr(unroll_cli.run, "validate", counted("validate", unroll_cli.run.validate))
+    result = run_cli([*TINY, "tensorboard=false", *extra, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert calls == {"compose": composed, "validate": 1}

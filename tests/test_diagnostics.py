@@ -65,7 +65,7 @@ def test_the_atoms_of_a_filter_stack_are_its_first_axis():
 
 def test_a_diagnostic_that_does_not_apply_is_refused_before_training(tmp_path):
     cfg = compose_cfg(["data=transform", "data.N=8", "model=bp", "+diagnostics=coherence"])
-    with pytest.raises(ConfigError, match=r"diagnostics\.coherence does not apply to model=bp: .*no dictionary"):
+    with pytest.raises(ConfigError, match=r"diagnostics\.coherence does not apply to model=bp: .*no dictionaries"):
         run(cfg, tmp_path)
     assert not (tmp_path / "history.csv").exists()
 

@@ -175,7 +175,7 @@ def test_tilista_steps_and_thresholds():
     for name, m in models.items():
         if name not in ("tilista", "alista", "alista_ss"):
             assert m.step_sizes() is None, name
-        assert m.dictionary() is m.A and torch.equal(m.A, A)
+        assert m.dictionaries()["A"] is m.A and torch.equal(m.A, A)
         assert m.layers == 5 and m.lam == LAM
         assert m.thresholds().shape == (5,) and not m.thresholds().requires_grad
 

@@ -316,12 +316,12 @@ def test_initialisation_and_interface(arch):
         assert b.shape == (1, m, 1, 1) and not b.any()
     ista = MLISTA(arch, C, 7, 4)
     assert ista.unfoldings == 4 and all(c.item() == 1.0 for c in ista.c)
-    atoms = ista.dictionary()
+    atoms = ista.dictionaries()["W1"]
     assert atoms.shape == ista.W[0].shape and not atoms.requires_grad
     out = ista(torch.rand(5, C, H, H))
     assert out.shape == (5, 7)
     torch.testing.assert_close(out.exp().sum(1), torch.ones(5))
-    assert AllFree(arch, C, 10, 2).dictionary().shape == ista.W[0].shape
+    assert AllFree(arch, C, 10, 2).dictionaries()["W1"].shape == ista.W[0].shape
 
 
 @pytest.mark.parametrize("cls", CLASSES)

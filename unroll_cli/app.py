@@ -52,10 +52,10 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: li
         write_hydra_files(run_dir, cfg, hydra_cfg, overrides)
         if decision.action == "resume" and cfg.resume is None:
             cfg.resume = str(run_dir)  # the same job of a re-run sweep, a requeued or a killed job
-        from unroll_cli.run import run
+        from unroll_cli.run import run_validated
         from unroll_cli.sweep.optuna_study import trial_callbacks
 
-        return run(cfg, run_dir, overrides, callbacks=trial_callbacks(hydra_cfg))
+        return run_validated(cfg, run_dir, overrides, callbacks=trial_callbacks(hydra_cfg))
     except (ConfigError, FileNotFoundError) as error:  # a sweep's job is recorded as failed
         # (an earlier resumable state is kept)
         if hydra_cfg.mode == RunMode.MULTIRUN and decision.action == "fresh":

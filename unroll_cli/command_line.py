@@ -1,10 +1,12 @@
 """The command line, checked before Hydra acts on it.
 
 Hydra builds the callbacks, the sweeper and the launcher, and configures logging, from the composed
-``hydra`` node before any job starts, so a job cannot check those itself. ``unroll-train`` therefore
-composes the config once from the command line first (Hydra's compose API, without the sweep
-values) and checks every ``_target_`` of its ``hydra`` node (:mod:`unroll_cli.targets`); each job
-checks the rest of its own config before it instantiates anything. The command-line flags are Hydra's (``--help``, ``-m``, ``--cfg``,
+``hydra`` node before any job starts, so a job cannot check those itself. When the command line
+changes that node beyond its directories (an override of a ``hydra`` key or group other than
+:data:`PLAIN_HYDRA_KEYS`, such as ``hydra.searchpath``, or ``--config-name``), ``unroll-train`` therefore composes the config from the command line first
+(Hydra's compose API, without the sweep values) and checks every ``_target_`` of its ``hydra`` node
+(:mod:`unroll_cli.targets`); otherwise the node is the package's own and Hydra composes the config
+once. Each job checks the rest of its own config before it instantiates anything. The command-line flags are Hydra's (``--help``, ``-m``, ``--cfg``,
 ``--info``, ``-cn``, ...), except three it refuses: ``--experimental-rerun`` (it unpickles a file,
 which can run code), and ``-cp``/``-cd`` (use ``hydra.searchpath=[file://DIR]`` to add a config
 folder: the composition checked here is then the one Hydra runs).
@@ -18,6 +20,8 @@ import io
 from unroll_cli.errors import ConfigError
 from unroll_cli.registry import register_configs
 
+#: ``hydra`` keys that name no code: they may change without the composition checked beforehand
+PLAIN_HYDRA_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.chdir", "hydra.verbose")
 REFUSED_FLAGS = {
     "experimental_rerun": "--experimental-rerun unpickles a file, which can run code: re-run with the "
                           "overrides in <run dir>/.hydra/overrides.yaml instead",
@@ -66,6 +70,9 @@ def check_command_line(argv: list[str]) -> None:
     for override in overrides:
         if override.is_sweep_override() and override.key_or_group.startswith("hydra"):
             raise ConfigError(f"{override.input_line}: sweeping over Hydra's own settings is not supported")
+    if args.config_name is None and all(o.key_or_group in PLAIN_HYDRA_KEYS or not o.key_or_group.startswith(
+            ("hydra", "+hydra", "~hydra", "++hydra")) for o in overrides):
+        return  # the package's own hydra node, or only its directories changed: Hydra composes once
     fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
     register_configs()
     try:

@@ -121,7 +121,7 @@ def default_directory() -> Path:
 def evaluate(argv: list[str]) -> Path:
     """Evaluate the run ``argv`` names; returns the new run directory."""
     from unroll_cli.record.run_dir import claim, locked, write_hydra_files
-    from unroll_cli.run import SourceModel, run
+    from unroll_cli.run import SourceModel, run_validated
 
     source, overrides, out = split_arguments(argv)
     run_overrides, last, best = read_source(source)
@@ -135,7 +135,7 @@ def evaluate(argv: list[str]) -> Path:
         if decision.action == "skip":
             return out
         write_hydra_files(out, cfg, None, job)
-        run(cfg, out, job, source=SourceModel(str(source.resolve()), last, best))
+        run_validated(cfg, out, job, source=SourceModel(str(source.resolve()), last, best))
     return out
 
 

@@ -23,6 +23,7 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.validation import changeable_keys, schema_defaults, validate
 from unroll_cli.evaluate.diagnostics import PerValidation, check_diagnostics, record_diagnostics
 from unroll_cli.memory import require_memory
+from unroll_cli.record.dictionaries import write_dictionaries
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.report import write_report
 from unroll_cli.tasks.base import check_model_protocol
@@ -214,6 +215,12 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
     ``source``: evaluate this trained model instead of training (``unroll-eval``).
     """
     validate(cfg)
+    return run_validated(cfg, run_dir, overrides, callbacks, source)
+
+
+def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
+                  callbacks: dict[str, Callback] | None = None, source: SourceModel | None = None) -> float:
+    """:func:`run` of a config its caller has validated (the CLI validates before writing ``.hydra/``)."""
     device = resolve_device(cfg.device)
     resume_state = resume_point(cfg, device) if cfg.resume and source is None else None
     check_optimizer(cfg)
@@ -260,8 +267,7 @@ def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None
             metrics = write_report(report, recorder, cfg.model.name, (cfg.paper or {}).get("note"))
             metrics.update(callbacks.metrics())
             metrics.update(record_diagnostics(diagnostics, model, recorder))
-            if callable(getattr(model, "dictionary", None)):  # the learned arrays, beside the run's tables
-                recorder.write_array("dictionary.npy", model.dictionary().detach().cpu().numpy())
+            write_dictionaries(model, recorder, cfg.model.name)
     except (KeyboardInterrupt, SystemExit):  # Ctrl-C, SIGTERM, or a cluster's requeue (submitit exits)
         recorder.fail("interrupted", "interrupted (SIGINT/SIGTERM/requeue); continue with "
                       f"resume={recorder.dir}", metrics)

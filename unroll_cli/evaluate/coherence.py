@@ -1,7 +1,8 @@
 """Mutual coherence of a model's dictionary (``+diagnostics=coherence``).
 
 - ``coherence/dictionary``: ``max_{i != j} |d_i^T d_j|`` over the unit-normed atoms (Donoho & Elad
-  2003): the quantity sparse-recovery guarantees of ISTA and LISTA are stated in. The atoms are the
+  2003): the quantity sparse-recovery guarantees of ISTA and LISTA are stated in; for a model with
+  several dictionaries, ``coherence/dictionary_<name>`` for each. The atoms are the
   columns of a matrix dictionary (``A``, m x n) and the flattened entries of a stack of filters or
   images (``(K, C, k, k)``: the filters' coherence at zero shift).
 - ``coherence/generalized``: for a model with one coupled weight ``W`` (``x + gamma W^T (y - A x)``:
@@ -19,6 +20,7 @@ import torch
 from torch import Tensor
 
 from unroll_cli.evaluate.diagnostics import Diagnostic
+from unroll_cli.models.dictionaries import dictionaries_of, the_dictionary
 
 
 def atoms(dictionary: Tensor) -> Tensor:
@@ -44,37 +46,44 @@ def generalized_coherence(W: Tensor, A: Tensor) -> float:
 
 class Coherence(Diagnostic):
     def refuse(self, model) -> str | None:
-        if not callable(getattr(model, "dictionary", None)):
-            return "it exposes no dictionary()"
-        if atoms(model.dictionary()).shape[0] < 2:
-            return "its dictionary has fewer than two atoms"
+        found = dictionaries_of(model)
+        if not found:
+            return "it exposes no dictionaries()"
+        if any(atoms(d).shape[0] < 2 for d in found.values()):
+            return "a dictionary of it has fewer than two atoms"
         return None
 
-    def _atom_gram(self, model) -> Tensor:
-        d = atoms(model.dictionary())
-        return off_diagonal(d @ d.t())
+    @staticmethod
+    def _grams(model) -> dict[str, Tensor]:
+        """``|d_i^T d_j|`` (zero diagonal) per dictionary, keyed ``dictionary`` for a model with one,
+        ``dictionary_<name>`` for each of several."""
+        found = dictionaries_of(model)
+        return {"dictionary" if len(found) == 1 else f"dictionary_{name}": off_diagonal(atoms(d) @ atoms(d).t())
+                for name, d in found.items()}
 
     def measure(self, model) -> dict[str, float]:
-        metrics = {"dictionary": self._atom_gram(model).max().item()}
+        metrics = {key: gram.max().item() for key, gram in self._grams(model).items()}
         W = model.coupled_weight() if callable(getattr(model, "coupled_weight", None)) else None
         if W is not None:
-            metrics["generalized"] = generalized_coherence(W, model.dictionary())
+            metrics["generalized"] = generalized_coherence(W, the_dictionary(model))
         return metrics
 
     def tables(self, model):
-        per_atom = self._atom_gram(model).max(dim=1).values.cpu().numpy()
-        table = pd.DataFrame({"atom": range(len(per_atom)), "max_coherence": per_atom})
-        return {"coherence.csv": (table, ["atom"])}
+        return {f"coherence{key.removeprefix('dictionary')}.csv": (
+                    pd.DataFrame({"atom": range(len(gram)), "max_coherence": gram.max(dim=1).values.cpu().numpy()}),
+                    ["atom"]) for key, gram in self._grams(model).items()}
 
     def figures(self, model):
         import matplotlib.pyplot as plt
 
-        gram = self._atom_gram(model)
-        values = gram[~torch.eye(len(gram), dtype=torch.bool, device=gram.device)].cpu().numpy()
-        figure, axis = plt.subplots(figsize=(5, 3.5))
-        axis.hist(values, bins=50)
-        axis.set_xlabel("|d_i^T d_j|, i != j")
-        axis.set_ylabel("pairs")
-        axis.set_title(f"mutual coherence {values.max():.3f}")
-        figure.tight_layout()
-        return {"coherence.png": figure}
+        plots = {}
+        for key, gram in self._grams(model).items():
+            values = gram[~torch.eye(len(gram), dtype=torch.bool, device=gram.device)].cpu().numpy()
+            figure, axis = plt.subplots(figsize=(5, 3.5))
+            axis.hist(values, bins=50)
+            axis.set_xlabel("|d_i^T d_j|, i != j")
+            axis.set_ylabel("pairs")
+            axis.set_title(f"mutual coherence {values.max():.3f}")
+            figure.tight_layout()
+            plots[f"coherence{key.removeprefix('dictionary')}.png"] = figure
+        return plots

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from unroll_cli.models.dictionaries import the_dictionary
+
 
 def _solve_gram(Z: torch.Tensor, rhs: torch.Tensor, rho: float) -> torch.Tensor:
     """(Z^T Z + rho I)^{-1} rhs in float64, by a linear solve."""
@@ -72,12 +74,13 @@ def _codes(model: torch.nn.Module, images: torch.Tensor, chunk: int = 1000) -> t
 
 def representer_view(model: torch.nn.Module, train_images: torch.Tensor, test_input: torch.Tensor,
                      rho: float) -> RepresenterView | str:
-    """The view of a model with ``encode(x) -> z_T`` and ``dictionary() -> (p, 1, H, W)`` (a dense
+    """The view of a model with ``encode(x) -> z_T`` and one dictionary, ``(p, 1, H, W)`` (a dense
     dictionary whose atoms are images) on gray ``train_images`` (n, 1, H, W) and one ``test_input``
     (1, 1, H, W); the reason it does not apply otherwise."""
-    if not callable(getattr(model, "encode", None)) or not callable(getattr(model, "dictionary", None)):
-        return "the model has no encode() and dictionary() (a dense sparse_ae or group_sparse_ae has)"
-    atoms = model.dictionary().float()
+    dictionary = the_dictionary(model)
+    if not callable(getattr(model, "encode", None)) or dictionary is None:
+        return "the model has no encode() and one dictionary (a dense sparse_ae or group_sparse_ae has)"
+    atoms = dictionary.float()
     if atoms.shape[1:] != train_images.shape[1:] or atoms.shape[1] != 1:
         return (f"the atoms {tuple(atoms.shape[1:])} are not gray images of the data's size "
                 f"{tuple(train_images.shape[1:])} (the view needs a dense dictionary, conv=false)")

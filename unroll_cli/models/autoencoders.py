@@ -330,11 +330,11 @@ class TiedAutoencoder(nn.Module):
         if self.normalize:
             self.weight.copy_(unit_atoms(self.weight, self.conv))
 
-    def dictionary(self) -> Tensor:
-        """The atoms, detached: (K, C, k, k) filters, or the dense columns as (atoms, C, H, W) images."""
-        if self.conv:
-            return self.weight.detach()
-        return self.weight.detach().T.reshape(-1, *self.image_shape)
+    def dictionaries(self) -> dict[str, Tensor]:
+        """The atoms of ``D``, detached: (K, C, k, k) filters, or the dense columns as (atoms, C, H, W)
+        images."""
+        atoms = self.weight.detach() if self.conv else self.weight.detach().T.reshape(-1, *self.image_shape)
+        return {"D": atoms}
 
     @staticmethod
     def memory_estimate(config: dict, in_channels: int, train_batch: int, eval_batch: int,

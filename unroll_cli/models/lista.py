@@ -182,8 +182,9 @@ class UnrolledISTA(nn.Module):
         """Learned per-layer step sizes, or None for models without them."""
         return None
 
-    def dictionary(self) -> Tensor:
-        return self.A
+    def dictionaries(self) -> dict[str, Tensor]:
+        """The measurement matrix ``A`` (m, n), whose columns are the atoms."""
+        return {"A": self.A}
 
     # -- hooks -------------------------------------------------------------
     def _prepare(self, y: Tensor):

@@ -207,9 +207,9 @@ class MultiLayerNet(nn.Module):
             raise ValueError(f"x must have shape (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
         return self._head(self._pursuit(forward_plan(x, self.strides, self.padding, self._shapes[0][2]), t))
 
-    def dictionary(self) -> Tensor:
+    def dictionaries(self) -> dict[str, Tensor]:
         """The first layer's filters W1 (m1, C, k, k), detached (and contiguous)."""
-        return self._first_kernel().detach().contiguous()
+        return {"W1": self._first_kernel().detach().contiguous()}
 
     def dense_maps(self) -> dict[str, Tensor]:
         """The trained dense classifier's weight (classes x features), the map :meth:`structured`

@@ -66,8 +66,7 @@ class ImageClassification:
     """
 
     kind = "classification"
-    model_protocol = {"unfoldings": "the accuracy per number of unfoldings",
-                      "dictionary": "the first-layer filters figure"}
+    model_protocol = {"unfoldings": "the accuracy per number of unfoldings"}
     monitor_mode = "max"
     primary_metric = "test/acc"
 
@@ -225,8 +224,7 @@ class ImageClassification:
         value = None if paper is None else paper.get("acc", {}).get(self.setting(), {}).get(model_name)
         published = None if value is None else Published(paper.metric, float(value), paper.source)
         title = f"{model_name} on {self.setting()}, T={depth}"
-        plots = {"acc_per_unfolding.png": figures.per_layer_figure(layers, "unfoldings", "test accuracy (%)", title),
-                 "filters.png": figures.atoms_figure(model.dictionary(), f"{model_name}: first-layer filters")}
+        plots = {"acc_per_unfolding.png": figures.per_layer_figure(layers, "unfoldings", "test accuracy (%)", title)}
         table = Table(layers, ["unfoldings"], "Test accuracy per number of unfoldings at test time", [".0f", ".2f"])
         return Report(title, metrics, {"layers.csv": table}, plots, published=published)
 

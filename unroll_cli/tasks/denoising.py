@@ -285,13 +285,10 @@ class DenoisingTask:
 
     def figures_of(self, model: torch.nn.Module, model_name: str, title: str, layers: pd.DataFrame,
                    panels: list) -> dict:
-        """PSNR per layer, noisy / denoised / clean test images, the dictionary."""
+        """PSNR per layer, noisy / denoised / clean test images (the run draws the dictionary)."""
         plots = {"psnr_per_layer.png": figures.per_layer_figure(layers, "layer", "PSNR (dB)", title)}
         if panels:
             plots["denoised.png"] = figures.image_rows_figure(panels, title)
-        filters = model.dictionary() if callable(getattr(model, "dictionary", None)) else None
-        if filters is not None and filters.dim() == 4:  # (atoms, channels, h, w)
-            plots["atoms.png"] = figures.atoms_figure(filters, f"{model_name}: dictionary")
         return plots
 
     def conventions(self) -> str:
