@@ -423,7 +423,7 @@ def test_killed_at_a_random_moment_the_pair_stays_consistent_and_resume_is_exact
 
 # ----------------------------------------------------------------------------- a user's own model
 def test_a_users_own_model_from_their_own_folders(tmp_path):
-    """The README's example, as a user types it: a module and a YAML file in their own folders."""
+    """docs/adding_a_model.md's example, as a user types it: a module and a YAML file in their own folders."""
     (tmp_path / "my_models.py").write_text(
         "from unroll_cli.models.lista import LISTACP\n\n\n"
         "class HalfThresholdLISTACP(LISTACP):\n"

@@ -172,7 +172,6 @@ def test_truncated_idx_file_is_a_parse_error(tmp_path):
 
 @pytest.mark.parametrize("kwargs,key", [
     ({"name": "imagenet"}, "data.name"),
-    ({"arch": "resnet"}, "data.arch"),
     ({"batch_size": 0}, "data.batch_size"),
     ({"random_crop_padding": -1}, "data.random_crop_padding"),
     ({"normalize_mean": [0.5]}, "data.normalize_mean and data.normalize_std"),

@@ -20,7 +20,6 @@ from hydra.utils import get_class, instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from unroll_cli.errors import ConfigError
-from unroll_cli.validation import changeable_keys, schema_defaults, validate
 from unroll_cli.evaluate.diagnostics import PerValidation, check_diagnostics, record_diagnostics
 from unroll_cli.memory import require_memory
 from unroll_cli.record.dictionaries import write_dictionaries
@@ -31,6 +30,7 @@ from unroll_cli.train.callbacks import Callback, Callbacks, RunPruned, check_cal
 from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
                                           load_checkpoint, resume_conflicts)
 from unroll_cli.train.cpu_memory import keep_freed_memory
+from unroll_cli.validation import changeable_keys, schema_defaults, validate
 
 log = logging.getLogger(__name__)
 
@@ -196,15 +196,14 @@ class SourceModel:
     last: dict
     best: dict | None
 
-    def weights(self, trainer_class, task) -> dict:
-        """The weights the run reported: its best epoch's or its last (the trainer's rule)."""
+    def reported(self, trainer_class, task) -> tuple[str, dict]:
+        """The checkpoint whose weights the run reported, by the trainer's rule: (file name, state)."""
         use_best = self.best is not None and trainer_class.reports_best(task)
-        return (self.best if use_best else self.last)["model"]
+        return ("best.pt", self.best) if use_best else ("last.pt", self.last)
 
     def describe(self, trainer_class, task) -> dict:
-        use_best = self.best is not None and trainer_class.reports_best(task)
-        return {"run": self.run_dir, "checkpoint": "best.pt" if use_best else "last.pt",
-                "epoch": (self.best if use_best else self.last).get("epoch")}
+        name, state = self.reported(trainer_class, task)
+        return {"run": self.run_dir, "checkpoint": name, "epoch": state.get("epoch")}
 
 
 def run(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | None = None,
@@ -260,8 +259,8 @@ def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | N
                                         callbacks=callbacks)
                 trainer.fit()
             else:
-                load_weights(model, source.weights(trainer_class, task), source.run_dir)
-                recorder.history = list(source.last.get("history", []))  # the training curve the report draws
+                load_weights(model, source.reported(trainer_class, task)[1]["model"], source.run_dir)
+                recorder.resume(source.last.get("history", []), 0.0)  # the training curve the report draws
             model.eval()
             report = task.report(model, cfg.model.name, cfg.paper, recorder.history)
             metrics = write_report(report, recorder, cfg.model.name, (cfg.paper or {}).get("note"))

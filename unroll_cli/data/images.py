@@ -54,7 +54,6 @@ SPLIT_SEED = 0  # the validation split and the n_train subset do not depend on t
 
 # name -> (channels, image size, classes)
 DATASETS = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "cifar10": (3, 32, 10), "svhn": (3, 32, 10)}
-ARCHS = ("mnist", "cifar10")
 
 
 class DatasetNotFoundError(FileNotFoundError):

@@ -122,7 +122,8 @@ class MultiLayerNet(nn.Module):
                  unfoldings: int = 6, operator: str = "dense"):
         super().__init__()
         if arch not in ARCHS:
-            raise ValueError(f"arch must be one of {sorted(ARCHS)}, got {arch!r}")
+            raise ValueError(f"arch (data.arch, the architecture the data calls for) must be one of "
+                             f"{', '.join(sorted(ARCHS))}, got {arch!r}")
         self.arch = arch
         self.in_channels = check_int("in_channels", in_channels, 1)
         self.num_classes = check_int("num_classes", num_classes, 1)

@@ -1,4 +1,4 @@
-"""The run directory writer: the output contract (the README's "What a run writes").
+"""The run directory writer: the output contract ("What a run writes" in docs/outputs.md).
 
 Everything a run writes goes through :class:`RunRecorder`: ``metrics.json`` (status, final metrics,
 wall time, device, versions, parameter count), ``history.csv``, ``layers.csv``, ``results.md``,
@@ -48,7 +48,7 @@ class RunRecorder:
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
-        self.earlier_s = 0.0  # a resumed run's seconds before its checkpoint (Trainer.restore)
+        self.earlier_s = 0.0  # a resumed run's seconds before its checkpoint (resume)
         self.info: dict[str, Any] = {"versions": versions()}
         self.history: list[dict[str, Any]] = []
         self._writer = None
@@ -73,6 +73,10 @@ class RunRecorder:
         self.info["error"] = error
         self._write_metrics(status, metrics or {})
         self.close()
+
+    def resume(self, history: list[dict[str, Any]], earlier_s: float) -> None:
+        """Continue from a checkpoint: its history rows and the seconds of the attempts before it."""
+        self.history, self.earlier_s = list(history), earlier_s
 
     def elapsed(self) -> float:
         """Seconds of this run: this attempt's, plus those of earlier attempts up to the checkpoint it

@@ -16,7 +16,7 @@ from omegaconf import MISSING, DictConfig
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.schema import evaluation_only, register_schema
-from unroll_cli.data.images import ARCHS, DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
+from unroll_cli.data.images import DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
 from unroll_cli.record import figures
 from unroll_cli.record.report import Published, Report, Table
 
@@ -76,7 +76,7 @@ class ImageClassification:
                  random_crop_padding: int = 0, hflip: bool = False, val_size: int = 0,
                  n_train: int | None = None, acc_mean_epochs: Sequence[int] | None = None, seed: int = 0,
                  device: str | torch.device = "cpu", trainer: DictConfig | None = None):
-        self._check(name, batch_size, eval_batch_size, arch, normalize_mean, normalize_std,
+        self._check(name, batch_size, eval_batch_size, normalize_mean, normalize_std,
                     random_crop_padding, val_size, n_train)
         max_epochs = trainer.max_epochs if trainer is not None else None
         if acc_mean_epochs is not None and not (
@@ -118,11 +118,9 @@ class ImageClassification:
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
 
     @staticmethod
-    def _check(name, batch_size, eval_batch_size, arch, mean, std, padding, val_size, n_train) -> None:
+    def _check(name, batch_size, eval_batch_size, mean, std, padding, val_size, n_train) -> None:
         if name not in DATASETS:
             raise ConfigError(f"data.name={name!r}: expected one of {', '.join(DATASETS)}")
-        if arch not in ARCHS:
-            raise ConfigError(f"data.arch={arch!r}: expected one of {', '.join(ARCHS)}")
         for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
             if not isinstance(value, int) or value < 1:
                 raise ConfigError(f"data.{key}={value!r}: expected a positive integer")

@@ -60,7 +60,7 @@ class Trainer:
         elif settings.cuda_graphs:
             log.info("trainer.cuda_graphs: the device is %s, not CUDA: training eagerly", self.device)
         self.global_step = 0
-        self.schedule_state: dict[str, Any] | None = None  # what the schedule's last save held besides
+        self.schedule_state: dict[str, Any] | None = None  # the schedule's part of its last save (save_phase)
 
     @classmethod
     def check_model(cls, model: torch.nn.Module, name: str) -> None:
@@ -158,8 +158,7 @@ class Trainer:
         """Model, RNG, history, step count, seconds so far and best model of a checkpoint."""
         self.model.load_state_dict(state["model"])
         self.set_rng_state(state["rng"])
-        self.recorder.history = list(state["history"])
-        self.recorder.earlier_s = state.get("wall_s", 0.0)  # older checkpoints did not hold it
+        self.recorder.resume(state["history"], state.get("wall_s", 0.0))  # older checkpoints held no wall_s
         self.global_step = state["global_step"]
         self.callbacks.load_state_dict(state.get("callbacks", {}))  # older checkpoints held none
         self.carried_best = state.get("best_checkpoint")
