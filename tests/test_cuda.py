@@ -85,3 +85,13 @@ def test_the_cli_trains_on_the_gpu(tmp_path, options):
     assert record["status"] == "completed" and record["device"].startswith("cuda")
     metrics = record["metrics"]
     assert metrics["test/nmse_db"] < metrics["baseline/ista/test/nmse_db"] - 0.5
+
+
+def test_callbacks_run_after_every_step_replayed_as_a_cuda_graph(tiny_cfg, tmp_path):
+    from test_callbacks import Recording
+
+    recording = Recording()
+    run(tiny_cfg("device=cuda", "trainer.cuda_graphs=true", "model=lista_cp", "tensorboard=false"), tmp_path,
+        callbacks={"rec": recording})
+    assert recording.steps == list(range(1, 2 * 5 + 1))  # TINY: 2 epochs of 5 steps, each one replayed
+    assert len(recording.validations) == read_metrics(tmp_path)["epochs"] == 2
