@@ -40,7 +40,7 @@ class JobFailed(CompactHydraException):
 def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: list[str]) -> float:
     """Claim ``run_dir`` (skip, resume or start), then run; input errors raise ConfigError."""
     refuse_trust_from_overrides(o.partition("=")[0] for o in overrides)
-    check_hydra_node(hydra_cfg, trusted=list(cfg.trusted_packages))
+    check_hydra_node(hydra_cfg, trusted=list(cfg.trusted_packages), trusted_env=list(cfg.trusted_env))
     decision = claim(run_dir, overrides, cfg.resume)
     if decision.note:
         log.info("%s", decision.note)

@@ -80,4 +80,5 @@ def check_command_line(argv: list[str]) -> None:
             cfg = compose(config_name=args.config_name or "train", overrides=fixed, return_hydra_config=True)
     except Exception:  # the same composition fails in Hydra, with its own message, before it runs anything
         return
-    check_hydra_node(cfg.hydra, trusted=list(cfg.get("trusted_packages") or []))
+    check_hydra_node(cfg.hydra, trusted=list(cfg.get("trusted_packages") or []),
+                     trusted_env=list(cfg.get("trusted_env") or []))

@@ -1,8 +1,9 @@
 """Compress a trained run's dense maps into butterfly or Monarch layers: ``unroll-compress RUN_DIR``.
 
-``unroll-compress RUN_DIR --structure butterfly|monarch [--out DIR] [--device auto|cpu|cuda]`` rebuilds
-the run's task and model from the config its ``checkpoints/best.pt`` holds (``.hydra/config.yaml`` for a
-checkpoint written without one) with :mod:`unroll_cli.run`'s own functions, loads the best weights,
+``unroll-compress RUN_DIR --structure butterfly|monarch [--out DIR] [--device auto|cpu|cuda] [--trust PKG]``
+rebuilds the run's task and model from the config its ``checkpoints/best.pt`` holds (``.hydra/config.yaml``
+for a checkpoint written without one), checked as a command line's config is (a run directory is data:
+its ``trusted_packages`` are not trusted; ``--trust PKG`` trusts your own model's package) with :mod:`unroll_cli.run`'s own functions, loads the best weights,
 and makes the same model with ``operator=<structure>`` whose every learned dense map is a structured
 layer at the projection of the trained matrix (the model's ``structured(operator)``; see
 :mod:`unroll_cli.models.operators`). Both models are evaluated by the task's own ``report()``; ``DIR``
@@ -40,6 +41,7 @@ from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.report import write_report
 from unroll_cli.run import build_model, build_task, resolve_device, seed_everything
 from unroll_cli.train.checkpoints import LINK, load_checkpoint
+from unroll_cli.validation import validate
 
 
 class _Parser(argparse.ArgumentParser):
@@ -59,6 +61,9 @@ def make_parser() -> argparse.ArgumentParser:
                         help="the structure of the compressed maps")
     parser.add_argument("--out", type=Path, default=None,
                         help="where the reports and compress.json/.md go (default: RUN_DIR/compressed_<structure>)")
+    parser.add_argument("--trust", action="append", default=[], metavar="PACKAGE",
+                        help="a package whose classes the run's config may name (your own model's); the "
+                             "run directory's own trusted_packages are not trusted")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to evaluate (default: the run's device setting)")
     return parser
@@ -110,9 +115,10 @@ def evaluate(task, model, folder: Path, model_name: str, paper) -> dict[str, flo
     return write_report(report, RunRecorder(folder, tensorboard=False), model_name, (paper or {}).get("note"))
 
 
-def compress(run_dir: Path, structure: str, out: Path, device: str | None = None) -> dict:
+def compress(run_dir: Path, structure: str, out: Path, device: str | None = None, trust: list[str] = ()) -> dict:
     """Compress the run's best model, each model's report into ``out`` (module doc); returns what
-    ``compress.json`` holds. ``device`` None: the run's ``device`` setting."""
+    ``compress.json`` holds. ``device`` None: the run's ``device`` setting. The run's stored config is
+    checked as a command line's is, its ``_target_``s allowed only in the project and ``trust``."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
     best = run_dir / LINK / "best.pt"
@@ -121,6 +127,8 @@ def compress(run_dir: Path, structure: str, out: Path, device: str | None = None
                           "trainer.checkpoint=false)")
     state = load_checkpoint(best, key="RUN_DIR")
     cfg = run_config(run_dir, state)
+    cfg.trusted_packages = list(trust)  # a run directory is data: what it trusts is not trusted
+    validate(cfg)
     name = cfg.model.name
     torch_device = resolve_device(device or cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)
@@ -176,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = args.out or args.run_dir / f"compressed_{args.structure}"
     try:
-        result = compress(args.run_dir, args.structure, out, args.device)
+        result = compress(args.run_dir, args.structure, out, args.device, args.trust)
     except (ConfigError, FileNotFoundError) as error:
         parser.exit(2, f"{parser.prog}: error: {error}\n")
     text = markdown(result)

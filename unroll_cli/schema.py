@@ -180,3 +180,5 @@ class TrainConfig:
     # packages whose classes a config file may name in _target_ besides the built-in allow-list
     # (unroll_cli.targets); set in a config file, never on the command line
     trusted_packages: List[str] = field(default_factory=list)
+    # variables hydra.job.env_set may set besides unroll_cli.targets.ALLOWED_ENV; in a config file only
+    trusted_env: List[str] = field(default_factory=list)

@@ -10,8 +10,12 @@ but resolves to ``os.system`` and is refused.
 
 Allowed: :data:`ALLOWED_PACKAGES`, plus the packages a config file lists in ``trusted_packages``
 (never from the command line: an override cannot widen what overrides may run). Logging classes:
-:data:`LOGGING_PACKAGES`. ``hydra.job.env_set`` may not set variables that make other programs load
-code (:data:`REFUSED_ENV_PREFIXES`).
+:data:`LOGGING_PACKAGES`. ``hydra.job.env_set`` may set only :data:`ALLOWED_ENV` (thread counts, the
+visible GPUs, the data folder), plus the variables a config file lists in ``trusted_env``: an
+allow-list, since many variables make other programs run code (``LD_PRELOAD``, ``PYTHONPATH``, but
+also ``CC``, ``CXX`` and ``PATH`` for ``torch.compile``). A sweeper's ``params`` may not sweep
+``hydra`` keys, whose per-job values Hydra applies (its logging, its environment) before a job can
+check them.
 """
 from __future__ import annotations
 
@@ -32,8 +36,10 @@ ALLOWED_PACKAGES = (
     "hydra._internal.core_plugins",  # Hydra's own basic sweeper and launcher
 )
 LOGGING_PACKAGES = ("logging", "colorlog")
-REFUSED_ENV_PREFIXES = ("LD_", "DYLD_", "PYTHON", "BASH_ENV", "ENV", "PERL5", "NODE_OPTIONS")
-TRUST_KEY = "trusted_packages"
+ALLOWED_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMEXPR_NUM_THREADS",
+               "NUMBA_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUBLAS_WORKSPACE_CONFIG", "PYTORCH_CUDA_ALLOC_CONF",
+               "UNROLL_DATA")
+TRUST_KEYS = ("trusted_packages", "trusted_env")
 
 
 def _inside(name: str, packages: Iterable[str]) -> bool:
@@ -88,18 +94,24 @@ def check_targets(cfg: DictConfig, trusted: Iterable[str] = (), prefix: str = ""
     _walk(cfg, prefix, ALLOWED_PACKAGES + tuple(trusted), logging_node=False)
 
 
-def check_hydra_node(hydra: DictConfig, trusted: Iterable[str] = ()) -> None:
-    """The ``hydra`` node: its targets and logging classes, and ``job.env_set``."""
+def check_hydra_node(hydra: DictConfig, trusted: Iterable[str] = (), trusted_env: Iterable[str] = ()) -> None:
+    """The ``hydra`` node: its targets and logging classes, ``job.env_set`` and the sweeper's params."""
     check_targets(hydra, trusted, prefix="hydra")
+    allowed = (*ALLOWED_ENV, *trusted_env)
     for name in (hydra.get("job", {}) or {}).get("env_set", {}) or {}:
-        if str(name).upper().startswith(REFUSED_ENV_PREFIXES):
-            raise ConfigError(f"hydra.job.env_set.{name} is not allowed: variables that make programs "
-                              f"load code ({', '.join(REFUSED_ENV_PREFIXES)}...) cannot be set")
+        if str(name) not in allowed:
+            raise ConfigError(f"hydra.job.env_set.{name} is not allowed: a run may set {', '.join(ALLOWED_ENV)} "
+                              "(list others in trusted_env in a config file)")
+    for key in (hydra.get("sweeper", {}) or {}).get("params", {}) or {}:
+        if str(key).lstrip("+~").startswith("hydra"):
+            raise ConfigError(f"hydra.sweeper.params.{key} is not allowed: a sweep may not vary Hydra's own "
+                              "settings (Hydra applies them to each job before it is checked)")
 
 
 def refuse_trust_from_overrides(keys: Iterable[str]) -> None:
-    """``trusted_packages`` widens what may run: only a config file may set it."""
+    """``trusted_packages`` and ``trusted_env`` widen what may run: only a config file may set them."""
     for key in keys:
-        if key.lstrip("+~") == TRUST_KEY:
-            raise ConfigError(f"{TRUST_KEY} cannot be set from the command line or a sweep: list trusted "
-                              "packages in a config file (see the README)")
+        name = key.lstrip("+~").split(".")[0]
+        if name in TRUST_KEYS:
+            raise ConfigError(f"{name} cannot be set from the command line or a sweep: list them in a config "
+                              "file (see docs/reliability_and_security.md)")

@@ -118,10 +118,12 @@ def validate(cfg: DictConfig) -> None:
         _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
         _check_constraints(cfg[key], key)
     for key in EXTENSIONS:
-        for name, node in cfg[key].items():
+        named = cfg.get(key)  # a run directory's config from before the key existed has none
+        for name, node in (named.items() if named is not None else []):
             if not (OmegaConf.is_dict(node) and "_target_" in node):
                 raise ConfigError(f"{key}.{name} is not allowed: a node with a _target_ (the class of the {key[:-1]})")
-        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
+        if named is not None:
+            _check_finite(OmegaConf.to_container(named, resolve=True), key)
     _require(cfg.device in ("auto", "cpu", "cuda"), "device", cfg.device, "auto, cpu or cuda")
     _require(cfg.optim.get("lr", 1) > 0, "optim.lr", cfg.optim.get("lr"), "a number > 0")
     trainer = cfg.trainer

@@ -1,0 +1,161 @@
+"""Issue 21's holes, tried as a hostile user would: environment variables that make programs run code,
+sweeps over Hydra's own settings, and run directories read by unroll-eval and unroll-compress. Each case
+asserts the message naming the key, the exit code, that nothing ran and that nothing outside the run
+directory changed."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import TINY, read_metrics, run_cli
+from unroll_cli.compress import main as compress_main
+from unroll_cli.reevaluate import main as eval_main
+
+FAST = [*TINY, "tensorboard=false"]
+
+
+def listing(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+@pytest.mark.parametrize("variable", ["CC", "CXX", "PATH", "LD_PRELOAD", "PYTHONPATH", "BASH_ENV", "TORCHINDUCTOR_CACHE_DIR",
+                                      "HOME"])
+def test_env_set_takes_only_the_allowed_variables(tmp_path, variable):
+    before = listing(tmp_path)
+    result = run_cli([*FAST, f"+hydra.job.env_set.{variable}={tmp_path / 'evil'}", "trainer.compile=true",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and f"hydra.job.env_set.{variable} is not allowed" in output
+    assert "Traceback" not in output and listing(tmp_path) == before  # no run directory either
+
+
+def test_env_set_of_a_thread_count_runs(tmp_path):
+    result = run_cli([*FAST, "+hydra.job.env_set.OMP_NUM_THREADS=1", f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert read_metrics(tmp_path / "run")["status"] == "completed"
+
+
+@pytest.mark.parametrize("override", ["+trusted_env=[CXX]", "trusted_env=[CXX]", "+trusted_env.0=CXX"])
+def test_trusted_env_cannot_come_from_the_command_line(tmp_path, override):
+    result = run_cli([*FAST, override, "+hydra.job.env_set.CXX=/bin/evil", f"hydra.run.dir={tmp_path / 'run'}"],
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "trusted_env cannot be set from the command line" in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_trusted_env_in_a_config_file_allows_a_variable(tmp_path):
+    (tmp_path / "my_conf/experiment").mkdir(parents=True)
+    (tmp_path / "my_conf/experiment/env.yaml").write_text(
+        "# @package _global_\ntrusted_env: [MY_SETTING]\nhydra:\n  job:\n    env_set:\n      MY_SETTING: 'on'\n")
+    result = run_cli([*FAST, f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "+experiment=env",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("param", [
+    "hydra.job_logging.handlers.console.class: choice(subprocess.Popen)",
+    "hydra.job.env_set.CXX: choice(/bin/evil)",
+    "+hydra.callbacks.x._target_: choice(os.system)"])
+def test_a_sweepers_params_may_not_vary_hydras_settings(tmp_path, param):
+    """hydra.sweeper.params from a user's config file: Hydra would apply a per-job hydra value (its
+    logging handler, its environment) before the job could check it."""
+    (tmp_path / "my_conf/hparams_search").mkdir(parents=True)
+    key, value = param.split(": ")
+    (tmp_path / "my_conf/hparams_search/evil.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: unroll_optuna\n"
+        f"hydra:\n  sweeper:\n    n_trials: 1\n    params:\n      {key}: {value}\n")
+    sweep = tmp_path / "sweep"
+    result = run_cli(["-m", *FAST, f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "hparams_search=evil",
+                      f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and f"hydra.sweeper.params.{key} is not allowed" in output, output
+    assert not sweep.exists() and not (tmp_path / "evil").exists()
+
+
+# ----------------------------------------------------------------------------- run directories are data
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("finished")
+    result = run_cli([*FAST, "model=lista_cp", f"hydra.run.dir={folder / 'run'}"], cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "run"
+
+
+def crafted_copy(finished: Path, folder: Path, change) -> Path:
+    """A copy of a finished run whose checkpoints' stored config ``change`` edits."""
+    import shutil
+
+    run_dir = folder / "crafted"
+    shutil.copytree(finished, run_dir, symlinks=True)
+    for name in ("last.pt", "best.pt"):
+        file = run_dir / "checkpoints" / name
+        state = torch.load(file, weights_only=True)
+        change(state["config"])
+        file.unlink()  # hard links are shared with the original run
+        torch.save(state, file)
+    return run_dir
+
+
+@pytest.mark.parametrize("key, change", [
+    ("model._target_", lambda c: c["model"].update(_target_="collections.OrderedDict")),
+    ("data._target_", lambda c: c["data"].update(_target_="subprocess.Popen")),
+    ("optim._target_", lambda c: c["optim"].update(_target_="unroll_cli.run.os.system")),
+    ("trusted_packages", lambda c: c.update(trusted_packages=["subprocess"]) or c["data"].update(
+        _target_="subprocess.Popen")),
+])
+def test_unroll_compress_checks_a_stored_config_like_a_command_line(finished, tmp_path, capsys, key, change):
+    run_dir = crafted_copy(finished, tmp_path, change)
+    with pytest.raises(SystemExit) as exit_:
+        compress_main([str(run_dir), "--structure", "butterfly", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert key.split(".")[0] in error and "not allowed" in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "out").exists()
+
+
+def test_trusted_packages_of_a_run_directory_do_not_widen_unroll_eval(finished, tmp_path, capsys):
+    """A run directory's overrides may add a config folder; what it trusts is not trusted by a reader."""
+    import shutil
+
+    run_dir = tmp_path / "crafted"
+    shutil.copytree(finished, run_dir, symlinks=True)
+    (tmp_path / "conf/experiment").mkdir(parents=True)
+    (tmp_path / "conf/experiment/x.yaml").write_text(
+        "# @package _global_\ntrusted_packages: [subprocess]\noptim:\n  _target_: subprocess.Popen\n")
+    overrides = run_dir / ".hydra/overrides.yaml"
+    overrides.write_text(overrides.read_text() + f"- hydra.searchpath=[file://{tmp_path / 'conf'}]\n- +experiment=x\n")
+    assert eval_main([str(run_dir), f"hydra.run.dir={tmp_path / 'out'}"]) == 2
+    error = capsys.readouterr().err
+    assert "optim._target_='subprocess.Popen' is not allowed" in error, error
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_a_run_of_your_own_model_is_evaluated_with_trust_named_on_the_readers_command_line(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "my_eval_models.py").write_text(
+        "from unroll_cli.models.lista import LISTACP\n\n\nclass MyLISTACP(LISTACP):\n    pass\n")
+    (tmp_path / "my_conf/model").mkdir(parents=True)
+    (tmp_path / "my_conf/model/mine.yaml").write_text(
+        "# @package _global_\ntrusted_packages: [my_eval_models]\nmodel:\n  _target_: my_eval_models.MyLISTACP\n"
+        "  name: mine\n  task: sparse_coding\n  layers: 4\n  lam: 0.4\n")
+    env = {"PYTHONPATH": f"{tmp_path}{os.pathsep}{Path(__file__).parents[1]}"}
+    trained = run_cli([*FAST, f"hydra.searchpath=[file://{tmp_path / 'my_conf'}]", "model=mine",
+                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path, env=env, process=True)
+    assert trained.returncode == 0, trained.stderr
+
+    def unroll_eval(*args):
+        return subprocess.run([sys.executable, "-c", "from unroll_cli.cli import eval_main; eval_main()",
+                               str(tmp_path / "run"), *args], cwd=tmp_path, env={**os.environ, **env},
+                              capture_output=True, text=True, timeout=300)
+
+    refused = unroll_eval(f"hydra.run.dir={tmp_path / 'refused'}")
+    assert refused.returncode == 2 and "model._target_='my_eval_models.MyLISTACP' is not allowed" in refused.stderr
+    trusted = unroll_eval("--trust", "my_eval_models", f"hydra.run.dir={tmp_path / 'trusted'}")
+    assert trusted.returncode == 0, trusted.stderr
+    assert read_metrics(tmp_path / "trusted")["metrics"] == read_metrics(tmp_path / "run")["metrics"]
