@@ -185,3 +185,26 @@ def test_a_run_is_composed_once_and_validated_once(tmp_path, monkeypatch, extra,
     result = run_cli([*TINY, "tensorboard=false", *extra, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert calls == {"compose": composed, "validate": 1}
+
+
+@pytest.mark.parametrize("named, multirun, hint", [
+    (True, False, "run the same command again to resume"),
+    (False, False, "run the same command again with resume="),
+    (False, True, "run the same command again with hydra.sweep.dir="),
+])
+def test_the_interrupt_message_says_how_to_resume(tmp_path, monkeypatch, named, multirun, hint):
+    """The default directories carry their time, so the same command alone reaches the same one only
+    when the command line names it."""
+    import unroll_cli.app
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(unroll_cli.app, "run_job", interrupted)
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    args = [*TINY, *(["-m"] if multirun else []), *([f"{key}={tmp_path / 'named'}"] if named else [])]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 130 and hint in result.stderr, result.stderr
+    if not named:  # the hint names the directory that exists
+        given = tmp_path / result.stderr.split(hint)[1].split()[0]  # relative to where the command ran
+        assert given.is_dir() and tmp_path in given.resolve().parents

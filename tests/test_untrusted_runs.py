@@ -159,3 +159,54 @@ def test_a_run_of_your_own_model_is_evaluated_with_trust_named_on_the_readers_co
     trusted = unroll_eval("--trust", "my_eval_models", f"hydra.run.dir={tmp_path / 'trusted'}")
     assert trusted.returncode == 0, trusted.stderr
     assert read_metrics(tmp_path / "trusted")["metrics"] == read_metrics(tmp_path / "run")["metrics"]
+
+
+# ----------------------------------------------------------------------------- folders that are not ours
+def snapshot(folder: Path) -> dict[str, bytes | str]:
+    """Every entry below ``folder`` with its contents (a link's target), to see that nothing changed."""
+    entries = {}
+    for path in sorted(folder.rglob("*")):
+        key = str(path.relative_to(folder))
+        entries[key] = f"-> {os.readlink(path)}" if path.is_symlink() else (path.read_bytes() if path.is_file() else "dir")
+    return entries
+
+
+@pytest.mark.parametrize("make", [
+    lambda run, outside: (run / "history.csv").write_text("my,own\n1,2\n"),
+    lambda run, outside: (run / "checkpoints").mkdir() or (run / "checkpoints/notes.txt").write_text("mine"),
+    lambda run, outside: (run / "results.md").write_text("# my notes\n"),
+])
+def test_a_folder_that_is_not_a_run_is_refused_and_left_as_it_was(tmp_path, make):
+    run_dir, outside = tmp_path / "folder", tmp_path / "outside"
+    run_dir.mkdir()
+    outside.mkdir()
+    make(run_dir, outside)
+    before = snapshot(tmp_path)
+    result = run_cli([*FAST, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "is not empty and holds no run of this tool" in output, output
+    after = {k: v for k, v in snapshot(tmp_path).items() if not k.startswith("folder/.lock") and not k.endswith(".log")}
+    assert after == before
+
+
+@pytest.mark.parametrize("name", [".lock", "checkpoints.d", "figures", "tb", "checkpoints", "metrics.json"])
+def test_a_symbolic_link_in_a_run_directory_is_never_written_through(tmp_path, name):
+    run_dir, outside = tmp_path / "run", tmp_path / "outside"
+    run_dir.mkdir()
+    (outside / "sub").mkdir(parents=True)
+    (outside / "file").write_text("not yours")
+    target = outside / ("file" if name in (".lock", "metrics.json") else "sub")
+    (run_dir / name).symlink_to(target)
+    before = snapshot(outside)
+    result = run_cli([*FAST, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output, output
+    assert f"{run_dir / name}" in output and ("symbolic link" in output), output
+    assert snapshot(outside) == before
+
+
+def test_a_run_directory_that_is_a_file_is_one_message(tmp_path):
+    (tmp_path / "run").write_text("a file")
+    result = run_cli([*FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
+    assert (tmp_path / "run").read_text() == "a file"

@@ -68,6 +68,17 @@ def run_job(cfg: DictConfig, hydra_cfg: DictConfig, run_dir: Path, overrides: li
         raise
 
 
+def resume_hint(hydra_cfg: DictConfig, run_dir: Path) -> str:
+    """How to continue an interrupted job: the same command only reaches the same directory when the
+    command line names it (the default directories carry the time they were made)."""
+    key = "hydra.sweep.dir" if hydra_cfg.mode == RunMode.MULTIRUN else "hydra.run.dir"
+    if any(o.lstrip("+").partition("=")[0] == key for o in hydra_cfg.overrides.hydra):
+        return "run the same command again to resume"
+    if hydra_cfg.mode == RunMode.MULTIRUN:
+        return f"run the same command again with {key}={hydra_cfg.sweep.dir} to resume the sweep"
+    return f"run the same command again with resume={run_dir} to resume"
+
+
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def train_job(cfg: DictConfig) -> float:
     hydra_cfg = HydraConfig.get()
@@ -85,7 +96,7 @@ def train_job(cfg: DictConfig) -> float:
             raise JobFailed(f"{run_dir}: {error}") from None
         sys.exit(1 if isinstance(error, TrainingFailure) else 2)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: the run is marked interrupted; stop the sweep too
-        print(f"interrupted: {run_dir} (run the same command again to resume)", file=sys.stderr)
+        print(f"interrupted: {run_dir} ({resume_hint(hydra_cfg, run_dir)})", file=sys.stderr)
         sys.exit(130)
     print(f"results: {run_dir}")
     return value

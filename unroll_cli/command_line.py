@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+from pathlib import Path
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.registry import register_configs
@@ -70,6 +71,11 @@ def check_command_line(argv: list[str]) -> None:
     for override in overrides:
         if override.is_sweep_override() and override.key_or_group.startswith("hydra"):
             raise ConfigError(f"{override.input_line}: sweeping over Hydra's own settings is not supported")
+    for override in overrides:  # Hydra makes these folders (for its log) before any job can refuse them
+        if override.key_or_group in ("hydra.run.dir", "hydra.sweep.dir") and not override.is_sweep_override():
+            folder = Path(str(override.value()))
+            if folder.exists() and not folder.is_dir():
+                raise ConfigError(f"{override.key_or_group}={folder} is a file, not a directory: choose another one")
     if args.config_name is None and all(o.key_or_group in PLAIN_HYDRA_KEYS or not o.key_or_group.startswith(
             ("hydra", "+hydra", "~hydra", "++hydra")) for o in overrides):
         return  # the package's own hydra node, or only its directories changed: Hydra composes once

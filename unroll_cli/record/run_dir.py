@@ -52,8 +52,14 @@ class Claim:
 def locked(run_dir: str | Path) -> Iterator[None]:
     """Hold the directory's lock for the duration of the job; refuse if another process holds it."""
     run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a directory: choose another directory (hydra.run.dir)")
     run_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(run_dir / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    lock = run_dir / LOCK
+    if lock.is_symlink() or (lock.exists() and not lock.is_file()):
+        raise RunDirError(f"{lock} is not a lock file of this tool (a symbolic link or a folder): a run writes only "
+                          "its own files; nothing was changed there")
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -107,10 +113,31 @@ def _earlier(run_dir: Path) -> tuple[dict | None, list[str] | None, str]:
     return record, overrides if isinstance(overrides, list) else None, note
 
 
+def refuse_links(run_dir: Path) -> None:
+    """A run writes only inside its own directory: no symbolic link in it but ``checkpoints``, which
+    must point into its own ``checkpoints.d/``."""
+    for entry in run_dir.iterdir():
+        if not entry.is_symlink():
+            continue
+        target = Path(os.readlink(entry))
+        inside = entry.name == "checkpoints" and not target.is_absolute() and len(target.parts) == 2 \
+            and target.parts[0] == "checkpoints.d"
+        if not inside:
+            raise RunDirError(f"{entry} is a symbolic link (to {target}): a run writes only inside its own "
+                              "directory; nothing was changed there. Choose another directory (hydra.run.dir)")
+
+
 def claim(run_dir: str | Path, overrides: list[str], resume: str | None = None) -> Claim:
     """Decide what this job does in ``run_dir`` (call it while holding :func:`locked`)."""
     run_dir = Path(run_dir)
+    refuse_links(run_dir)
     record, earlier, note = _earlier(run_dir)
+    if record is None and earlier is None and not note:  # (an unreadable record was moved aside: runs again)
+        foreign = sorted(p.name for p in run_dir.iterdir() if p.name not in (LOCK, ".hydra") and not p.name.endswith(".log"))
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+            raise RunDirError(f"{run_dir} is not empty and holds no run of this tool ({shown}): nothing was changed "
+                              "there. Choose another directory (hydra.run.dir / hydra.sweep.dir)")
     resumes_here = resume is not None and Path(resume).expanduser().resolve() in (
         run_dir.resolve(), (run_dir / "checkpoints" / "last.pt").resolve())
     if earlier is not None and job_identity(earlier) != job_identity(overrides) and not resumes_here:
