@@ -53,43 +53,60 @@ def _field(default: Any, metadata: dict) -> Any:
 
 
 # ----------------------------------------------------------------------------- optim / sched
+def positive(v) -> bool:
+    return v > 0
+
+
+def non_negative(v) -> bool:
+    return v >= 0
+
+
+def any_number(v) -> bool:  # NaN and infinity are refused for every field (validation.py)
+    return True
+
+
+#: seeds numpy's legacy generator and torch's take
+SEED_RANGE = ("an integer in [0, 2^32)", lambda v: 0 <= v < 2 ** 32)
+
+
 @dataclass
 class AdamConfig:
     _target_: str = "torch.optim.Adam"
-    lr: float = 5e-4
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
-    eps: float = 1e-8
-    weight_decay: float = 0.0
+    lr: float = constrained(5e-4, "a number > 0", positive)
+    betas: List[float] = constrained([0.9, 0.999], "two numbers in [0, 1)",
+                                     lambda v: len(v) == 2 and all(0 <= b < 1 for b in v))
+    eps: float = constrained(1e-8, "a number > 0", positive)
+    weight_decay: float = constrained(0.0, "a number >= 0", non_negative)
 
 
 @dataclass
 class SGDConfig:
     _target_: str = "torch.optim.SGD"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 0.0
+    lr: float = constrained(0.01, "a number > 0", positive)
+    momentum: float = constrained(0.9, "a number in [0, 1)", lambda v: 0 <= v < 1)
+    weight_decay: float = constrained(0.0, "a number >= 0", non_negative)
     nesterov: bool = False
 
 
 @dataclass
 class ConstantSchedConfig:
     _target_: str = "torch.optim.lr_scheduler.ConstantLR"
-    factor: float = 1.0
-    total_iters: int = 0
+    factor: float = constrained(1.0, "a number in (0, 1]", lambda v: 0 < v <= 1)
+    total_iters: int = constrained(0, "an integer >= 0", non_negative)
 
 
 @dataclass
 class StepSchedConfig:
     _target_: str = "torch.optim.lr_scheduler.StepLR"
-    step_size: int = 30
-    gamma: float = 0.1
+    step_size: int = constrained(30, "an integer >= 1", positive)
+    gamma: float = constrained(0.1, "a number > 0 (the learning rate's factor)", positive)
 
 
 @dataclass
 class CosineSchedConfig:
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
-    T_max: int = 100
-    eta_min: float = 0.0
+    T_max: int = constrained(100, "an integer >= 1", positive)
+    eta_min: float = constrained(0.0, "a number >= 0 (the smallest learning rate)", non_negative)
 
 
 # ----------------------------------------------------------------------------- trainer / eval
@@ -106,7 +123,7 @@ class TrainerConfig:
                                           lambda v: v is None or v >= 1)
     # stop once the monitored validation metric reaches this value (<= for a "min" metric, >= for "max"),
     # e.g. an RMSE of 1e-4 for Dao et al. 2019's "loss < 1e-8" stop; end-to-end trainer, as patience
-    stop_at: Optional[float] = None
+    stop_at: Optional[float] = constrained(None, "null or a number", any_number)
     grad_clip: Optional[float] = constrained(None, "null (no clipping) or a norm > 0", lambda v: v is None or v > 0)
     precision: str = constrained("fp32", "fp32 or bf16 (autocast)", lambda v: v in ("fp32", "bf16"))
     compile: bool = False
@@ -122,8 +139,11 @@ class LayerwiseTrainerConfig(TrainerConfig):
     """Stage-wise schedule of Chen et al. 2018 (Supp. E): 3 stages per layer."""
 
     _target_: str = "unroll_cli.train.layerwise.LayerwiseTrainer"
-    stage_lr_factors: List[float] = field(default_factory=lambda: [1.0, 0.2, 0.02])
-    layer_decay: float = 0.3
+    # the learning rate of each stage of a layer, as factors of optim.lr: the first for the new layer's
+    # variables alone, the others for every layer so far
+    stage_lr_factors: List[float] = constrained([1.0, 0.2, 0.02], "a non-empty list of numbers > 0",
+                                                lambda v: len(v) > 0 and all(f > 0 for f in v))
+    layer_decay: float = constrained(0.3, "a number > 0", positive)
     # how layer_decay^(t-s) reaches layer s < t: lr (its learning rate, HyperLISTA) or gradient (its
     # gradient scaled before the optimizer, the authors' TF code; with Adam only eps sees the scale)
     decay_mode: str = constrained("lr", "lr (learning-rate multiplier) or gradient (the authors' code)",
@@ -149,7 +169,7 @@ class PaperConfig:
 
     source: str = MISSING  # the paper and where in it the numbers come from
     metric: str = MISSING  # the run metric the numbers are compared with
-    tolerance_db: Optional[float] = None  # reading error of values taken from a figure
+    tolerance_db: Optional[float] = constrained(None, "null or a number >= 0", lambda v: v is None or v >= 0)  # reading error
     nmse_db: Optional[Dict[str, Any]] = None  # setting -> model -> per-layer values
     acc: Optional[Dict[str, Any]] = None  # setting -> model -> accuracy (%)
     psnr: Optional[Dict[str, Any]] = None  # setting -> variant -> PSNR (dB)
@@ -167,7 +187,7 @@ class TrainConfig:
     sched: Any = MISSING
     trainer: Any = MISSING
     paper: Optional[Any] = None  # published numbers of the experiment, with their source
-    seed: int = 0
+    seed: int = constrained(0, "an integer in [0, 2^63)", lambda v: 0 <= v < 2 ** 63)
     device: str = "auto"  # auto | cpu | cuda
     deterministic: bool = False
     resume: Optional[str] = None  # a run directory or a checkpoint file to continue from

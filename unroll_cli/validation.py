@@ -56,16 +56,17 @@ def _check_finite(node: Any, key: str) -> None:
         raise ConfigError(f"{key}={node} is not allowed: a finite number")
 
 
-def _check_constraints(node: DictConfig, key: str) -> None:
-    """The allowed values a schema declares for its fields (:func:`constrained`)."""
-    schema = OmegaConf.get_type(node)
+def _check_constraints(node: DictConfig, key: str, schema: type | None = None) -> None:
+    """The allowed values a schema declares for its fields (:func:`constrained`); ``schema``: the
+    node's own type when not given."""
+    schema = schema or OmegaConf.get_type(node)
     if not is_dataclass(schema):
         return
     for f in fields(schema):
-        if "ok" in f.metadata and not f.metadata["ok"](node[f.name]):
+        if "ok" in f.metadata and f.name in node and not f.metadata["ok"](node[f.name]):
             value = node[f.name]
             value = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
-            raise ConfigError(f"{key}.{f.name}={value!r} is not allowed: {f.metadata['allowed']}")
+            raise ConfigError(f"{key}{'.' if key else ''}{f.name}={value!r} is not allowed: {f.metadata['allowed']}")
 
 
 def changeable_keys(cfg: DictConfig) -> list[str]:
@@ -114,6 +115,9 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key} is missing (removed with ~{key}?): choose one of the {key} options "
                               "(unroll-train --help lists them)")
     _check_keys(cfg)
+    _check_constraints(cfg, "", TrainConfig)
+    if cfg.paper is not None:
+        _check_constraints(cfg.paper, "paper", PaperConfig)
     for key in GROUPS:
         _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
         _check_constraints(cfg[key], key)

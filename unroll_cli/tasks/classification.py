@@ -6,7 +6,6 @@ per number of unfoldings at test time.
 from __future__ import annotations
 
 import math
-from dataclasses import field
 from typing import Iterator, List, Optional, Sequence
 
 import pandas as pd
@@ -15,7 +14,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
 
 from unroll_cli.errors import ConfigError
-from unroll_cli.schema import evaluation_only, register_schema
+from unroll_cli.schema import any_number, constrained, evaluation_only, register_schema
 from unroll_cli.data.images import DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
 from unroll_cli.record import figures
 from unroll_cli.record.report import Published, Report, Table
@@ -31,17 +30,23 @@ class ImageDataConfig:
     name: str = MISSING  # mnist | fashion_mnist | cifar10 | svhn
     root: str = evaluation_only("${oc.env:UNROLL_DATA,./data}")
     download: bool = evaluation_only(True)
-    batch_size: int = 128
-    eval_batch_size: int = evaluation_only(1000)
+    batch_size: int = constrained(128, "an integer >= 1", lambda v: v >= 1)
+    eval_batch_size: int = constrained(1000, "an integer >= 1", lambda v: v >= 1, evaluation=True)
     arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10
-    normalize_mean: Optional[List[float]] = None
-    normalize_std: Optional[List[float]] = None
-    random_crop_padding: int = 0
+    # per channel; the channel counts are checked against the dataset when it is read
+    normalize_mean: Optional[List[float]] = constrained(None, "null or numbers", any_number)
+    normalize_std: Optional[List[float]] = constrained(None, "null or numbers > 0",
+                                                       lambda v: v is None or all(s > 0 for s in v))
+    random_crop_padding: int = constrained(0, "an integer >= 0 (0: no crop)", lambda v: v >= 0)
     hflip: bool = False
-    val_size: int = 0  # 0: evaluate on the test set every epoch, as the paper's notebooks
-    n_train: Optional[int] = None  # a random subset of the training set, for quick runs
+    # 0: evaluate on the test set every epoch, as the paper's notebooks
+    val_size: int = constrained(0, "an integer >= 0 (0: the test set)", lambda v: v >= 0)
+    # a random subset of the training set, for quick runs
+    n_train: Optional[int] = constrained(None, "null (all) or an integer >= 1", lambda v: v is None or v >= 1)
     # first and last epoch (1-based, inclusive) of the reported mean accuracy; null: the last 10
-    acc_mean_epochs: Optional[List[int]] = field(default=None, metadata={"changeable": True})
+    acc_mean_epochs: Optional[List[int]] = constrained(
+        None, "null or [first, last] with 1 <= first <= last",
+        lambda v: v is None or (len(v) == 2 and 1 <= v[0] <= v[1]), changeable=True)
 
 
 def accuracy_summary(history: list[dict], monitor: str, final: float, epochs: list[int] | None) -> dict:

@@ -17,7 +17,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.schema import constrained, evaluation_only, register_schema
+from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, register_schema
 from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, measure, sample_codes
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.lista import FISTA, ISTA
@@ -42,7 +42,8 @@ class SyntheticSparseCodingConfig:
     m: int = constrained(250, "an integer > 0", positive)
     n: int = constrained(500, "an integer > 0", positive)
     p: float = constrained(0.1, "a probability in (0, 1]", lambda v: 0 < v <= 1)
-    snr_db: Optional[float] = evaluation_only(None)  # null: noiseless
+    snr_db: Optional[float] = constrained(None, "null (noiseless) or a number of dB >= -20",
+                                          lambda v: v is None or v >= -20, evaluation=True)
     kappa: Optional[float] = constrained(None, "null or >= 1", lambda v: v is None or v >= 1)  # condition number of A
     col_normalized: bool = True
     online: bool = True  # fresh batches every step (TF code) or a fixed set (HyperLISTA)
@@ -50,9 +51,9 @@ class SyntheticSparseCodingConfig:
     n_val: int = constrained(1000, "an integer > 0", positive)
     n_test: int = constrained(1000, "an integer > 0", positive, evaluation=True)
     batch_size: int = constrained(64, "an integer > 0", positive)
-    matrix_seed: int = 0
-    val_seed: int = 1
-    test_seed: int = evaluation_only(2)
+    matrix_seed: int = constrained(0, *SEED_RANGE)
+    val_seed: int = constrained(1, *SEED_RANGE)
+    test_seed: int = constrained(2, *SEED_RANGE, evaluation=True)
     A_path: Optional[str] = None  # .npy or .mat file holding the user's own A
     # .npy or .mat file of fixed test codes, one sample per column (n x n_test), e.g. the authors'
     # xtest_n500_p10.npy; y = A x in float64 as their numpy code; null: n_test codes drawn by test_seed

@@ -28,7 +28,7 @@ import torch
 from numpy.polynomial import legendre
 from omegaconf import DictConfig
 
-from unroll_cli.schema import constrained, register_schema
+from unroll_cli.schema import SEED_RANGE, constrained, register_schema
 from unroll_cli.models.butterfly_factorize import TREES, butterfly_factorize, twiddle_to_dense
 from unroll_cli.record.report import Published, Report, Table
 
@@ -53,7 +53,7 @@ class TransformConfig:
     _target_: str = "unroll_cli.tasks.transforms.TransformLearning"
     transform: str = constrained("dft", f"one of {', '.join(TRANSFORMS)}", lambda v: v in TRANSFORMS)
     N: int = constrained(16, "a power of two >= 2", power_of_two)
-    target_seed: int = 0  # numpy's legacy seed of the randn and convolution targets (the authors': 0)
+    target_seed: int = constrained(0, *SEED_RANGE)  # numpy's legacy seed of the randn and convolution targets (the authors': 0)
     # basis vectors per training step: all N (the authors', the default ${.N}), or a random subset
     batch_size: int = constrained("${.N}", "an integer >= 1", lambda v: v >= 1)
     # the factorization's tree (Le et al. 2022)

@@ -1,7 +1,7 @@
 """Stage-wise training of Chen et al. 2018 (Supp. E; the LISTA-CPSS code's ``utils/train.py``).
 
 For each layer t = 1..T, three stages on the network truncated to its first t layers:
-(a) the variables new to layer t at lr0; (b), (c) every variable of layers <= t at lr0*0.2 and
+(a) the variables new to layer t at lr0 (times the first of ``stage_lr_factors``, 1); (b), (c) every variable of layers <= t at lr0*0.2 and
 lr0*0.02. A variable of layer s < t is decayed by ``layer_decay`` (0.3) once per layer trained since
 its own, c = 0.3^(t-s), in one of two ways (``decay_mode``):
 
@@ -55,7 +55,8 @@ class LayerwiseTrainer(Trainer):
         """Optimizer param groups of ``stage`` (0-based) while training ``layer`` (0-based); with
         ``decay_mode=gradient`` each carries its ``gradient_factor`` (:meth:`stage_optimizer`)."""
         if stage == 0:
-            groups = [{"params": self.trainable(self.model.layer_parameters(layer)), "lr": lr0}]
+            groups = [{"params": self.trainable(self.model.layer_parameters(layer)),
+                       "lr": lr0 * self.s.stage_lr_factors[0]}]
         else:
             lr, groups = lr0 * self.s.stage_lr_factors[stage], []
             for s in range(layer + 1):

@@ -1,0 +1,72 @@
+"""Every numeric field of every schema declares its allowed values, so that a negative rate, factor,
+decay or size is refused before any work, naming the key (issue 21)."""
+from __future__ import annotations
+
+import dataclasses
+import typing
+
+import pytest
+import torch
+
+from conftest import TINY, compose_cfg, read_metrics, run_cli
+from unroll_cli import schema
+from unroll_cli.errors import ConfigError
+from unroll_cli.registry import register_configs
+from unroll_cli.run import run
+from unroll_cli.validation import validate
+
+register_configs()
+SHARED = [schema.TrainConfig, schema.AdamConfig, schema.SGDConfig, schema.ConstantSchedConfig, schema.StepSchedConfig,
+          schema.CosineSchedConfig, schema.TrainerConfig, schema.LayerwiseTrainerConfig, schema.PaperConfig]
+
+
+def numeric(annotation) -> bool:
+    """An int or float field, also inside Optional[...] and List[...] (bools are not numbers here)."""
+    if annotation in (int, float):
+        return True
+    return any(numeric(arg) for arg in typing.get_args(annotation))
+
+
+def test_every_numeric_field_of_every_schema_declares_its_allowed_values():
+    schemas = {*SHARED, *(cls for _, _, cls in schema.SCHEMAS)}
+    undeclared = [f"{cls.__name__}.{f.name}" for cls in schemas for f in dataclasses.fields(cls)
+                  if numeric(typing.get_type_hints(cls)[f.name]) and "ok" not in f.metadata]
+    assert not undeclared, f"numeric fields without allowed values: {', '.join(sorted(undeclared))}"
+
+
+@pytest.mark.parametrize("overrides, named", [
+    (["sched=step", "sched.gamma=-0.5"], "sched.gamma=-0.5"),
+    (["sched=cosine", "sched.eta_min=-1e-3"], "sched.eta_min=-0.001"),
+    (["sched=cosine", "sched.T_max=0"], "sched.T_max=0"),
+    (["trainer=layerwise", "trainer.layer_decay=-0.3"], "trainer.layer_decay=-0.3"),
+    (["trainer=layerwise", "trainer.stage_lr_factors=[]"], "trainer.stage_lr_factors=[]"),
+    (["trainer=layerwise", "trainer.stage_lr_factors=[1.0,-0.2]"], "trainer.stage_lr_factors=[1.0, -0.2]"),
+    (["optim.eps=0"], "optim.eps=0.0"),
+    (["optim.weight_decay=-1"], "optim.weight_decay=-1.0"),
+    (["optim=sgd", "optim.momentum=1.5"], "optim.momentum=1.5"),
+    (["seed=18446744073709551616"], "seed=18446744073709551616"),
+    (["seed=-1"], "seed=-1"),
+    (["data.matrix_seed=4294967296"], "data.matrix_seed=4294967296"),
+    (["data.snr_db=-500"], "data.snr_db=-500.0"),
+    (["data=transform", "model=bp", "data.target_seed=-3"], "data.target_seed=-3"),
+    (["paper=chen2018", "paper.tolerance_db=-1"], "paper.tolerance_db=-1"),
+])
+def test_an_out_of_range_number_is_refused_naming_the_key(overrides, named):
+    with pytest.raises(ConfigError) as refused:
+        validate(compose_cfg(overrides))
+    assert str(refused.value).startswith(f"{named} is not allowed: ")
+
+
+def test_the_first_stage_factor_sets_the_new_layers_learning_rate(tiny_cfg, tmp_path, one_thread):
+    """It was never used: stage (a) ran at optim.lr whatever the factor."""
+    run(tiny_cfg("model=lista_cp", "trainer=layerwise", "model.layers=1", "trainer.stage_lr_factors=[0.5,0.1]",
+                 "optim.lr=0.01", "trainer.val_every_steps=2", "trainer.stage_patience_steps=2",
+                 "trainer.stage_max_steps=2", "tensorboard=false"), tmp_path)
+    history = torch.load(tmp_path / "checkpoints/last.pt", weights_only=True)["history"]
+    assert [row["lr"] for row in history] == pytest.approx([0.01 * 0.5, 0.01 * 0.1])
+
+
+def test_the_cli_refuses_a_negative_rate_with_exit_code_2(tmp_path):
+    result = run_cli([*TINY, "sched=step", "sched.gamma=-0.5", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "sched.gamma=-0.5 is not allowed" in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "metrics.json").exists()
