@@ -163,3 +163,15 @@ def test_cuda_graphs_exclude_compile_and_fall_back_to_eager_steps_off_cuda(tiny_
         run(tiny_cfg("device=cpu", "trainer.cuda_graphs=true", "tensorboard=false"), tmp_path)
     assert read_metrics(tmp_path)["status"] == "completed"
     assert "not CUDA: training eagerly" in caplog.text
+
+
+@pytest.mark.parametrize("trainer", [[], ["trainer=layerwise", "model.layers=2", "trainer.val_every_steps=2",
+                                          "trainer.stage_patience_steps=2", "trainer.stage_max_steps=4"]])
+def test_a_finished_run_resumed_into_a_new_directory_has_its_history_and_checkpoints(tiny_cfg, tmp_path, trainer):
+    """Nothing is left to train, yet the new directory holds what a run directory holds."""
+    common = ("model=lista_cp", *trainer, "tensorboard=false")
+    run(tiny_cfg(*common), tmp_path / "first")
+    run(tiny_cfg(*common, f"resume={tmp_path / 'first'}"), tmp_path / "again")
+    assert (tmp_path / "again/history.csv").read_text() == (tmp_path / "first/history.csv").read_text()
+    assert (tmp_path / "again/checkpoints/last.pt").is_file()
+    assert read_metrics(tmp_path / "again")["metrics"] == read_metrics(tmp_path / "first")["metrics"]

@@ -210,3 +210,23 @@ def test_a_run_directory_that_is_a_file_is_one_message(tmp_path):
     result = run_cli([*FAST, f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stdout + result.stderr
     assert (tmp_path / "run").read_text() == "a file"
+
+
+# ----------------------------------------------------------------------------- run files of the wrong type
+@pytest.mark.parametrize("field, value", [
+    ("status", "completed!"), ("status", {"a": 1}), ("status", None), ("error", 3), ("params", "many"),
+    ("wall_s", "slow"), ("metrics", {"test/nmse_db": "good"}), ("metrics", [1, 2]), ("optimized", "yes")])
+def test_unroll_report_names_a_run_field_of_the_wrong_type(finished, tmp_path, capsys, field, value):
+    import json
+    import shutil
+
+    from unroll_cli.report.aggregate import main as report_main
+
+    run_dir = tmp_path / "runs/spoofed"
+    shutil.copytree(finished, run_dir, symlinks=True)
+    record = json.loads((run_dir / "metrics.json").read_text())
+    record[field] = value
+    (run_dir / "metrics.json").write_text(json.dumps(record))
+    assert report_main([str(tmp_path / "runs")]) == 1  # never a completed run
+    printed = capsys.readouterr().out
+    assert "unreadable" in printed and f"the field {field} is not" in printed, printed

@@ -97,10 +97,13 @@ class RunRecorder:
 
     def write_history(self, step: int) -> None:
         """history.csv, and the last row's TensorBoard scalars."""
-        atomic_write(self.dir / "history.csv", lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
+        self.write_history_file()
         for key, value in self.history[-1].items():
             if "/" in key and isinstance(value, (int, float)) and math.isfinite(value):
                 self.scalar(key, value, step)
+
+    def write_history_file(self) -> None:
+        atomic_write(self.dir / "history.csv", lambda tmp: pd.DataFrame(self.history).to_csv(tmp, index=False))
 
     def scalar(self, tag: str, value: float, step: int) -> None:
         if self._writer is not None:

@@ -15,6 +15,8 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from unroll_cli.record.recorder import STATUSES
+
 # The columns of a run's row that are neither overrides nor metrics (see read_run).
 RUN_COLUMNS = ["run", "status", "error", "params", "wall_s", "optimized"]
 
@@ -81,13 +83,34 @@ def override_list(value, file: Path) -> list[str]:
     return value
 
 
+NUMBER = (int, float)
+
+
+def check_fields(record: dict, file: Path) -> None:
+    """Each field the report reads has the contract's type: Unreadable naming the file and field if not."""
+    def number(value) -> bool:
+        return value is None or (isinstance(value, NUMBER) and not isinstance(value, bool))
+
+    checks = {"status": (lambda v: v in STATUSES, f"one of {', '.join(STATUSES)}"),
+              "error": (lambda v: v is None or isinstance(v, str), "text"),
+              "params": (lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool)), "an integer"),
+              "wall_s": (number, "a number"),
+              "optimized": (lambda v: v is None or isinstance(v, dict), "an object"),
+              "metrics": (lambda v: isinstance(v, dict) and all(isinstance(k, str) and number(x) for k, x in v.items()),
+                          "an object of numbers")}
+    for field, (ok, what) in checks.items():
+        if field in record and not ok(record[field]):
+            raise Unreadable(f"{file}: the field {field} is not {what} ({str(record[field])[:60]!r})")
+    if "status" not in record:
+        raise Unreadable(f"{file}: no status field")
+
+
 def read_record(run: Path) -> tuple[dict, list[str]]:
     """The run's metrics.json and its job's overrides (those of metrics.json, else those of
     ``.hydra/overrides.yaml``, else none); Unreadable if a file is not what the contract says."""
     file = run / "metrics.json"
     record = read_json_object(file)
-    if not isinstance(record.get("metrics", {}), dict):
-        raise Unreadable(f"{file}: the metrics are not a JSON object")
+    check_fields(record, file)
     if record.get("overrides") is not None:
         return record, override_list(record["overrides"], file)
     file = run / ".hydra" / "overrides.yaml"

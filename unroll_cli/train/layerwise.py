@@ -91,10 +91,10 @@ class LayerwiseTrainer(Trainer):
                      f", {progress['step']} steps into the next stage" if progress else "")
         lr0, layers, n_stages = self.optim_cfg.lr, self.model.layers, len(self.s.stage_lr_factors)
         schedule = [(t, k) for t in range(layers) for k in range(n_stages) if (t, k) > done]
-        if not schedule:
-            return
         stream = BatchStream(self.task, state.get("stream"))
         self.save(position=list(done), stream=stream.state_dict(), stage_progress=progress)
+        if not schedule:  # resumed after its last stage (into a new directory: the checkpoint pair there)
+            return
         with self.progress(len(schedule), unit="stage") as bar:
             for number, (layer, stage) in enumerate(schedule, start=len(self.recorder.history) + 1):
                 groups = self.stage_groups(layer, stage, lr0)

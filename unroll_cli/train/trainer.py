@@ -173,6 +173,8 @@ class Trainer:
         """Train, with the callbacks' ``on_fit_start`` before and ``on_fit_end`` after."""
         self.callbacks.on_fit_start(self)
         self.run_schedule()
+        if self.recorder.history:  # also when a resume found nothing left to train (a new directory)
+            self.recorder.write_history_file()
         self.callbacks.on_fit_end(self)
 
     # ------------------------------------------------------------------ end-to-end schedule
