@@ -97,7 +97,7 @@ def test_idx_files_load_as_written(tmp_path, no_system_fashion, name, folder, gz
     assert torch.equal(task.test_images[:, 0], torch.from_numpy(data["t10k"][0]))
     assert torch.equal(task.test_labels, torch.from_numpy(data["t10k"][1]).long())
     assert (task.in_channels, task.num_classes) == (1, 10)
-    assert task.model_kwargs() == {"arch": "mnist", "in_channels": 1, "num_classes": 10}
+    assert task.model_kwargs() == {"arch": "mnist", "in_channels": 1, "num_classes": 10, "image_size": 28}
     assert task.setting() == name and task.artifacts() == {}
     if gz:  # read from a temporary copy: nothing written next to the user's files
         assert sorted(p.name for p in (tmp_path / folder / "raw").iterdir()) == sorted(
@@ -123,7 +123,7 @@ def test_cifar10_pickles_load_as_written(cifar_root):
     assert torch.equal(task.train_images.reshape(30, -1), torch.from_numpy(data))
     assert task.train_labels.tolist() == labels
     assert torch.equal(task.test_images.reshape(12, -1), torch.from_numpy(batches["test_batch"][0]))
-    assert task.model_kwargs() == {"arch": "cifar10", "in_channels": 3, "num_classes": 10}
+    assert task.model_kwargs() == {"arch": "cifar10", "in_channels": 3, "num_classes": 10, "image_size": 32}
 
 
 def test_svhn_mat_loads_as_written(tmp_path):

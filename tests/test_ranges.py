@@ -70,3 +70,42 @@ def test_the_cli_refuses_a_negative_rate_with_exit_code_2(tmp_path):
     result = run_cli([*TINY, "sched=step", "sched.gamma=-0.5", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     assert result.returncode == 2 and "sched.gamma=-0.5 is not allowed" in result.stdout + result.stderr
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def test_codes_without_a_nonzero_entry_are_refused_naming_data_p(tiny_cfg, tmp_path):
+    with pytest.raises(ConfigError, match=r"^data\.p=1e-09 draws no nonzero entry in the validation codes .* "
+                                          r"raise data\.p or data\.n_val$"):
+        run(tiny_cfg("data.p=1e-9"), tmp_path)
+    assert not (tmp_path / "history.csv").exists()
+
+
+@pytest.mark.parametrize("arch", ["mnist", "cifar10"])
+@pytest.mark.parametrize("side", [20, 28, 32, 40])
+def test_an_architecture_that_does_not_fit_the_images_is_refused_when_built(arch, side):
+    """Against a forward pass of a model built without the check: refused exactly when that fails."""
+    from unroll_cli.models.mlista import MLISTA
+
+    try:
+        MLISTA(arch=arch, in_channels=1, unfoldings=1)(torch.zeros(2, 1, side, side))
+        fits = True
+    except RuntimeError:
+        fits = False
+    if fits:
+        MLISTA(arch=arch, in_channels=1, unfoldings=1, image_size=side)
+    else:
+        with pytest.raises(ValueError, match=rf"^arch \(data.arch={arch}\) does not fit the data's {side}x{side} images"):
+            MLISTA(arch=arch, in_channels=1, unfoldings=1, image_size=side)
+
+
+def test_the_cifar10_architecture_on_28x28_images_is_one_message(tmp_path):
+    import numpy as np
+
+    from test_classification_run import write_learnable_mnist
+
+    write_learnable_mnist(tmp_path / "data/MNIST/raw", np.random.default_rng(0), 20, 10)
+    result = run_cli(["model=ml_ista", "data=mnist", f"data.root={tmp_path / 'data'}", "data.download=false",
+                      "data.arch=cifar10", f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2 and "Traceback" not in output
+    assert "arch (data.arch=cifar10) does not fit the data's 28x28 images" in output
+    assert not (tmp_path / "run/history.csv").exists()

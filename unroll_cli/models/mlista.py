@@ -119,7 +119,8 @@ class MultiLayerNet(nn.Module):
     """
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6, operator: str = "dense"):
+                 unfoldings: int = 6, operator: str = "dense",
+                 image_size: int | None = None):
         super().__init__()
         if arch not in ARCHS:
             raise ValueError(f"arch (data.arch, the architecture the data calls for) must be one of "
@@ -141,14 +142,30 @@ class MultiLayerNet(nn.Module):
             self.tail_b.append(nn.Parameter(torch.zeros(1, out, 1, 1)))
             fan_in = out
         self.classifier = linear_layer(fan_in, self.num_classes, self.operator)
+        if image_size is not None:  # the data's images (square), given by the task: refused here if too small
+            self._check_image_size(check_int("image_size", image_size, 1))
+
+    def _check_image_size(self, side: int) -> None:
+        """The architecture's layers must bring the data's images down to the 1x1 codes its classifier
+        takes: each unfolded convolution to floor((n + 2 padding - k) / stride) + 1, the plain 3x3
+        layers keep the size and the max-poolings after the second halve it."""
+        spec, n = ARCHS[self.arch], side
+        for _, k, stride in spec["layers"]:
+            n = (n + 2 * spec["padding"] - k) // stride + 1 if n + 2 * spec["padding"] >= k else 0
+        for j, _ in enumerate(spec["tail"]):
+            n = n // 2 if j >= 1 else n
+        if n != 1:
+            raise ValueError(f"arch (data.arch={self.arch}) does not fit the data's {side}x{side} images: its "
+                             f"layers leave {max(n, 0)}x{max(n, 0)} codes where its classifier takes 1x1")
 
     @staticmethod
     def memory_estimate(config: dict, arch: str, in_channels: int, num_classes: int, train_batch: int,
-                        eval_batch: int) -> dict[str, int]:
+                        eval_batch: int, image_size: int | None = None) -> dict[str, int]:
         """Bytes of the activations (see :mod:`unroll_cli.memory`): the unfolded layers' outputs,
         a few tensors each per unfolding kept for the backward pass; one unfolding's at evaluation
         (the weights are a few MB whatever the config)."""
-        per_sample = code_elements(ARCHS.get(arch, ARCHS["mnist"]), 28 if arch == "mnist" else 32)
+        side = image_size or (28 if arch == "mnist" else 32)
+        per_sample = code_elements(ARCHS.get(arch, ARCHS["mnist"]), side)
         unfoldings = int(config.get("unfoldings", 0)) + 1
         return {"model.unfoldings": 4 * per_sample * (4 * unfoldings * train_batch + 2 * eval_batch)}
 
@@ -239,8 +256,9 @@ class _TiedNet(MultiLayerNet):
     """Models with one set of kernels ``W_i``, biases ``b_i`` and steps ``c_i`` for all unfoldings."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6, operator: str = "dense"):
-        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
+                 unfoldings: int = 6, operator: str = "dense",
+                 image_size: int | None = None):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator, image_size)
         self.W = self._new_kernels()
         self.b = self._new_biases()
         self.c = self._new_steps()
@@ -293,8 +311,9 @@ class MLFISTA(MLISTA):
     synthesis and in the gamma_3 step.  ``momentum=False`` is ML-ISTA exactly."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6, momentum: bool = True, operator: str = "dense"):
-        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
+                 unfoldings: int = 6, momentum: bool = True, operator: str = "dense",
+                 image_size: int | None = None):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator, image_size)
         self.momentum = check_bool("momentum", momentum)
 
     def _momentum(self, t):
@@ -327,8 +346,9 @@ class MLLISTA(MultiLayerNet):
     once per forward."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6, operator: str = "dense"):
-        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
+                 unfoldings: int = 6, operator: str = "dense",
+                 image_size: int | None = None):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator, image_size)
         self.W = self._new_kernels()
         self.B = self._new_kernels()
         self.b = self._new_biases()
@@ -363,8 +383,9 @@ class AllFree(MultiLayerNet):
     ``forward(x, t)`` with t <= T uses the first t+1 copies."""
 
     def __init__(self, arch: str = "mnist", in_channels: int = 1, num_classes: int = 10,
-                 unfoldings: int = 6, operator: str = "dense"):
-        super().__init__(arch, in_channels, num_classes, unfoldings, operator)
+                 unfoldings: int = 6, operator: str = "dense",
+                 image_size: int | None = None):
+        super().__init__(arch, in_channels, num_classes, unfoldings, operator, image_size)
         self.W = nn.ModuleList(self._new_kernels() for _ in range(self.unfoldings + 1))
         self.b = nn.ModuleList(self._new_biases() for _ in range(self.unfoldings + 1))
 

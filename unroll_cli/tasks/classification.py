@@ -148,7 +148,8 @@ class ImageClassification:
     # ------------------------------------------------------------------ training
     def model_kwargs(self) -> dict:
         """What a model needs from the data to be built."""
-        return {"arch": self.arch, "in_channels": self.in_channels, "num_classes": self.num_classes}
+        return {"arch": self.arch, "in_channels": self.in_channels, "num_classes": self.num_classes,
+                "image_size": self.train_images.shape[-1]}
 
     def augment(self, images: torch.Tensor) -> torch.Tensor:
         """Training preprocessing of a uint8 batch: random crop, flip, scaling, normalisation."""

@@ -17,6 +17,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from unroll_cli.errors import ConfigError
 from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, register_schema
 from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, measure, sample_codes
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
@@ -117,6 +118,10 @@ class SyntheticSparseCoding:
             self.test = self._file_set(A64, test_path, n_test, test_seed)
         else:
             self.test = self._fixed_set(A, n_test, test_seed)
+        for split, key, (_, x) in (("validation", "data.n_val", self.val), ("test", "data.n_test", self.test)):
+            if not bool(x.any()):  # the NMSE divides by the codes' energy
+                raise ConfigError(f"data.p={p:g} draws no nonzero entry in the {split} codes ({x.shape[0]} codes "
+                                  f"of {x.shape[1]}): raise data.p or {key}")
         # results.md: where the problem comes from, and how the stage-wise schedule decayed earlier layers
         self.notes = [f"Data: A {f'from {Path(A_path).name}' if A_path else 'drawn by data.matrix_seed'}, "
                       f"test codes {f'from {Path(test_path).name}' if test_path else 'drawn by data.test_seed'}; "
