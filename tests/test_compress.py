@@ -20,7 +20,8 @@ from conftest import TINY, read_metrics, run_cli
 from test_classification_run import tiny_ml_ista_run
 from test_structured_operators import hadamard
 from unroll_cli.models.butterfly import factorize
-from unroll_cli.run import build_model, build_task
+from unroll_cli.compress import main as compress_main
+from unroll_cli.run import build_model, build_task, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: see conftest
 CPU = torch.device("cpu")
@@ -159,7 +160,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, lista_run, tilista_run)
     unfinished = tmp_path / "unfinished"
     shutil.copytree(run_dir, unfinished, symlinks=True,
                     ignore=shutil.ignore_patterns("checkpoints", "checkpoints.d", "compressed_*"))
-    assert "no checkpoints/best.pt" in bad_input([str(unfinished), "--structure", "butterfly"], tmp_path)
+    assert "no checkpoints/last.pt" in bad_input([str(unfinished), "--structure", "butterfly"], tmp_path)
     line = bad_input([str(tilista_run), "--structure", "monarch"], tmp_path)
     assert "model=tilista (TiLISTA) cannot be compressed" in line
     assert not (tilista_run / "compressed_monarch" / "compress.json").exists()
@@ -184,3 +185,15 @@ def test_ml_ista_classifier_is_compressed_with_accuracy_before_and_after(tmp_pat
     for label in ("dense", "butterfly"):
         assert "Test accuracy per number of unfoldings" in (run_dir / "compressed_butterfly" / label /
                                                             "results.md").read_text()
+
+
+def test_a_layerwise_run_is_compressed_from_the_checkpoint_it_reported(tiny_cfg, tmp_path, one_thread):
+    """The stage-wise trainer reports its last weights (it keeps no best epoch): compressed from
+    last.pt, the dense model's numbers are the run's own."""
+    run_dir = tmp_path / "run"
+    run(tiny_cfg("model=lista_cp", "trainer=layerwise", "model.layers=2", "trainer.val_every_steps=2",
+                 "trainer.stage_patience_steps=2", "trainer.stage_max_steps=4", "tensorboard=false"), run_dir)
+    assert compress_main([str(run_dir), "--structure", "butterfly"]) == 0
+    result = json.loads((run_dir / "compressed_butterfly/compress.json").read_text())
+    assert result["checkpoint"] == "checkpoints/last.pt" and result["status"] == "completed"
+    assert result["models"]["dense"]["metrics"]["test/nmse_db"] == read_metrics(run_dir)["metrics"]["test/nmse_db"]

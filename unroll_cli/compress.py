@@ -1,10 +1,12 @@
 """Compress a trained run's dense maps into butterfly or Monarch layers: ``unroll-compress RUN_DIR``.
 
 ``unroll-compress RUN_DIR --structure butterfly|monarch [--out DIR] [--device auto|cpu|cuda] [--trust PKG]``
-rebuilds the run's task and model from the config its ``checkpoints/best.pt`` holds (``.hydra/config.yaml``
-for a checkpoint written without one), checked as a command line's config is (a run directory is data:
-its ``trusted_packages`` are not trusted; ``--trust PKG`` trusts your own model's package) with :mod:`unroll_cli.run`'s own functions, loads the best weights,
-and makes the same model with ``operator=<structure>`` whose every learned dense map is a structured
+rebuilds the run's task and model with :mod:`unroll_cli.run`'s own functions from the config its
+checkpoints hold (``.hydra/config.yaml`` for a checkpoint written without one), checked as a command
+line's config is (a run directory is data: its ``trusted_packages`` are not trusted; ``--trust PKG``
+trusts your own model's package), loads the weights the run reported (``best.pt`` when its trainer
+reports the best validation epoch, else ``last.pt``: a layer-wise run, a run validated on its test
+data, an unfinished run, whose status ``compress.md`` states), and makes the same model with ``operator=<structure>`` whose every learned dense map is a structured
 layer at the projection of the trained matrix (the model's ``structured(operator)``; see
 :mod:`unroll_cli.models.operators`). Both models are evaluated by the task's own ``report()``; ``DIR``
 (default ``RUN_DIR/compressed_<structure>``) then holds:
@@ -12,17 +14,16 @@ layer at the projection of the trained matrix (the model's ``structured(operator
 * ``dense/`` and ``<structure>/``: each model's report (``results.md``, ``layers.csv``, figures);
 * ``<structure>/model.pt``: the compressed model, ``{"model": state_dict, "config": the run's config
   with model.operator=<structure>}`` (its state dict loads into the model that config builds);
-* ``compress.json``: the run, the checkpoint's epoch, the task's primary metric, each model's metrics
+* ``compress.json``: the run, the checkpoint and its epoch, the run's status, the task's primary metric, each model's metrics
   and parameter counts (all trainable parameters, and those of the replaced maps), and per replaced
   map its shape, parameter counts and the projection's relative error ``||S - M||_F / ||M||_F``;
 * ``compress.md``: the same as two tables.
 
 The run directory's own files are never changed, and every file is written atomically. The dense
-model is the one the run reported when its monitored metric is on validation data (the trainer
-restores the best epoch); on the same device its numbers are the run's own.
+model is the one the run reported; on the same device its numbers are the run's own.
 
 Exit code: 0 when both models were evaluated; 2 for bad input (a missing directory, a run without
-``checkpoints/best.pt``, an unknown structure, a model that declares no structured form), one line.
+``checkpoints/last.pt``, an unknown structure, a model that declares no structured form), one line.
 """
 from __future__ import annotations
 
@@ -32,6 +33,7 @@ from pathlib import Path
 
 import pandas as pd
 import torch
+from hydra.utils import get_class
 from omegaconf import OmegaConf
 
 from unroll_cli.errors import ConfigError
@@ -39,7 +41,7 @@ from unroll_cli.models.operators import STRUCTURED
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.report import write_report
-from unroll_cli.run import build_model, build_task, resolve_device, seed_everything
+from unroll_cli.run import SourceModel, build_model, build_task, load_weights, resolve_device, seed_everything
 from unroll_cli.train.checkpoints import LINK, load_checkpoint
 from unroll_cli.validation import validate
 
@@ -78,6 +80,15 @@ def run_config(run_dir: Path, checkpoint: dict):
     if not saved.is_file():
         raise ConfigError(f"{run_dir}: neither checkpoints/best.pt nor .hydra/config.yaml holds the run's config")
     return OmegaConf.load(saved)
+
+
+def run_status(run_dir: Path) -> str:
+    """The run's status in its metrics.json (``unknown`` when it cannot be read)."""
+    try:
+        status = json.loads((run_dir / "metrics.json").read_text()).get("status")
+    except (OSError, ValueError, AttributeError):
+        return "unknown"
+    return status if isinstance(status, str) else "unknown"
 
 
 def count(model, name: str | None = None) -> int:
@@ -121,12 +132,13 @@ def compress(run_dir: Path, structure: str, out: Path, device: str | None = None
     checked as a command line's is, its ``_target_``s allowed only in the project and ``trust``."""
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: no such run directory")
-    best = run_dir / LINK / "best.pt"
-    if not best.is_file():
-        raise ConfigError(f"{run_dir}: no {LINK}/best.pt (the run has not finished an epoch, or ran with "
+    last_file, best_file = run_dir / LINK / "last.pt", run_dir / LINK / "best.pt"
+    if not last_file.is_file():
+        raise ConfigError(f"{run_dir}: no {LINK}/last.pt (the run wrote no checkpoint, or ran with "
                           "trainer.checkpoint=false)")
-    state = load_checkpoint(best, key="RUN_DIR")
-    cfg = run_config(run_dir, state)
+    last = load_checkpoint(last_file, key="RUN_DIR")
+    best = load_checkpoint(best_file, key="RUN_DIR") if best_file.is_file() else None
+    cfg = run_config(run_dir, last)
     cfg.trusted_packages = list(trust)  # a run directory is data: what it trusts is not trusted
     validate(cfg)
     name = cfg.model.name
@@ -134,11 +146,8 @@ def compress(run_dir: Path, structure: str, out: Path, device: str | None = None
     seed_everything(cfg.seed, cfg.deterministic)
     task = build_task(cfg, torch_device)
     dense = build_model(cfg.model, task, cfg)
-    try:
-        dense.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ConfigError(f"{best}: its weights do not fit model={name} built from the run's config "
-                          f"({str(error).splitlines()[0]})") from None
+    checkpoint, state = SourceModel(str(run_dir), last, best).reported(get_class(cfg.trainer._target_), task)
+    load_weights(dense, state["model"], str(run_dir / LINK / checkpoint))
     dense.to(torch_device)
     if not (callable(getattr(dense, "dense_maps", None)) and callable(getattr(dense, "structured", None))):
         raise ConfigError(f"model={name} ({type(dense).__name__}) cannot be compressed: it declares no "
@@ -157,8 +166,8 @@ def compress(run_dir: Path, structure: str, out: Path, device: str | None = None
     maps = replaced_maps(dense, compressed, structure)
     for label in models:
         models[label]["map_params"] = sum(row[f"{label}_params"] for row in maps)
-    return {"run": str(run_dir.resolve()), "checkpoint": f"{LINK}/best.pt", "epoch": state.get("epoch"),
-            "model": name, "structure": structure, "primary_metric": task.primary_metric,
+    return {"run": str(run_dir.resolve()), "checkpoint": f"{LINK}/{checkpoint}", "epoch": state.get("epoch"),
+            "status": run_status(run_dir), "model": name, "structure": structure, "primary_metric": task.primary_metric,
             "models": models, "maps": maps}
 
 
@@ -169,6 +178,8 @@ def markdown(result: dict) -> str:
                             **{label: [models[label]["primary"], models[label]["params"], models[label]["map_params"]]
                                for label in labels}})
     epoch = "" if result["epoch"] is None else f" (epoch {result['epoch']})"
+    if result["status"] != "completed":
+        epoch += f"; the run is {result['status']}, not completed"
     return "\n".join([
         f"# {result['model']} compressed to {result['structure']}", "",
         f"Run: {result['run']}, {result['checkpoint']}{epoch}. Each model's report: {', '.join(f'{x}/' for x in labels)}.",
