@@ -109,3 +109,23 @@ def test_the_cifar10_architecture_on_28x28_images_is_one_message(tmp_path):
     assert result.returncode == 2 and "Traceback" not in output
     assert "arch (data.arch=cifar10) does not fit the data's 28x28 images" in output
     assert not (tmp_path / "run/history.csv").exists()
+
+
+def test_two_test_sigmas_that_print_alike_are_refused():
+    """Their metrics are named test/psnr_s25 both: one would overwrite the other."""
+    with pytest.raises(ConfigError, match=r"^data\.test_sigmas=\[25\.0, 25\.0000001\] is not allowed"):
+        validate(compose_cfg(["data=bsd_denoise", "data.test_sigmas=[25.0,25.0000001]"]))
+
+
+def test_an_all_black_test_image_is_refused_naming_it(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from unroll_cli.tasks.denoising import ImageDenoising
+
+    for split, value in (("train", 120), ("test", 0)):
+        (tmp_path / split).mkdir()
+        Image.fromarray(np.full((20, 20), value, dtype=np.uint8)).save(tmp_path / split / "a.png")
+    with pytest.raises(ConfigError, match=r"^test image a\.png is all black: .* data\.psnr_peak=1\.0"):
+        ImageDenoising(str(tmp_path / "train"), str(tmp_path / "test"), crop=8)
+    ImageDenoising(str(tmp_path / "train"), str(tmp_path / "test"), crop=8, psnr_peak=1.0)  # a fixed peak is fine

@@ -230,3 +230,12 @@ def test_unroll_report_names_a_run_field_of_the_wrong_type(finished, tmp_path, c
     assert report_main([str(tmp_path / "runs")]) == 1  # never a completed run
     printed = capsys.readouterr().out
     assert "unreadable" in printed and f"the field {field} is not" in printed, printed
+
+
+def test_every_file_of_a_run_has_one_mode(finished):
+    """metrics.json, results.md and the tables were private (0600) while the log and checkpoints were not."""
+    import stat
+
+    files = [p for p in finished.rglob("*") if p.is_file() and not p.is_symlink() and p.name != ".lock"]
+    modes = {p.relative_to(finished).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
+    assert len(set(modes.values())) == 1, modes

@@ -24,7 +24,8 @@ from unroll_cli.schema import constrained, evaluation_only, register_schema
 from unroll_cli.data.images import SPLIT_SEED, load_dataset
 from unroll_cli.evaluate.representer import RepresenterView, representer_view
 from unroll_cli.record import figures
-from unroll_cli.tasks.denoising import INIT_SEED, Batch, DenoisingOptions, DenoisingTask, positive
+from unroll_cli.tasks.denoising import (INIT_SEED, TEST_SIGMAS, Batch, DenoisingOptions, DenoisingTask, positive,
+                                       valid_test_sigmas)
 
 GRAY_DATASETS = ("mnist", "fashion_mnist")
 INIT_IMAGES = 1000  # the training images a model may initialise its dictionary from (every run)
@@ -45,9 +46,7 @@ class DatasetDenoisingConfig(DenoisingOptions):
     download: bool = evaluation_only(True)
     classes: Optional[List[int]] = constrained(None, "null (all) or distinct labels in 0..9", valid_classes)
     sigma: float = constrained(0.0, "a noise std >= 0 on the 0-255 scale", lambda v: v >= 0)
-    test_sigmas: List[float] = constrained(
-        [0.0], "a non-empty list of distinct noise stds >= 0 (0-255 scale)",
-        lambda v: len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v), changeable=True)
+    test_sigmas: List[float] = constrained([0.0], TEST_SIGMAS, valid_test_sigmas, changeable=True)
     batch_size: int = constrained(32, "an integer > 0", positive)
     eval_batch_size: int = constrained(1000, "an integer > 0", positive, evaluation=True)
     representer_images: int = constrained(6000, "an integer >= 0 (0: no representer view)",

@@ -24,6 +24,7 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
+from unroll_cli.errors import ConfigError
 from unroll_cli.schema import constrained, evaluation_only, register_schema
 from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_flips, random_window
 from unroll_cli.evaluate.metrics import psnr_db
@@ -39,6 +40,14 @@ positive = lambda v: v > 0  # noqa: E731
 null_or_positive = lambda v: v is None or v > 0  # noqa: E731
 
 
+TEST_SIGMAS = "a non-empty list of noise stds >= 0 (0-255 scale), distinct as the metric names print them (test/psnr_s25)"
+
+
+def valid_test_sigmas(values: list) -> bool:
+    """``data.test_sigmas``: each level has its own metrics, named with ``{sigma:g}`` (25 and 25.0000001 clash)."""
+    return len(values) > 0 and min(values) >= 0 and len({f"{s:g}" for s in values}) == len(values)
+
+
 def valid_peak(value: Any) -> bool:
     """``data.psnr_peak``: "max" or a positive number."""
     return value == "max" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0)
@@ -49,9 +58,7 @@ class DenoisingOptions:
     """The options every denoising task shares: noise, test noise levels, PSNR conventions, sizes."""
 
     sigma: float = constrained(25.0, "a noise std >= 0 on the 0-255 scale", lambda v: v >= 0)
-    test_sigmas: List[float] = constrained(
-        [25.0], "a non-empty list of distinct noise stds >= 0 (0-255 scale)",
-        lambda v: len(v) > 0 and min(v) >= 0 and len(set(v)) == len(v), changeable=True)
+    test_sigmas: List[float] = constrained([25.0], TEST_SIGMAS, valid_test_sigmas, changeable=True)
     test_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0, evaluation=True)
     batch_size: int = constrained(1, "an integer > 0", positive)
     n_train: Optional[int] = constrained(None, "null (all) or an integer > 0", null_or_positive)
@@ -148,6 +155,11 @@ class DenoisingTask:
         """The (H, W) test images, with their fixed noise at every test sigma, and the validation set:
         ``val_clean`` with noise fixed at sigma, or the test images at sigma when it is empty."""
         self.test_names, self.test_clean = test_names, test_clean
+        if self.peak == "max":  # the PSNR's peak is each clean image's maximum
+            black = [name for name, image in zip(test_names, test_clean) if not float(image.max()) > 0]
+            if black:
+                raise ConfigError(f"test image {black[0]} is all black: its PSNR with data.psnr_peak=max (the clean "
+                                  "image's maximum) is undefined; set data.psnr_peak=1.0 or remove the image")
         self.test_noisy = {s: fixed_noisy(self.test_clean, s, self.test_seed) for s in self.test_sigmas}
         if val_clean:
             self.val_set = val_clean, fixed_noisy(val_clean, self.sigma, self.test_seed, VAL_SPLIT)
