@@ -239,3 +239,13 @@ def test_every_file_of_a_run_has_one_mode(finished):
     files = [p for p in finished.rglob("*") if p.is_file() and not p.is_symlink() and p.name != ".lock"]
     modes = {p.relative_to(finished).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in files}
     assert len(set(modes.values())) == 1, modes
+
+
+def test_a_metrics_pattern_that_matches_nothing_is_refused_naming_what_there_is(finished, capsys):
+    from unroll_cli.report.aggregate import main as report_main
+
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(finished), "--metrics", "test/psnr*"])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert "--metrics test/psnr* matches no metric of these runs; they report: " in error and "test/nmse_db" in error

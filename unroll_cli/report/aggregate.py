@@ -31,8 +31,8 @@ from unroll_cli.report.pivot import check_pivot, pivot_grid, pivot_metrics, summ
 from unroll_cli.report.plots import plot_metric
 from unroll_cli.report.runs import dirs_holding, existing_dirs, read_runs
 from unroll_cli.report.sweeps import missing_jobs
-from unroll_cli.report.tables import (check_overrides, common_overrides, completed, not_completed, select_metrics,
-                                      summarize, summarize_table)
+from unroll_cli.report.tables import (check_metric_patterns, check_overrides, common_overrides, completed,
+                                      not_completed, select_metrics, summarize, summarize_table)
 
 
 def make_parser() -> argparse.ArgumentParser:
@@ -92,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("no run directories (with metrics.json) under " + " ".join(args.paths))
     try:
         check_overrides("--group-by", args.group_by or [], runs)
+        check_metric_patterns(runs, args.metrics)
         if args.pivot:
             check_pivot(runs, *args.pivot)
         pivoted = pivot_metrics(runs, args.metrics) if args.pivot else []

@@ -60,6 +60,14 @@ def select_metrics(runs: pd.DataFrame, patterns: list[str] | None) -> pd.DataFra
     return runs[keep]
 
 
+def check_metric_patterns(runs: pd.DataFrame, patterns: list[str] | None) -> None:
+    """Every ``--metrics`` pattern matches a metric of the runs: ValueError naming those it reports if not."""
+    names = sorted({c for c in runs.columns if "/" in c and not c.startswith("published/")})
+    for pattern in patterns or []:
+        if not any(fnmatch.fnmatch(name, pattern) for name in names):
+            raise ValueError(f"--metrics {pattern} matches no metric of these runs; they report: {', '.join(names)}")
+
+
 def group_keys(runs: pd.DataFrame, group_by: list[str] | None) -> list[str]:
     """The given keys, or by default every override that varies between runs but ``seed``."""
     keys = group_by if group_by is not None else [c for c in override_columns(runs, varying=True) if c != "seed"]
