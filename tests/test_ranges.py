@@ -8,7 +8,7 @@ import typing
 import pytest
 import torch
 
-from conftest import TINY, compose_cfg, read_metrics, run_cli
+from conftest import TINY, compose_cfg, run_cli
 from unroll_cli import schema
 from unroll_cli.errors import ConfigError
 from unroll_cli.registry import register_configs

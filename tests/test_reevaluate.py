@@ -2,10 +2,8 @@
 new run directory that unroll-report reads; overrides that would change the model or its training refused."""
 from __future__ import annotations
 
-import json
 import math
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch

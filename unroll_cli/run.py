@@ -237,8 +237,9 @@ def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | N
     check_callbacks(extensions["callbacks"], model, task, cfg)
     diagnostics = extensions["diagnostics"]
     check_diagnostics(diagnostics, model, cfg.model.name)
-    callbacks = Callbacks.for_model(model, {**extensions["callbacks"], **(callbacks or {}),
-                                            "diagnostics.per_epoch": PerValidation(diagnostics)})
+    per_epoch = {"diagnostics.per_epoch": PerValidation(diagnostics)} if any(d.per_epoch for d in diagnostics.values()) \
+        else {}
+    callbacks = Callbacks.for_model(model, {**extensions["callbacks"], **(callbacks or {}), **per_epoch})
 
     run_dir = Path(run_dir)
     if resume_state is None:

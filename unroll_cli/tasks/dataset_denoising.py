@@ -20,11 +20,11 @@ from typing import Iterator, List, Optional, Sequence
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.schema import constrained, evaluation_only, register_schema
+from unroll_cli.schema import constrained, evaluation_only, positive, register_schema
 from unroll_cli.data.images import SPLIT_SEED, load_dataset
 from unroll_cli.evaluate.representer import RepresenterView, representer_view
 from unroll_cli.record import figures
-from unroll_cli.tasks.denoising import (INIT_SEED, TEST_SIGMAS, Batch, DenoisingOptions, DenoisingTask, positive,
+from unroll_cli.tasks.denoising import (INIT_SEED, TEST_SIGMAS, Batch, DenoisingOptions, DenoisingTask,
                                        valid_test_sigmas)
 
 GRAY_DATASETS = ("mnist", "fashion_mnist")

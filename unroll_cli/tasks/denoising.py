@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from unroll_cli.errors import ConfigError
-from unroll_cli.schema import constrained, evaluation_only, register_schema
+from unroll_cli.schema import constrained, evaluation_only, positive, register_schema
 from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_flips, random_window
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record import figures
@@ -36,7 +36,6 @@ METRIC = "test/psnr"
 INIT_SEED, INIT_CROPS = 0, 64  # the training crops a model may initialise its dictionary from (every run)
 VAL_SPLIT = 1  # seeds the validation noise apart from the test noise
 
-positive = lambda v: v > 0  # noqa: E731
 null_or_positive = lambda v: v is None or v > 0  # noqa: E731
 
 

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig
 
 from unroll_cli.errors import ConfigError
-from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, register_schema
+from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, positive, register_schema
 from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, measure, sample_codes
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.lista import FISTA, ISTA
@@ -31,8 +31,6 @@ METRIC = "test/nmse_db"
 # results.md's words for trainer.decay_mode (trainer=layerwise)
 DECAY_MODES = {"lr": "learning-rate multiplier of earlier layers (HyperLISTA; the authors' stated intent)",
                "gradient": "gradient of earlier layers scaled before Adam (the authors' TF code as it ran)"}
-
-positive = lambda v: v > 0  # noqa: E731
 
 
 @register_schema("data", "synthetic_sc")

@@ -79,6 +79,8 @@ class Callbacks:
 
     def __init__(self, callbacks: dict[str, Callback] | None = None):
         self.named = dict(callbacks or {})
+        # those with a step hook of their own: the training loop calls no one else after each step
+        self.stepping = [c for c in self.named.values() if type(c).after_step is not Callback.after_step]
 
     @classmethod
     def for_model(cls, model: torch.nn.Module, callbacks: dict[str, Callback] | None = None) -> Callbacks:
@@ -91,8 +93,10 @@ class Callbacks:
             callback.on_fit_start(trainer)
 
     def after_step(self, trainer, step: int) -> None:
+        if not self.stepping:
+            return
         with torch.no_grad():
-            for callback in self.named.values():
+            for callback in self.stepping:
                 callback.after_step(trainer, step)
 
     def on_validation(self, trainer, number: int, metrics: dict[str, Any]) -> RunPruned | None:
