@@ -27,10 +27,17 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # one thread per worker: the workers 
     torch.set_num_threads(1)
 
 # A problem small enough for a CLI run in a few seconds on 2 CPU cores.
-TINY = [
+TINY_PROBLEM = [
     "data.m=20", "data.n=40", "data.n_val=64", "data.n_test=64", "data.batch_size=32",
-    "model.layers=4", "trainer.max_epochs=2", "trainer.steps_per_epoch=5", "trainer.progress=false",
+    "model.layers=4", "trainer.progress=false",
 ]
+TINY = [*TINY_PROBLEM, "trainer.max_epochs=2", "trainer.steps_per_epoch=5"]  # the end-to-end trainer's
+
+
+def tiny(*extra: str) -> list[str]:
+    """``TINY`` then ``extra``; with ``trainer=layerwise`` in ``extra``, only ``TINY_PROBLEM`` (the stage-wise
+    schedule has no epochs: the end-to-end trainer's keys are not its keys)."""
+    return [*(TINY_PROBLEM if "trainer=layerwise" in extra else TINY), *extra]
 
 
 def compose_cfg(overrides: list[str]):
@@ -109,7 +116,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 @pytest.fixture
 def tiny_cfg():
-    return lambda *extra: compose_cfg([*TINY, *extra])
+    return lambda *extra: compose_cfg(tiny(*extra))
 
 
 @pytest.fixture

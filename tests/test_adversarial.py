@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import TINY, read_metrics, run_cli, wait_for_history
+from conftest import TINY, read_metrics, run_cli, tiny, wait_for_history
 from unroll_cli.errors import ConfigError
 from unroll_cli.run import run
 
@@ -65,7 +65,8 @@ def assert_refused(result: subprocess.CompletedProcess, named: str, run_dir: Pat
 def test_a_bad_value_is_one_message_naming_it_before_any_work(tmp_path, overrides, named):
     run_dir = tmp_path / "run"
     flags = overrides if overrides[0].startswith("-") else []  # Hydra's flags come before the overrides
-    result = run_cli([*flags, *FAST, *overrides[len(flags):], f"hydra.run.dir={run_dir}"], cwd=tmp_path)
+    result = run_cli([*flags, *tiny(*overrides[len(flags):]), "tensorboard=false", f"hydra.run.dir={run_dir}"],
+                     cwd=tmp_path)
     assert_refused(result, named, run_dir)
     assert result.returncode == 2
     assert not (run_dir / "metrics.json").exists() and not (run_dir / "checkpoints").exists()

@@ -12,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from scipy.io import loadmat
 
-from conftest import TINY, compose_cfg
+from conftest import TINY, TINY_PROBLEM, compose_cfg, tiny
 from unroll_cli.errors import ConfigError
 from unroll_cli.validation import changeable_keys, schema_defaults, validate
 from unroll_cli.run import build_model, build_task, run
@@ -26,7 +26,7 @@ ALISTA_DATA = Path(__file__).parents[2] / "shared" / "data" / "alista"
 
 def layerwise(*extra: str):
     """A tiny stage-wise set-up: its config, task, model (untied LISTA, 4 layers) and trainer."""
-    cfg = compose_cfg([*TINY, "model=lista", "model.tied=false", "trainer=layerwise", *extra])
+    cfg = compose_cfg(tiny("model=lista", "model.tied=false", "trainer=layerwise", *extra))
     task = build_task(cfg, CPU)
     model = build_model(cfg.model, task)
     return cfg, task, model, LayerwiseTrainer(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder=None)
@@ -85,7 +85,7 @@ def test_gradient_mode_is_adam_on_the_scaled_gradient_and_not_the_lr_multiplier(
     other = copy.deepcopy(start)
     reference_adam(other, task, batch, layer, stage, trainer, steps, tf_eps=optim != "adam_tf")
     by_lr = copy.deepcopy(start)
-    lr_cfg = compose_cfg([*TINY, "model=lista", "model.tied=false", "trainer=layerwise", "optim.lr=0.01",
+    lr_cfg = compose_cfg([*TINY_PROBLEM, "model=lista", "model.tied=false", "trainer=layerwise", "optim.lr=0.01",
                           f"optim.eps={eps}"])
     train_stage(LayerwiseTrainer(lr_cfg.trainer, by_lr, task, lr_cfg.optim, lr_cfg.sched, recorder=None),
                 by_lr, batch, layer, stage, steps)
@@ -181,8 +181,8 @@ def test_new_keys_fail_by_name_and_default_to_what_runs_did_before():
                      ("data.loss_reduction=sum", "data.loss_reduction"),
                      ("trainer.checkpoint_every_s=-1", "trainer.checkpoint_every_s")]:
         with pytest.raises(ConfigError, match=key):
-            validate(compose_cfg([*TINY, "trainer=layerwise", bad]))
-    plain = compose_cfg([*TINY, "trainer=layerwise"])
+            validate(compose_cfg(tiny("trainer=layerwise", bad)))
+    plain = compose_cfg(tiny("trainer=layerwise"))
     assert (plain.trainer.decay_mode, plain.trainer.stop_check_validations, plain.data.loss_reduction,
             plain.data.test_path) == ("lr", None, "mean", None)
     # a checkpoint written before these keys existed resumes when the run keeps the defaults
@@ -192,10 +192,10 @@ def test_new_keys_fail_by_name_and_default_to_what_runs_did_before():
         del before[group][key]
     assert resume_conflicts(before, OmegaConf.to_container(plain, resolve=True), added=schema_defaults(plain)) == []
     # how often a stage checkpoints does not change the result: a resume may set it
-    other = compose_cfg([*TINY, "trainer=layerwise", "trainer.checkpoint_every_s=5"])
+    other = compose_cfg(tiny("trainer=layerwise", "trainer.checkpoint_every_s=5"))
     assert resume_conflicts(OmegaConf.to_container(plain, resolve=True), OmegaConf.to_container(other, resolve=True),
                             changeable_keys(other)) == []
-    authors = compose_cfg([*TINY, "trainer=layerwise", "trainer.decay_mode=gradient"])
+    authors = compose_cfg(tiny("trainer=layerwise", "trainer.decay_mode=gradient"))
     assert resume_conflicts(before, OmegaConf.to_container(authors, resolve=True), added=schema_defaults(authors))
 
 
@@ -251,7 +251,7 @@ def test_the_authors_matrix_and_test_codes():
 
 def test_a_run_on_given_files_states_the_decay_mode_in_results(tmp_path):
     write_problem(tmp_path, 20, 40, 64)
-    run(compose_cfg(["+experiment=chen2018_lista", "model=lista_cp", *TINY, "model.layers=2",
+    run(compose_cfg(["+experiment=chen2018_lista", "model=lista_cp", *TINY_PROBLEM, "model.layers=2",
                      f"data.A_path={tmp_path / 'A.npy'}", f"data.test_path={tmp_path / 'x.npy'}",
                      "trainer.val_every_steps=2", "trainer.stop_check_validations=2",
                      "trainer.stage_patience_steps=2", "trainer.stage_max_steps=6", "tensorboard=false"]),

@@ -16,12 +16,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import TINY, read_metrics, run_cli
+from conftest import read_metrics, run_cli, tiny
 from test_classification_run import tiny_ml_ista_run
 from test_structured_operators import hadamard
 from unroll_cli.models.butterfly import factorize
 from unroll_cli.compress import main as compress_main
-from unroll_cli.run import build_model, build_task, run
+from unroll_cli.run import build_model, build_task
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # small problems: see conftest
 CPU = torch.device("cpu")
@@ -35,7 +35,7 @@ def compress_cli(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
 
 
 def train(run_dir: Path, *overrides: str) -> dict:
-    result = run_cli([*TINY, "tensorboard=false", *overrides, f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
+    result = run_cli([*tiny(*overrides), "tensorboard=false", f"hydra.run.dir={run_dir}"], cwd=run_dir.parent)
     assert result.returncode == 0, result.stderr
     return read_metrics(run_dir)
 
@@ -187,12 +187,12 @@ def test_ml_ista_classifier_is_compressed_with_accuracy_before_and_after(tmp_pat
                                                             "results.md").read_text()
 
 
-def test_a_layerwise_run_is_compressed_from_the_checkpoint_it_reported(tiny_cfg, tmp_path, one_thread):
+def test_a_layerwise_run_is_compressed_from_the_checkpoint_it_reported(tmp_path, one_thread):
     """The stage-wise trainer reports its last weights (it keeps no best epoch): compressed from
     last.pt, the dense model's numbers are the run's own."""
     run_dir = tmp_path / "run"
-    run(tiny_cfg("model=lista_cp", "trainer=layerwise", "model.layers=2", "trainer.val_every_steps=2",
-                 "trainer.stage_patience_steps=2", "trainer.stage_max_steps=4", "tensorboard=false"), run_dir)
+    train(run_dir, "model=lista_cp", "trainer=layerwise", "model.layers=2", "trainer.val_every_steps=2",
+          "trainer.stage_patience_steps=2", "trainer.stage_max_steps=4")
     assert compress_main([str(run_dir), "--structure", "butterfly"]) == 0
     result = json.loads((run_dir / "compressed_butterfly/compress.json").read_text())
     assert result["checkpoint"] == "checkpoints/last.pt" and result["status"] == "completed"

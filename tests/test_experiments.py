@@ -8,13 +8,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from conftest import TINY, compose_cfg, read_metrics
+from conftest import TINY_PROBLEM, compose_cfg, read_metrics
 from unroll_cli.run import run
 
 
 @pytest.mark.parametrize("snr, setting", [(None, "noiseless"), (20, "snr20")])
 def test_results_show_the_published_curve_beside_the_run(tmp_path, snr, setting):
-    overrides = ["+experiment=chen2018_lista", "model=lista_cpss", *TINY, "model.layers=3",
+    overrides = ["+experiment=chen2018_lista", "model=lista_cpss", *TINY_PROBLEM, "model.layers=3",
                  "trainer.val_every_steps=2", "trainer.stage_patience_steps=2", "trainer.stage_max_steps=4",
                  "tensorboard=false", f"data.snr_db={'null' if snr is None else snr}"]
     cfg = compose_cfg(overrides)

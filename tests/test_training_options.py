@@ -179,7 +179,7 @@ def test_fixed_training_set_epochs_are_permutations_of_it(tiny_cfg):
 
 def test_a_run_on_a_fixed_training_set_completes_with_one_pass_per_epoch(tiny_cfg, tmp_path, one_thread):
     cfg, history, record = run_tiny(tiny_cfg, tmp_path, "model=lista_cp", "data.online=false",
-                                    "data.n_train=100")
+                                    "data.n_train=100", "trainer.steps_per_epoch=null")
     assert record["status"] == "completed"
     assert record["epochs"] == cfg.trainer.max_epochs
     per_epoch = cfg.data.n_train // cfg.data.batch_size  # not trainer.steps_per_epoch

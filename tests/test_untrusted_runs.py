@@ -5,10 +5,12 @@ directory changed."""
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from conftest import TINY, read_metrics, run_cli
 from unroll_cli.compress import main as compress_main
@@ -87,8 +89,6 @@ def finished(tmp_path_factory) -> Path:
 
 def crafted_copy(finished: Path, folder: Path, change) -> Path:
     """A copy of a finished run whose checkpoints' stored config ``change`` edits."""
-    import shutil
-
     run_dir = folder / "crafted"
     shutil.copytree(finished, run_dir, symlinks=True)
     for name in ("last.pt", "best.pt"):
@@ -104,16 +104,38 @@ def crafted_copy(finished: Path, folder: Path, change) -> Path:
     ("model._target_", lambda c: c["model"].update(_target_="collections.OrderedDict")),
     ("data._target_", lambda c: c["data"].update(_target_="subprocess.Popen")),
     ("optim._target_", lambda c: c["optim"].update(_target_="unroll_cli.run.os.system")),
-    ("trusted_packages", lambda c: c.update(trusted_packages=["subprocess"]) or c["data"].update(
+    ("data._target_", lambda c: c.update(trusted_packages=["subprocess"]) or c["data"].update(
         _target_="subprocess.Popen")),
+    ("model.layers", lambda c: c["model"].update(layers=-3)),
 ])
-def test_unroll_compress_checks_a_stored_config_like_a_command_line(finished, tmp_path, capsys, key, change):
+def test_unroll_compress_builds_nothing_from_a_checkpoints_config(finished, tmp_path, capsys, key, change):
+    """The config is composed again from the run's overrides and checked as a command line's; a
+    checkpoint whose config differs from it is refused, naming the key (nothing is built from it)."""
     run_dir = crafted_copy(finished, tmp_path, change)
     with pytest.raises(SystemExit) as exit_:
         compress_main([str(run_dir), "--structure", "butterfly", "--out", str(tmp_path / "out")])
     assert exit_.value.code == 2
     error = capsys.readouterr().err
-    assert key.split(".")[0] in error and "not allowed" in error and len(error.strip().splitlines()) == 1, error
+    assert f"{key}: " in error and "another config" in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("added, named", [
+    (["data._target_=subprocess.Popen"], "data._target_"),
+    (["+trusted_packages=[subprocess]", "data._target_=subprocess.Popen"], "data._target_"),
+    (["model.layers=-3"], "model.layers=-3"),
+    (["+model.code=1"], "model.code"),
+])
+def test_unroll_compress_checks_a_runs_overrides_like_a_command_line(finished, tmp_path, capsys, added, named):
+    run_dir = tmp_path / "crafted"
+    shutil.copytree(finished, run_dir, symlinks=True)
+    overrides = run_dir / ".hydra/overrides.yaml"
+    overrides.write_text(yaml.safe_dump([*yaml.safe_load(overrides.read_text()), *added]))
+    with pytest.raises(SystemExit) as exit_:
+        compress_main([str(run_dir), "--structure", "butterfly", "--out", str(tmp_path / "out")])
+    assert exit_.value.code == 2
+    error = capsys.readouterr().err
+    assert named in error and len(error.strip().splitlines()) == 1, error
     assert not (tmp_path / "out").exists()
 
 

@@ -1,22 +1,32 @@
 """The command line, checked before Hydra acts on it.
 
-Hydra builds the callbacks, the sweeper and the launcher, and configures logging, from the composed
-``hydra`` node before any job starts, so a job cannot check those itself. When the command line
-changes that node beyond its directories (an override of a ``hydra`` key or group other than
-:data:`PLAIN_HYDRA_KEYS`, such as ``hydra.searchpath``, or ``--config-name``), ``unroll-train`` therefore composes the config from the command line first
-(Hydra's compose API, without the sweep values) and checks every ``_target_`` of its ``hydra`` node
-(:mod:`unroll_cli.targets`); otherwise the node is the package's own and Hydra composes the config
-once. Each job checks the rest of its own config before it instantiates anything. The command-line flags are Hydra's (``--help``, ``-m``, ``--cfg``,
-``--info``, ``-cn``, ...), except three it refuses: ``--experimental-rerun`` (it unpickles a file,
-which can run code), and ``-cp``/``-cd`` (use ``hydra.searchpath=[file://DIR]`` to add a config
-folder: the composition checked here is then the one Hydra runs).
+``unroll-train`` composes the config from the command line first (Hydra's compose API, a sweep at its
+first value), so that an override Hydra cannot parse or compose (a key typo, an option a group lacks,
+a value of the wrong type) is one message naming it, with the closest valid keys or options, and exit
+code 2, rather than Hydra's own message and exit code 1. Hydra builds the callbacks, the sweeper and
+the launcher, and configures logging, from the composed ``hydra`` node before any job starts, so a
+job cannot check those itself: when the command line changes that node beyond its directories (an
+override of a ``hydra`` key or group other than :data:`PLAIN_HYDRA_KEYS`, such as
+``hydra.searchpath``, or ``--config-name``), every ``_target_`` of the composed ``hydra`` node is
+checked here (:mod:`unroll_cli.targets`). Each job checks the rest of its own config before it
+instantiates anything. The command-line flags are Hydra's (``--help``, ``-m``, ``--cfg``, ``--info``,
+``-cn``, ...), except three it refuses: ``--experimental-rerun`` (it unpickles a file, which can run
+code), and ``-cp``/``-cd`` (use ``hydra.searchpath=[file://DIR]`` to add a config folder: the
+composition checked here is then the one Hydra runs).
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import difflib
 import io
+from dataclasses import is_dataclass
 from pathlib import Path
+
+from hydra.core.override_parser.types import ValueType
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf import DictConfig
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.registry import register_configs
@@ -46,10 +56,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def check_command_line(argv: list[str]) -> None:
-    """Raise :class:`ConfigError` for a command line that would make Hydra run something not allowed.
-    A command line Hydra itself cannot parse or compose is left to Hydra's own error."""
-    from hydra import compose, initialize_config_module
+    """Raise :class:`ConfigError` for a command line that would make Hydra run something not allowed,
+    or that Hydra cannot parse or compose (one message naming the override, with the closest valid
+    keys or options, instead of Hydra's own exit code 1)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
 
     from unroll_cli.targets import check_hydra_node, refuse_trust_from_overrides
 
@@ -57,7 +68,7 @@ def check_command_line(argv: list[str]) -> None:
         with contextlib.redirect_stderr(io.StringIO()):
             args = _parser().parse_args(argv)
     except SystemExit:
-        return
+        return  # Hydra's own usage message for flags it does not know
     if args.help or args.hydra_help or args.version or args.shell_completion:
         return
     for name, message in REFUSED_FLAGS.items():
@@ -65,8 +76,8 @@ def check_command_line(argv: list[str]) -> None:
             raise ConfigError(message)
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
-    except Exception:  # Hydra reports the bad override itself
-        return
+    except OverrideParseException as error:
+        raise ConfigError(f"{error.override}: {one_line(error.message)}") from None
     refuse_trust_from_overrides(o.key_or_group for o in overrides)
     for override in overrides:
         if override.is_sweep_override() and override.key_or_group.startswith("hydra"):
@@ -76,15 +87,63 @@ def check_command_line(argv: list[str]) -> None:
             folder = Path(str(override.value()))
             if folder.exists() and not folder.is_dir():
                 raise ConfigError(f"{override.key_or_group}={folder} is a file, not a directory: choose another one")
+    cfg = compose_command_line(args.config_name or "train", overrides)
     if args.config_name is None and all(o.key_or_group in PLAIN_HYDRA_KEYS or not o.key_or_group.startswith(
             ("hydra", "+hydra", "~hydra", "++hydra")) for o in overrides):
-        return  # the package's own hydra node, or only its directories changed: Hydra composes once
-    fixed = [o.input_line for o in overrides if not o.is_sweep_override()]
-    register_configs()
-    try:
-        with initialize_config_module(config_module="unroll_cli.conf", version_base="1.3"):
-            cfg = compose(config_name=args.config_name or "train", overrides=fixed, return_hydra_config=True)
-    except Exception:  # the same composition fails in Hydra, with its own message, before it runs anything
-        return
+        return  # the package's own hydra node, or only its directories changed
     check_hydra_node(cfg.hydra, trusted=list(cfg.get("trusted_packages") or []),
                      trusted_env=list(cfg.get("trusted_env") or []))
+
+
+def compose_command_line(config_name: str, overrides: list) -> DictConfig:
+    """The config the command line composes, a sweep at its first value, with its ``hydra`` node;
+    each option a group sweep names must exist. Hydra's refusal becomes one :class:`ConfigError`."""
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    register_configs()
+    with initialize_config_module(config_module="unroll_cli.conf", version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        lines = []
+        for override in overrides:
+            if not override.is_sweep_override():
+                lines.append(override.input_line)
+            elif override.is_discrete_sweep() and override.value_type != ValueType.GLOB_CHOICE_SWEEP:
+                values = list(override.sweep_string_iterator())
+                options = loader.get_group_options(override.key_or_group)
+                for value in values if options else []:
+                    if value not in options:
+                        raise ConfigError(missing_option(override.key_or_group, value, options))
+                lines.append(f"{override.get_key_element()}={values[0]}")
+        try:
+            return compose(config_name=config_name, overrides=lines, return_hydra_config=True)
+        except MissingConfigException as error:
+            group, _, value = (error.missing_cfg_file or "").rpartition("/")
+            raise ConfigError(missing_option(group, value, error.options or []) if group
+                              else one_line(str(error))) from None
+        except HydraException as error:
+            raise ConfigError(composition_error(error)) from None
+
+
+def missing_option(group: str, value: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(value, options, n=3, cutoff=0.6)
+    hint = f"; did you mean {' or '.join(f'{group}={c}' for c in close)}?" if close else ""
+    return f"{group}={value} is not an option of {group} (its options: {', '.join(options)}){hint}"
+
+
+def composition_error(error: Exception) -> str:
+    """Hydra's refusal to compose, as one line naming the key: an unknown key with the closest ones
+    (:func:`unroll_cli.validation.unknown_key`), a value of the wrong type, or Hydra's own words."""
+    from unroll_cli.validation import unknown_key
+
+    cause = error.__cause__
+    key, schema = getattr(cause, "full_key", None), getattr(cause, "object_type", None)
+    if isinstance(cause, ConfigAttributeError | ConfigKeyError) and key and is_dataclass(schema):
+        return unknown_key(key, schema)
+    if isinstance(cause, ValidationError) and key:
+        return f"{one_line(str(error))}: {key}: {str(cause).splitlines()[0]}"
+    return one_line(str(error))
+
+
+def one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -1,10 +1,10 @@
 """Compress a trained run's dense maps into butterfly or Monarch layers: ``unroll-compress RUN_DIR``.
 
 ``unroll-compress RUN_DIR --structure butterfly|monarch [--out DIR] [--device auto|cpu|cuda] [--trust PKG]``
-rebuilds the run's task and model with :mod:`unroll_cli.run`'s own functions from the config its
-checkpoints hold (``.hydra/config.yaml`` for a checkpoint written without one), checked as a command
-line's config is (a run directory is data: its ``trusted_packages`` are not trusted; ``--trust PKG``
-trusts your own model's package), loads the weights the run reported (``best.pt`` when its trainer
+rebuilds the run's task and model with :mod:`unroll_cli.run`'s own functions from its config composed
+again from its ``.hydra/overrides.yaml``, as ``unroll-eval`` does: checked as a command line's config is
+(a run directory is data: its ``trusted_packages`` are not trusted; ``--trust PKG`` trusts your own
+model's package) and refused when it differs from the config its checkpoint holds; it loads the weights the run reported (``best.pt`` when its trainer
 reports the best validation epoch, else ``last.pt``: a layer-wise run, a run validated on its test
 data, an unfinished run, whose status ``compress.md`` states), and makes the same model with ``operator=<structure>`` whose every learned dense map is a structured
 layer at the projection of the trained matrix (the model's ``structured(operator)``; see
@@ -41,9 +41,9 @@ from unroll_cli.models.operators import STRUCTURED
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.report import write_report
+from unroll_cli.reevaluate import evaluation_config, read_source
 from unroll_cli.run import SourceModel, build_model, build_task, load_weights, resolve_device, seed_everything
-from unroll_cli.train.checkpoints import LINK, load_checkpoint
-from unroll_cli.validation import validate
+from unroll_cli.train.checkpoints import LINK
 
 
 class _Parser(argparse.ArgumentParser):
@@ -69,17 +69,6 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None,
                         help="where to evaluate (default: the run's device setting)")
     return parser
-
-
-def run_config(run_dir: Path, checkpoint: dict):
-    """The run's composed config: the checkpoint's (resolved, exactly what the weights were trained
-    with), else ``.hydra/config.yaml`` (written by :func:`unroll_cli.app.write_hydra_files`)."""
-    if checkpoint.get("config") is not None:
-        return OmegaConf.create(checkpoint["config"])
-    saved = run_dir / ".hydra" / "config.yaml"
-    if not saved.is_file():
-        raise ConfigError(f"{run_dir}: neither checkpoints/best.pt nor .hydra/config.yaml holds the run's config")
-    return OmegaConf.load(saved)
 
 
 def run_status(run_dir: Path) -> str:
@@ -130,17 +119,8 @@ def compress(run_dir: Path, structure: str, out: Path, device: str | None = None
     """Compress the run's best model, each model's report into ``out`` (module doc); returns what
     ``compress.json`` holds. ``device`` None: the run's ``device`` setting. The run's stored config is
     checked as a command line's is, its ``_target_``s allowed only in the project and ``trust``."""
-    if not run_dir.is_dir():
-        raise ConfigError(f"{run_dir}: no such run directory")
-    last_file, best_file = run_dir / LINK / "last.pt", run_dir / LINK / "best.pt"
-    if not last_file.is_file():
-        raise ConfigError(f"{run_dir}: no {LINK}/last.pt (the run wrote no checkpoint, or ran with "
-                          "trainer.checkpoint=false)")
-    last = load_checkpoint(last_file, key="RUN_DIR")
-    best = load_checkpoint(best_file, key="RUN_DIR") if best_file.is_file() else None
-    cfg = run_config(run_dir, last)
-    cfg.trusted_packages = list(trust)  # a run directory is data: what it trusts is not trusted
-    validate(cfg)
+    run_overrides, last, best = read_source(run_dir)
+    cfg = evaluation_config(run_overrides, [], last.get("config"), trust)
     name = cfg.model.name
     torch_device = resolve_device(device or cfg.device)
     seed_everything(cfg.seed, cfg.deterministic)

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from unroll_cli.errors import ConfigError
 from unroll_cli.registry import register_configs, run_uid
 from unroll_cli.targets import refuse_trust_from_overrides
-from unroll_cli.validation import evaluation_keys, schema_defaults, validate
+from unroll_cli.validation import evaluation_keys, retired_keys, schema_defaults, validate
 from unroll_cli.train.checkpoints import LINK, load_checkpoint, resume_conflicts
 
 SHARED_EVALUATION_KEYS = ("device", "tensorboard", "optimized_metric", "paper", "paper.*", "diagnostics",
@@ -129,7 +129,8 @@ def evaluation_config(run_overrides: list[str], overrides: list[str], stored: di
     validate(cfg)
     if stored is not None:
         conflicts = resume_conflicts(stored, OmegaConf.to_container(cfg, resolve=True),
-                                     [*allowed, "trusted_packages", "trusted_env"], added=schema_defaults(cfg))
+                                     [*allowed, "trusted_packages", "trusted_env"], added=schema_defaults(cfg),
+                                     retired=retired_keys(cfg))
         if conflicts:
             raise ConfigError(f"the run's overrides compose to another config today than the one its model was "
                               f"trained with ({'; '.join(conflicts)}): the package's defaults changed since")

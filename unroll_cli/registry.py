@@ -27,27 +27,35 @@ def run_uid() -> str:
     return _RUN_UID
 
 
-def register_configs() -> None:
-    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists: the shared
-    ones here, and those the task and model modules declare (:func:`~unroll_cli.schema.register_schema`), which are
-    imported for that; and the ``run_uid`` resolver of the run directory names."""
+#: the schemas shared by every task and model, as (group, name, schema)
+SHARED_SCHEMAS = [
+    ("optim", "adam", AdamConfig),
+    ("optim", "sgd", SGDConfig),
+    ("sched", "constant", ConstantSchedConfig),
+    ("sched", "step", StepSchedConfig),
+    ("sched", "cosine", CosineSchedConfig),
+    ("trainer", "end_to_end", TrainerConfig),
+    ("trainer", "layerwise", LayerwiseTrainerConfig),
+]
+
+
+def group_schemas() -> list[tuple[str, str, type]]:
+    """(group, name, schema) of every group's schemas: the shared ones, and those the task and model
+    modules declare (:func:`~unroll_cli.schema.register_schema`), which are imported for that."""
     import unroll_cli.models
     import unroll_cli.tasks
 
-    OmegaConf.register_new_resolver("run_uid", run_uid, replace=True)
     for package in (unroll_cli.tasks, unroll_cli.models):
         for module in pkgutil.iter_modules(package.__path__, package.__name__ + "."):
             importlib.import_module(module.name)
+    return [*SHARED_SCHEMAS, *SCHEMAS]
+
+
+def register_configs() -> None:
+    """Store the schemas as ``schema/<group>/<name>`` for the YAML files' defaults lists
+    (:func:`group_schemas`), and the ``run_uid`` resolver of the run directory names."""
+    OmegaConf.register_new_resolver("run_uid", run_uid, replace=True)
     cs = ConfigStore.instance()
     cs.store(group="schema", name="train", node=TrainConfig)
-    for group, name, node in [
-        ("optim", "adam", AdamConfig),
-        ("optim", "sgd", SGDConfig),
-        ("sched", "constant", ConstantSchedConfig),
-        ("sched", "step", StepSchedConfig),
-        ("sched", "cosine", CosineSchedConfig),
-        ("trainer", "end_to_end", TrainerConfig),
-        ("trainer", "layerwise", LayerwiseTrainerConfig),
-        *SCHEMAS,
-    ]:
+    for group, name, node in group_schemas():
         cs.store(group=f"schema/{group}", name=name, node=node)

@@ -30,7 +30,7 @@ from unroll_cli.train.callbacks import Callback, Callbacks, RunPruned, check_cal
 from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
                                           load_checkpoint, resume_conflicts)
 from unroll_cli.train.cpu_memory import keep_freed_memory
-from unroll_cli.validation import changeable_keys, schema_defaults, validate
+from unroll_cli.validation import changeable_keys, retired_keys, schema_defaults, validate
 
 log = logging.getLogger(__name__)
 
@@ -143,7 +143,7 @@ def resume_point(cfg: DictConfig, device: torch.device) -> dict:
     else:
         changeable = changeable_keys(cfg)
         conflicts = resume_conflicts(state["config"], OmegaConf.to_container(cfg, resolve=True), changeable,
-                                     added=schema_defaults(cfg))
+                                     added=schema_defaults(cfg), retired=retired_keys(cfg))
         if conflicts:
             raise ConfigError(f"resume={cfg.resume}: this run's config differs from the checkpoint's in "
                               f"{'; '.join(conflicts)}. A resume continues the same problem and model: only "
@@ -233,6 +233,7 @@ def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | N
     params = sum(p.numel() for p in model.parameters() if p.requires_grad)
     trainer_class = get_class(cfg.trainer._target_)
     trainer_class.check_model(model, cfg.model.name)
+    trainer_class.check_settings(cfg, task)
     check_model_protocol(task, model, cfg.model.name)
     check_callbacks(extensions["callbacks"], model, task, cfg)
     diagnostics = extensions["diagnostics"]

@@ -10,7 +10,7 @@ in Hydra's ConfigStore.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, ClassVar, Dict, List, Optional
 
 from omegaconf import MISSING
 
@@ -111,33 +111,48 @@ class CosineSchedConfig:
 
 # ----------------------------------------------------------------------------- trainer / eval
 @dataclass
-class TrainerConfig:
-    """End-to-end training: every parameter, the loss on the last layer's estimate."""
+class TrainerOptions:
+    """What every trainer takes: how a step is computed and what a run writes. Each trainer's schema
+    adds the keys of its own schedule, so that a key a trainer does not read cannot be set."""
 
-    _target_: str = "unroll_cli.train.trainer.Trainer"
-    max_epochs: int = constrained(20, "an integer >= 0", lambda v: v >= 0)
-    # batches per epoch of online data (a fixed set: one pass per epoch)
-    steps_per_epoch: int = constrained(100, "an integer >= 1", lambda v: v >= 1)
-    # early stopping: epochs without validation improvement
-    patience: Optional[int] = constrained(None, "null (no early stopping) or an integer >= 1",
-                                          lambda v: v is None or v >= 1)
-    # stop once the monitored validation metric reaches this value (<= for a "min" metric, >= for "max"),
-    # e.g. an RMSE of 1e-4 for Dao et al. 2019's "loss < 1e-8" stop; end-to-end trainer, as patience
-    stop_at: Optional[float] = constrained(None, "null or a number", any_number)
     grad_clip: Optional[float] = constrained(None, "null (no clipping) or a norm > 0", lambda v: v is None or v > 0)
     precision: str = constrained("fp32", "fp32 or bf16 (autocast)", lambda v: v in ("fp32", "bf16"))
     compile: bool = False
     cuda_graphs: bool = False  # on CUDA: replay each step's forward and backward as CUDA graphs
     checkpoint: bool = True
     progress: bool = True
+
+
+@dataclass
+class TrainerConfig(TrainerOptions):
+    """End-to-end training: every parameter, the loss on the last layer's estimate, epoch after epoch."""
+
+    _target_: str = "unroll_cli.train.trainer.Trainer"
+    max_epochs: int = constrained(20, "an integer >= 0", lambda v: v >= 0)
+    # batches per epoch of online data (data drawn afresh for every batch); null: the data's own epoch
+    # (ONLINE_STEPS_PER_EPOCH batches of online data). A task with a fixed training set makes one pass
+    # per epoch, and a task whose data group sets its epoch refuses a value here (run.check_epoch)
+    steps_per_epoch: Optional[int] = constrained(None, "null (the data's own epoch) or an integer >= 1",
+                                                 lambda v: v is None or v >= 1)
+    # early stopping: epochs without validation improvement
+    patience: Optional[int] = constrained(None, "null (no early stopping) or an integer >= 1",
+                                          lambda v: v is None or v >= 1)
+    # stop once the monitored validation metric reaches this value (<= for a "min" metric, >= for "max"),
+    # e.g. an RMSE of 1e-4 for Dao et al. 2019's "loss < 1e-8" stop
+    stop_at: Optional[float] = constrained(None, "null or a number", any_number)
     # step the scheduler at the start of each epoch, as pre-1.1 PyTorch code did (one epoch earlier)
     scheduler_step_at_start: bool = False
 
 
 @dataclass
-class LayerwiseTrainerConfig(TrainerConfig):
-    """Stage-wise schedule of Chen et al. 2018 (Supp. E): 3 stages per layer."""
+class LayerwiseTrainerConfig(TrainerOptions):
+    """Stage-wise schedule of Chen et al. 2018 (Supp. E): 3 stages per layer, each at a constant rate
+    with its own stopping rule (no epochs, no scheduler)."""
 
+    # keys that versions before the trainer schemas were split wrote into a layer-wise run's config,
+    # which the schedule never read: a stored config that has them is read without them
+    RETIRED: ClassVar[tuple[str, ...]] = ("max_epochs", "steps_per_epoch", "patience", "stop_at",
+                                          "scheduler_step_at_start")
     _target_: str = "unroll_cli.train.layerwise.LayerwiseTrainer"
     # the learning rate of each stage of a layer, as factors of optim.lr: the first for the new layer's
     # variables alone, the others for every layer so far

@@ -5,13 +5,14 @@ change and those that change only an evaluation (``unroll-eval``).
 """
 from __future__ import annotations
 
+import difflib
 import math
 from dataclasses import MISSING as MISSING_FIELD
 from dataclasses import fields, is_dataclass
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import InterpolationResolutionError, OmegaConfBaseException
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.schema import PaperConfig, TrainConfig
@@ -26,6 +27,26 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"{key}={value!r} is not allowed: {allowed}")
 
 
+def unknown_key(key: str, schema: type) -> str:
+    """The message for ``key``, which ``schema`` (its node's type) lacks: the closest keys it has, or
+    all of them; and, in a group, the group's other schemas that have it (the option chosen decides)."""
+    from unroll_cli.registry import group_schemas
+
+    parent, _, name = key.rpartition(".")
+    known = sorted(f.name for f in fields(schema)) if is_dataclass(schema) else []
+    message = f"{key} is not a key of {parent or 'the config'} ({schema.__name__})"
+    others = [other.__name__ for group, _, other in group_schemas()
+              if group == parent and other is not schema and name in {f.name for f in fields(other)}]
+    if others:
+        message += f": it is a key of {', '.join(others)}, another {parent} option, not of the one chosen"
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if close:
+        message += f"; did you mean {' or '.join('.'.join(filter(None, (parent, c))) for c in close)}?"
+    elif not others:
+        message += f"; its keys: {', '.join(known)}"
+    return message
+
+
 def _check_keys(cfg: DictConfig) -> None:
     """Keys added with ``+key=value`` bypass Hydra's schema check: refuse those the schema lacks."""
     nodes = [("", cfg, TrainConfig)] + [(f"{key}.", cfg[key], OmegaConf.get_type(cfg[key])) for key in GROUPS]
@@ -33,8 +54,7 @@ def _check_keys(cfg: DictConfig) -> None:
         if is_dataclass(schema):
             known = {f.name for f in fields(schema)}
             for extra in sorted(set(node.keys()) - known):
-                raise ConfigError(f"{prefix}{extra} is not a key of {prefix.rstrip('.') or 'the config'} "
-                                  f"({schema.__name__}); allowed: {', '.join(sorted(known))}")
+                raise ConfigError(unknown_key(f"{prefix}{extra}", schema))
     if cfg.paper is not None:
         try:
             OmegaConf.merge(OmegaConf.structured(PaperConfig), cfg.paper)
@@ -105,6 +125,16 @@ def schema_defaults(cfg: DictConfig) -> dict[str, Any]:
     return defaults
 
 
+def retired_keys(cfg: DictConfig) -> list[str]:
+    """``group.key`` of the keys the groups' schemas retired (``RETIRED``): a stored config of an
+    older version that has them is read without them."""
+    keys = []
+    for group in GROUPS:
+        schema = OmegaConf.get_type(cfg[group]) if cfg.get(group) is not None else None
+        keys += [f"{group}.{key}" for key in getattr(schema, "RETIRED", ())]
+    return keys
+
+
 def validate(cfg: DictConfig) -> None:
     """Check keys, NaN/infinity, the values each schema allows, then the targets.
 
@@ -119,7 +149,11 @@ def validate(cfg: DictConfig) -> None:
     if cfg.paper is not None:
         _check_constraints(cfg.paper, "paper", PaperConfig)
     for key in GROUPS:
-        _check_finite(OmegaConf.to_container(cfg[key], resolve=True), key)
+        try:
+            resolved = OmegaConf.to_container(cfg[key], resolve=True)
+        except InterpolationResolutionError as error:  # ${...} naming a key this config lacks
+            raise ConfigError(f"{error.full_key}: {str(error).splitlines()[0]} in this config") from None
+        _check_finite(resolved, key)
         _check_constraints(cfg[key], key)
     for key in EXTENSIONS:
         named = cfg.get(key)  # a run directory's config from before the key existed has none

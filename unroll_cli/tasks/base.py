@@ -64,6 +64,17 @@ class Task(Protocol):
         """Restore :meth:`state_dict`."""
 
 
+#: batches in an epoch of online data (drawn afresh for every batch) when trainer.steps_per_epoch is null
+ONLINE_STEPS_PER_EPOCH = 100
+
+
+def online_epoch(trainer: DictConfig | None) -> int:
+    """Batches in an epoch of online data: ``trainer.steps_per_epoch``, or :data:`ONLINE_STEPS_PER_EPOCH`
+    when it is null or the trainer has no epochs (the layer-wise schedule draws batch after batch)."""
+    steps = trainer.get("steps_per_epoch") if trainer is not None else None
+    return steps or ONLINE_STEPS_PER_EPOCH
+
+
 def check_model_protocol(task: Task, model: torch.nn.Module, model_name: str) -> None:
     """Refuse, before training, a model without a member the task needs (one message naming them)."""
     missing = [f"{name} ({use})" for name, use in task.model_protocol.items() if not hasattr(model, name)]

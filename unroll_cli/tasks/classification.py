@@ -83,7 +83,7 @@ class ImageClassification:
                  device: str | torch.device = "cpu", trainer: DictConfig | None = None):
         self._check(name, batch_size, eval_batch_size, normalize_mean, normalize_std,
                     random_crop_padding, val_size, n_train)
-        max_epochs = trainer.max_epochs if trainer is not None else None
+        max_epochs = trainer.get("max_epochs") if trainer is not None else None
         if acc_mean_epochs is not None and not (
                 len(acc_mean_epochs) == 2 and 1 <= acc_mean_epochs[0] <= acc_mean_epochs[1] <= (max_epochs or 1e9)):
             raise ConfigError(f"data.acc_mean_epochs={list(acc_mean_epochs)} is not allowed: [first, last] with "

@@ -24,6 +24,7 @@ from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.lista import FISTA, ISTA
 from unroll_cli.record import figures
 from unroll_cli.record.report import Published, Report, Table
+from unroll_cli.tasks.base import online_epoch
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (y, x)
 BASELINES = {"ista": ISTA, "fista": FISTA}
@@ -128,7 +129,7 @@ class SyntheticSparseCoding:
             self.notes.append(f"Per-layer decay {trainer.layer_decay:g}: {DECAY_MODES[trainer.decay_mode]}.")
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
         if online:
-            self.steps_per_epoch = trainer.steps_per_epoch if trainer is not None else 1
+            self.steps_per_epoch = online_epoch(trainer)
             self.train_set = None
         else:
             self.train_set = self._fixed_set(A, n_train, seed + 1_000_003)

@@ -31,6 +31,7 @@ from omegaconf import DictConfig
 from unroll_cli.schema import SEED_RANGE, constrained, register_schema
 from unroll_cli.models.butterfly_factorize import TREES, butterfly_factorize, twiddle_to_dense
 from unroll_cli.record.report import Published, Report, Table
+from unroll_cli.tasks.base import online_epoch
 
 TRANSFORMS = ("dft", "dct", "dst", "hadamard", "hartley", "convolution", "legendre", "randn")
 # the model learning_transforms/run_exp.sh uses for each target (BP for the others)
@@ -122,7 +123,7 @@ class TransformLearning:
         self.eye = torch.eye(N, device=self.device)
         self.batch_size = min(batch_size, N)
         self.eval_batch_size = N
-        self.steps_per_epoch = trainer.steps_per_epoch if trainer is not None else 1
+        self.steps_per_epoch = online_epoch(trainer)
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
     @staticmethod

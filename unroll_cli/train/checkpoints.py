@@ -140,15 +140,18 @@ def flatten(node: Any, prefix: str = "") -> dict[str, Any]:
 
 
 def resume_conflicts(saved: dict[str, Any], current: dict[str, Any], changeable: Iterable[str] = (),
-                     added: dict[str, Any] | None = None) -> list[str]:
+                     added: dict[str, Any] | None = None, retired: Iterable[str] = ()) -> list[str]:
     """``key: saved -> current`` for every difference outside :data:`CHANGEABLE_ON_RESUME` and
     ``changeable``. A key the checkpoint lacks is no difference when its value is ``added[key]``
-    (an option added to a schema since, at the default that keeps what runs did before it)."""
-    before, after, added = flatten(saved), flatten(current), added or {}
+    (an option added to a schema since, at the default that keeps what runs did before it), nor one
+    only the checkpoint has when it is ``retired`` (removed from a schema that never read it)."""
+    before, after, added, retired = flatten(saved), flatten(current), added or {}, set(retired)
     patterns = (*CHANGEABLE_ON_RESUME, *changeable)
     changed = []
     for key in sorted(set(before) | set(after)):
         if key not in before and key in added and after.get(key) == added[key]:
+            continue
+        if key not in after and key in retired:
             continue
         if before.get(key, "<absent>") != after.get(key, "<absent>") and not any(
                 fnmatch.fnmatchcase(key, pattern) for pattern in patterns):

@@ -31,8 +31,10 @@ import time
 from typing import Iterator
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from unroll_cli.errors import ConfigError
+from unroll_cli.schema import ConstantSchedConfig
 from unroll_cli.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,13 @@ class LayerwiseTrainer(Trainer):
         if not (callable(getattr(model, "layer_parameters", None)) and isinstance(getattr(model, "layers", None), int)):
             raise ConfigError(f"trainer=layerwise needs a model with per-layer parameter groups "
                               f"(layer_parameters and layers); model={name} has none: use trainer=default")
+
+    @classmethod
+    def check_settings(cls, cfg: DictConfig, task) -> None:
+        """Every stage runs at a constant rate (``stage_lr_factors``): a scheduler would be ignored."""
+        if OmegaConf.to_container(cfg.sched) != OmegaConf.to_container(OmegaConf.structured(ConstantSchedConfig)):
+            raise ConfigError(f"sched ({cfg.sched._target_}) is not used by trainer=layerwise: each stage runs at "
+                              "a constant rate, optim.lr times trainer.stage_lr_factors; use sched=none")
 
     @classmethod
     def reports_best(cls, task) -> bool:

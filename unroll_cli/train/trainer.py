@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
-from unroll_cli.errors import TrainingFailure
+from unroll_cli.errors import ConfigError, TrainingFailure
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.train.callbacks import Callbacks
 from unroll_cli.train.checkpoints import CheckpointStore
@@ -65,6 +65,16 @@ class Trainer:
     @classmethod
     def check_model(cls, model: torch.nn.Module, name: str) -> None:
         """Refuse, before any work, a model this trainer cannot train (end to end: any model)."""
+
+    @classmethod
+    def check_settings(cls, cfg: DictConfig, task) -> None:
+        """Refuse, before any work, a setting the run would ignore: ``trainer.steps_per_epoch`` where
+        the data sets its own epoch (a fixed training set, or the data group's own key)."""
+        steps = cfg.trainer.steps_per_epoch
+        if steps is not None and steps != task.steps_per_epoch:
+            raise ConfigError(f"trainer.steps_per_epoch={steps} is not used with {task.kind} data: its epoch is "
+                              f"{task.steps_per_epoch} batches, set by the data group (a fixed training set, "
+                              "or the group's own data.steps_per_epoch); leave trainer.steps_per_epoch null")
 
     @classmethod
     def reports_best(cls, task) -> bool:
@@ -114,7 +124,7 @@ class Trainer:
 
     def reached(self, value: float) -> bool:
         """Whether ``value`` of the monitored metric reaches ``trainer.stop_at`` (null: never)."""
-        target = self.s.get("stop_at")
+        target = self.s.stop_at
         if target is None:
             return False
         return value <= target if self.task.monitor_mode == "min" else value >= target
