@@ -29,6 +29,7 @@ backpropagate through the unrolled encoder, with and without the penalty in the 
 """
 from __future__ import annotations
 
+import logging
 import math
 from dataclasses import dataclass
 from numbers import Integral
@@ -46,7 +47,8 @@ from unroll_cli.models.arguments import check_bool, check_choice, check_int, che
 from unroll_cli.models.prox import group_soft_threshold, hard_threshold, nonneg_soft_threshold, soft_threshold
 
 GRADS = ("g_dec", "g_ae_lasso", "g_ae_ls")
-EVAL_SIDE = 512  # images evaluated whole are assumed at most this many pixels on a side (memory estimate)
+EVAL_SIDE = 512  # without the task's input sizes, images are assumed at most this many pixels on a side (memory)
+log = logging.getLogger(__name__)
 
 
 def _choice(default: str, *values: str):
@@ -145,7 +147,7 @@ def random_patches(images: Tensor, count: int, size: int) -> Tensor:
     """``count`` random ``size`` x ``size`` patches (count, C, size, size) of random ``images``."""
     n, _, h, w = images.shape
     if h < size or w < size:
-        raise ValueError(f"init=data: the task's images are {h}x{w}, smaller than kernel_size={size}")
+        raise ValueError(f"model.init=data: the task's images are {h}x{w}, smaller than model.kernel_size={size}")
     pick = zip(torch.randint(n, (count,)).tolist(), torch.randint(h - size + 1, (count,)).tolist(),
                torch.randint(w - size + 1, (count,)).tolist())
     return torch.stack([images[i, :, r:r + size, c:c + size] for i, r, c in pick])
@@ -160,7 +162,7 @@ class TiedAutoencoder(nn.Module):
                  normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,
                  stride: int = 4, atoms: int = 500, input_dim: int | None = None, init: str = "random",
                  dictionary_path: str | None = None, check_step: bool = True,
-                 init_images: Tensor | None = None):
+                 init_images: Tensor | None = None, input_sizes: dict[str, tuple[int, int]] | None = None):
         super().__init__()
         self.layers = check_int("layers", layers, 1)
         self.lam, self.step = check_number("lam", lam, False), check_number("step", step, True)
@@ -176,9 +178,11 @@ class TiedAutoencoder(nn.Module):
             self.stride = check_int("stride", stride, 1)
             k = check_int("kernel_size", kernel_size, 1)
             shape = (check_int("filters", filters, 1), self.in_channels, k, k)
+            self._check_windows(k, input_sizes or {})
         else:
-            self.image_shape = self._dense_image_shape(input_dim, images)
+            self.image_shape = self._dense_image_shape(input_dim, images, next(iter(input_sizes or {}), None))
             shape = (math.prod(self.image_shape), check_int("atoms", atoms, 1))
+            self._check_dense_sizes(input_dim, input_sizes or {})
         if dictionary_path is not None:
             saved = None if self.conv else (shape[1], *self.image_shape)
             weight = load_dictionary(dictionary_path, shape, saved)
@@ -201,12 +205,53 @@ class TiedAutoencoder(nn.Module):
                              f"got {tuple(images.shape)}")
         return images.detach().to("cpu", torch.get_default_dtype())
 
-    def _dense_image_shape(self, input_dim: int | None, images: Tensor | None) -> tuple[int, int, int]:
-        """(C, H, W) of the dense model's input: the task's images, else ``input_dim`` as (C, d/C, 1)."""
+    def _check_windows(self, k: int, sizes: dict[str, tuple[int, int]]) -> None:
+        """Refuse, before any work, inputs the k x k filters at ``stride`` cannot cover: an input smaller
+        than a filter, or one with gaps between its windows (a stride larger than k); warn of an input
+        whose last rows or columns no window reaches (their estimate is 0). ``sizes``: the task's
+        inputs, each described by where it comes from (``input_sizes``)."""
+        for where, (h, w) in sizes.items():
+            if min(h, w) < k:
+                raise ValueError(f"model.kernel_size={k} does not fit {where}: {h}x{w} pixels, smaller than "
+                                 f"the {k}x{k} filters; lower model.kernel_size or make them larger")
+            if self.stride > k and max(h, w) - k >= self.stride:
+                raise ValueError(f"model.stride={self.stride} is larger than model.kernel_size={k}: the pixels "
+                                 f"of {where}, {h}x{w}, between the filters' windows would never be "
+                                 "reconstructed; choose a stride <= kernel_size")
+        for where, (h, w) in sizes.items():
+            left = [(h - k) % self.stride, (w - k) % self.stride]
+            if any(left):
+                fits = [side - r for side, r in zip((h, w), left)]
+                log.warning("model.kernel_size=%d, model.stride=%d: the last %d rows and %d columns of %s, "
+                            "%dx%d, are in no filter window, their estimate is 0 (a side of kernel_size + a "
+                            "multiple of stride fits: %dx%d)", k, self.stride, *left, where, h, w, *fits)
+                break
+
+    def _check_dense_sizes(self, input_dim: int | None, sizes: dict[str, tuple[int, int]]) -> None:
+        """Refuse, before any work, an input of another size than the dense dictionary's atoms: they
+        are images of one size, the training inputs' (the first of ``sizes``) or ``input_dim``."""
+        if not sizes:
+            return
+        expected = math.prod(self.image_shape)
+        if input_dim is not None:
+            size = f"C*H*W = {expected} values (model.input_dim={input_dim})"
+        else:
+            size = "those of {}, {}x{}".format(next(iter(sizes)), *next(iter(sizes.values())))
+        for where, (h, w) in sizes.items():
+            if self.in_channels * h * w != expected:
+                raise ValueError(f"model.conv=false: the dense dictionary's atoms are images of one size, {size}, "
+                                 f"but {where} is {h}x{w}; use a convolutional dictionary (model.conv=true) or "
+                                 "inputs of that one size")
+
+    def _dense_image_shape(self, input_dim: int | None, images: Tensor | None,
+                           training: str | None) -> tuple[int, int, int]:
+        """(C, H, W) of the dense model's input: the task's images, else ``input_dim`` as (C, d/C, 1);
+        ``training`` describes the training inputs (the first of ``input_sizes``)."""
         if images is not None:
             if input_dim is not None and input_dim != images[0].numel():
-                raise ValueError(f"input_dim={input_dim} but the task's images have C*H*W = "
-                                 f"{images[0].numel()}")
+                raise ValueError(f"model.input_dim={input_dim} but {training or 'the training images'} have "
+                                 f"C*H*W = {images[0].numel()} values; set model.input_dim=null to take it "
+                                 "from them")
             return tuple(images.shape[1:])
         if input_dim is None or check_int("input_dim", input_dim, 1) % self.in_channels:
             raise ValueError(f"conv=false needs the task's images or input_dim, a multiple of in_channels="
@@ -224,8 +269,8 @@ class TiedAutoencoder(nn.Module):
         if self.conv:
             return unit_atoms(random_patches(images, shape[0], shape[2]), True)
         if len(images) < shape[1]:
-            raise ValueError(f"init=data: atoms={shape[1]} needs at least that many training images, the "
-                             f"task gave {len(images)}; lower atoms or use init=random")
+            raise ValueError(f"model.init=data: model.atoms={shape[1]} needs at least that many training "
+                             f"images, the task gave {len(images)}; lower model.atoms or use model.init=random")
         return unit_atoms(images[torch.randperm(len(images))[:shape[1]]].flatten(1).T, False)
 
     @torch.no_grad()
@@ -338,13 +383,16 @@ class TiedAutoencoder(nn.Module):
 
     @staticmethod
     def memory_estimate(config: dict, in_channels: int, train_batch: int, eval_batch: int,
-                        init_images: Tensor | None = None) -> dict[str, int]:
+                        init_images: Tensor | None = None,
+                        input_sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
         """Bytes a run needs (see :mod:`unroll_cli.memory`): the dictionary with its gradient and Adam's
         moments; per layer about three codes and two images kept for the backward pass; at evaluation
-        every layer's image and a few codes, for images up to ``EVAL_SIDE`` pixels on a side. A
-        convolutional code is ``filters / stride^2`` times the pixels of the image."""
+        every layer's image and a few codes, for the largest of the task's inputs (without them, images
+        up to ``EVAL_SIDE`` pixels on a side). A convolutional code is ``filters / stride^2`` times the
+        pixels of the image."""
         pixels = init_images[0].numel() if init_images is not None else in_channels * EVAL_SIDE ** 2
-        eval_pixels = max(pixels, in_channels * EVAL_SIDE ** 2)
+        eval_pixels = (in_channels * max(h * w for h, w in input_sizes.values()) if input_sizes
+                       else max(pixels, in_channels * EVAL_SIDE ** 2))
         if config["conv"]:
             filters, k, stride = config["filters"], config["kernel_size"], config["stride"]
             ratio = filters / (in_channels * stride ** 2)

@@ -131,6 +131,11 @@ class ImageClassification:
                 raise ConfigError(f"data.{key}={value!r}: expected a positive integer")
         if not isinstance(padding, int) or padding < 0:
             raise ConfigError(f"data.random_crop_padding={padding!r}: expected an integer >= 0 (0 = no crop)")
+        side = DATASETS[name][1]
+        if padding >= side:
+            raise ConfigError(f"data.random_crop_padding={padding} does not fit the {side}x{side} images of "
+                              f"data.name={name}: a random crop could hold no pixel of its image; choose a "
+                              f"padding below {side}")
         if not isinstance(val_size, int) or val_size < 0:
             raise ConfigError(f"data.val_size={val_size!r}: expected an integer >= 0 (0 = the test set)")
         if n_train is not None and (not isinstance(n_train, int) or n_train < 1):

@@ -125,8 +125,11 @@ class DatasetDenoising(DenoisingTask):
 
     # ------------------------------------------------------------------ training
     def model_kwargs(self) -> dict:
-        """One (gray) channel, and up to 1000 training images to initialise a dictionary from."""
-        return {"in_channels": 1, "init_images": self.init_images}
+        """One (gray) channel, up to 1000 training images to initialise a dictionary from, and the one
+        size of every input (:class:`unroll_cli.tasks.denoising.DenoisingTask`)."""
+        side = self.train_images.shape[-1]
+        return {"in_channels": 1, "init_images": self.init_images,
+                "input_sizes": {f"the {self.name} images (data.name={self.name})": (side, side)}}
 
     def train_batches(self) -> Iterator[Batch]:
         """One epoch of (noisy, clean) batches of whole images in a fresh random order."""

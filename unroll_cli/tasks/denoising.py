@@ -90,6 +90,14 @@ def sigma_metric(sigma: float) -> str:
     return f"{METRIC}_s{sigma:g}"
 
 
+def first_of_each_size(names: list[str], images: list[torch.Tensor]) -> dict[str, tuple[int, int]]:
+    """{name: (H, W)} of the first of the (H, W) ``images`` of each size, in their order."""
+    sizes: dict[tuple[int, int], str] = {}
+    for name, image in zip(names, images):
+        sizes.setdefault(tuple(image.shape), name)
+    return {name: size for size, name in sizes.items()}
+
+
 def fixed_noisy(images: list[torch.Tensor], sigma: float, seed: int, split: int = 0) -> list[torch.Tensor]:
     """``images`` + sigma/255 * N(0, 1), not clipped, drawn on the CPU from a generator seeded by
     (seed, sigma, split) alone: the same noise in every run, on every device, whatever the other
@@ -119,6 +127,10 @@ class DenoisingTask:
 
     A subclass reads its images and calls :meth:`_set_images`; it supplies ``train_batches``,
     ``model_kwargs``, ``steps_per_epoch``, ``samples_per_epoch`` and :meth:`data_conventions`.
+    ``model_kwargs`` gives a model ``input_sizes``: {where: (H, W)} for every size of input the model
+    will see (training, validation, test), ``where`` naming the data key or file it comes from,
+    training first, so that a model refuses before any work an input it cannot take (filters larger
+    than an image, a dense dictionary given images of another size), naming both.
     ``val_size`` held-out training images validate with noise fixed at ``sigma``; 0 validates on the
     test images at ``sigma`` (the papers' per-epoch test curves), which must then be the first of
     ``test_sigmas`` since the monitor is ``test/psnr``. Training noise draws from one generator
@@ -350,8 +362,10 @@ class ImageDenoising(DenoisingTask):
         self.test_crop = test_crop
         train_files, val_files, test_files = self._files(train_dir, test_dir, n_train, n_test, val_size)
         self.train_images = [pad_to(image, self.crop) for image in self._load(train_files)]
+        val_images = self._load(val_files)
         self._set_images([f.relative_to(Path(test_dir).expanduser()).as_posix() for f in test_files],
-                         self._test_windows(self._load(test_files)), self._load(val_files))
+                         self._test_windows(self._load(test_files)), val_images)
+        self.input_sizes = self._input_sizes(train_dir, test_dir, val_size, val_files, val_images)
         n = len(self.train_images)
         self.steps_per_epoch = steps_per_epoch or math.ceil(n / self.batch_size)
         self.samples_per_epoch = n if steps_per_epoch is None else steps_per_epoch * self.batch_size
@@ -374,14 +388,30 @@ class ImageDenoising(DenoisingTask):
 
     @staticmethod
     def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
-        """Bytes of a training batch (noisy, clean, noise; float32) and of the initialisation crops
-        (see :mod:`unroll_cli.memory`); the images themselves are bounded by the files."""
-        pixels = data.crop * data.crop
-        return {"data.batch_size": 3 * 4 * data.batch_size * pixels, "data.crop": 4 * INIT_CROPS * pixels}
+        """Bytes of a training batch (noisy, clean, noise; float32), of the initialisation crops and of
+        a test window, clean and noisy at each test sigma (see :mod:`unroll_cli.memory`); the images
+        themselves are bounded by the files."""
+        pixels, windows = data.crop * data.crop, (data.test_crop or 0) ** 2
+        return {"data.batch_size": 3 * 4 * data.batch_size * pixels, "data.crop": 4 * INIT_CROPS * pixels,
+                "data.test_crop": 4 * (1 + len(data.test_sigmas)) * windows}
 
     def _load(self, files: list[Path]) -> list[torch.Tensor]:
         """The files as (H, W) gray tensors on the device (sizes differ: a list)."""
         return [load_gray(f).to(self.device) for f in files]
+
+    def _input_sizes(self, train_dir: str, test_dir: str, val_size: int, val_files: list[Path],
+                     val_images: list[torch.Tensor]) -> dict[str, tuple[int, int]]:
+        """The training crops, the validation images and the test images (or windows), described by
+        their data keys (:class:`DenoisingTask`)."""
+        val_names = [f"validation image {f.relative_to(Path(train_dir).expanduser()).as_posix()} of "
+                     f"data.train_dir={train_dir} (data.val_size={val_size})" for f in val_files]
+        sizes = {f"the training crops (data.crop={self.crop})": (self.crop, self.crop),
+                 **first_of_each_size(val_names, val_images)}
+        if self.test_crop is not None:
+            return {**sizes, f"the test windows (data.test_crop={self.test_crop})": (self.test_crop,) * 2}
+        test_names = [f"test image {name} of data.test_dir={test_dir} (data.test_crop=null: whole images)"
+                      for name in self.test_names]
+        return {**sizes, **first_of_each_size(test_names, self.test_clean)}
 
     def _test_windows(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """The test images, or with ``test_crop`` one random ``test_crop`` x ``test_crop`` window of each
@@ -402,8 +432,9 @@ class ImageDenoising(DenoisingTask):
 
     # ------------------------------------------------------------------ training
     def model_kwargs(self) -> dict:
-        """What a model needs from the data to be built: one (gray) channel, and training crops."""
-        return {"in_channels": 1, "init_images": self.init_images}
+        """What a model needs from the data to be built: one (gray) channel, training crops, and the
+        sizes of its inputs (``input_sizes``, :class:`DenoisingTask`)."""
+        return {"in_channels": 1, "init_images": self.init_images, "input_sizes": self.input_sizes}
 
     def _epoch_order(self) -> list[int]:
         """The training images of one epoch: consecutive fresh random orders, cut to the epoch's size."""
