@@ -245,13 +245,15 @@ def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | N
     run_dir = Path(run_dir)
     if resume_state is None:
         start_afresh(run_dir)
-    recorder = RunRecorder(run_dir, tensorboard=cfg.tensorboard)
+    recorder = RunRecorder(run_dir, tensorboard=cfg.tensorboard,
+                           resumed_at=resume_state["global_step"] if resume_state is not None else None)
     recorder.start(model=cfg.model.name, device=str(device), params=params, seed=cfg.seed,
                    overrides=overrides or [],
                    **({"source": source.describe(trainer_class, task)} if source is not None else {}))
     for name, array in task.artifacts().items():
         recorder.write_array(name, array)
     log.info("%s: %d parameters on %s; run directory %s", cfg.model.name, params, device, recorder.dir)
+    log.info("data: %s", task.data_source)
     metrics: dict[str, float] = {}
     try:
         with sigterm_as_interrupt():

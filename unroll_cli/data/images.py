@@ -142,20 +142,34 @@ def _reason(error: BaseException) -> str:
     return f"{type(error).__name__}: {text[0] if text else ''}".rstrip(": ")
 
 
-def _missing(name: str, root: str, download: bool, error: BaseException | None = None) -> DatasetNotFoundError:
+def _root_folder(name: str, root: str) -> Path:
+    """The folder under ``root`` that holds ``name``'s files."""
     root_path = Path(root).expanduser().resolve()
-    CIFAR10, SVHN = _tv().CIFAR10, _tv().SVHN
     if name in ("mnist", "fashion_mnist"):
-        folder = root_path / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+        return root_path / ("MNIST" if name == "mnist" else "FashionMNIST") / "raw"
+    if name == "cifar10":
+        return root_path / _tv().CIFAR10.base_folder
+    return root_path
+
+
+def dataset_folder(name: str, root: str) -> Path:
+    """The folder :func:`load_dataset` reads ``name``'s files from: Fashion-MNIST's system folder
+    when it holds them, else the one under ``root``."""
+    system = [Path(d) for d in FASHION_MNIST_SYSTEM_DIRS] if name == "fashion_mnist" else []
+    return next((folder for folder in system if _find_idx(folder) is not None), _root_folder(name, root))
+
+
+def _missing(name: str, root: str, download: bool, error: BaseException | None = None) -> DatasetNotFoundError:
+    CIFAR10, SVHN = _tv().CIFAR10, _tv().SVHN
+    folder = _root_folder(name, root)
+    if name in ("mnist", "fashion_mnist"):
         files = ", ".join(f"{f}.gz" for f in IDX_FILES) + " (gzipped or not)"
         where = f"in {folder}"
     elif name == "cifar10":
-        folder = root_path / CIFAR10.base_folder
         files = ", ".join([n for n, _ in CIFAR10.train_list + CIFAR10.test_list] + [CIFAR10.meta["filename"]])
         files += f" (the python version, {CIFAR10.filename} extracted)"
         where = f"in {folder}"
     else:
-        folder = root_path
         files = ", ".join(SVHN.split_list[s][1] for s in ("train", "test"))
         where = f"directly in {folder}"
     message = f"data.name={name}: dataset files missing in {folder}; expected {files}."

@@ -4,7 +4,8 @@ Everything a run writes goes through :class:`RunRecorder`: ``metrics.json`` (sta
 wall time, device, versions, parameter count), ``history.csv``, ``layers.csv``, ``results.md``,
 ``figures/``, ``tb/`` (TensorBoard) and arrays. Every file is written atomically (a temporary file
 in the same directory, then ``os.replace``), so a reader never sees half a file and a crash never
-destroys the last good one.
+destroys the last good one. TensorBoard's scalars are written against the run's global step (a
+resumed run continues its count), the per-layer table's against the layer.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from unroll_cli.record.atomic import atomic_write, atomic_write_text
 
 STATUSES = ("running", "completed", "failed", "interrupted", "pruned")
 TABLES = "tables.json"  # each table's index columns
+LAYERS = "layers.csv"  # the per-layer table, also written to TensorBoard as per_layer/<column>
 
 
 def _finite_or_none(value: Any) -> Any:
@@ -42,9 +44,11 @@ def versions() -> dict[str, str]:
 
 
 class RunRecorder:
-    """Writes one run's files; ``tensorboard=False`` skips the event files."""
+    """Writes one run's files; ``tensorboard=False`` skips the event files. ``resumed_at``: the global
+    step of the checkpoint a resumed run continues from; TensorBoard hides what an earlier attempt
+    in the same directory wrote after that step (this attempt writes it again)."""
 
-    def __init__(self, run_dir: str | Path, tensorboard: bool = True):
+    def __init__(self, run_dir: str | Path, tensorboard: bool = True, resumed_at: int | None = None):
         self.dir = Path(run_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
@@ -55,7 +59,8 @@ class RunRecorder:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._writer = SummaryWriter(log_dir=str(self.dir / "tb"))
+            self._writer = SummaryWriter(log_dir=str(self.dir / "tb"),
+                                         purge_step=None if resumed_at is None else resumed_at + 1)
 
     # ------------------------------------------------------------------ status
     def start(self, **info: Any) -> None:
@@ -96,7 +101,7 @@ class RunRecorder:
         self.history.append(row)
 
     def write_history(self, step: int) -> None:
-        """history.csv, and the last row's TensorBoard scalars."""
+        """history.csv, and the last row's TensorBoard scalars at the global ``step``."""
         self.write_history_file()
         for key, value in self.history[-1].items():
             if "/" in key and isinstance(value, (int, float)) and math.isfinite(value):
@@ -109,6 +114,15 @@ class RunRecorder:
         if self._writer is not None:
             self._writer.add_scalar(tag, value, step)
 
+    def write_layer_curves(self, table: pd.DataFrame, index: str) -> None:
+        """Each numeric column of the per-layer ``table`` as TensorBoard scalars ``per_layer/<column>``,
+        the layer (its ``index`` column) as the step."""
+        for column in table.columns.drop(index):
+            if pd.api.types.is_numeric_dtype(table[column]):
+                for layer, value in zip(table[index], table[column]):
+                    if math.isfinite(value):
+                        self.scalar(f"per_layer/{column}", float(value), int(layer))
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
@@ -117,12 +131,15 @@ class RunRecorder:
     # ------------------------------------------------------------------ files
     def write_table(self, name: str, table: pd.DataFrame, index: Sequence[str] | None = None) -> None:
         """A CSV table and its index columns (default: the first), declared in ``tables.json`` so that
-        ``unroll-report`` groups each table by its own indices (layer; image and sigma; ...)."""
+        ``unroll-report`` groups each table by its own indices (layer; image and sigma; ...); the
+        per-layer table (``layers.csv``) goes to TensorBoard too."""
         atomic_write(self.dir / name, lambda tmp: table.to_csv(tmp, index=False))
         tables = self.dir / TABLES
         declared = json.loads(tables.read_text()) if tables.is_file() else {}
         declared[name] = list(index) if index is not None else [str(table.columns[0])]
         atomic_write_text(tables, json.dumps(declared, indent=2) + "\n")
+        if name == LAYERS:
+            self.write_layer_curves(table, declared[name][0])
 
     def write_text(self, name: str, text: str) -> None:
         atomic_write_text(self.dir / name, text)

@@ -32,6 +32,8 @@ class Task(Protocol):
     # what the task uses of a model beyond forward(): member names with what each is for, checked
     # before training (:func:`check_model_protocol`)
     model_protocol: dict[str, str]
+    # where the data was read from (folders, files) or how it was drawn (seeds): a line of the run's log
+    data_source: str
 
     def model_kwargs(self) -> dict[str, Any]:
         """What a model needs from the data to be built (a matrix A, an architecture, ...)."""

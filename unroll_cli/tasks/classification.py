@@ -15,7 +15,8 @@ from omegaconf import MISSING, DictConfig
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.schema import any_number, constrained, evaluation_only, register_schema
-from unroll_cli.data.images import DATASETS, SPLIT_SEED, load_dataset, random_crop, random_hflip, to_float
+from unroll_cli.data.images import (DATASETS, SPLIT_SEED, dataset_folder, load_dataset, random_crop, random_hflip,
+                                    to_float)
 from unroll_cli.record import figures
 from unroll_cli.record.report import Published, Report, Table
 
@@ -97,6 +98,7 @@ class ImageClassification:
         self.monitor = "val/acc" if val_size > 0 else "test/acc"
 
         train_x, train_y, test_x, test_y = load_dataset(name, root, download)
+        self.data_source = f"{name} from {dataset_folder(name, root)}"
         if val_size + (n_train or 0) > len(train_x):
             raise ConfigError(f"data.val_size={val_size} + data.n_train={n_train} exceed the "
                               f"{len(train_x)} training images of {name}")

@@ -21,7 +21,7 @@ import torch
 from omegaconf import DictConfig
 
 from unroll_cli.schema import constrained, evaluation_only, positive, register_schema
-from unroll_cli.data.images import SPLIT_SEED, load_dataset
+from unroll_cli.data.images import SPLIT_SEED, dataset_folder, load_dataset
 from unroll_cli.evaluate.representer import RepresenterView, representer_view
 from unroll_cli.record import figures
 from unroll_cli.tasks.denoising import (INIT_SEED, TEST_SIGMAS, Batch, DenoisingOptions, DenoisingTask,
@@ -81,6 +81,7 @@ class DatasetDenoising(DenoisingTask):
         self.representer = dict(images=int(representer_images), rho=float(representer_rho),
                                 atoms=int(representer_atoms), top=int(representer_top))
         train_x, train_y, test_x, test_y = self._kept(*load_dataset(name, root, download))
+        self.data_source = f"{name} from {dataset_folder(name, root)}"
         train, val = self._split(len(train_x), n_train, val_size)
         scaled = lambda images: (images.to(self.device).float() / 255.0)  # noqa: E731
         self.train_images, self.train_labels = scaled(train_x[train]), train_y[train]

@@ -361,6 +361,8 @@ class ImageDenoising(DenoisingTask):
         self.crop, self.hflip, self.vflip = int(crop), bool(hflip), bool(vflip)
         self.test_crop = test_crop
         train_files, val_files, test_files = self._files(train_dir, test_dir, n_train, n_test, val_size)
+        self.data_source = (f"training images from {Path(train_dir).expanduser().resolve()}, "
+                            f"test images from {Path(test_dir).expanduser().resolve()}")
         self.train_images = [pad_to(image, self.crop) for image in self._load(train_files)]
         val_images = self._load(val_files)
         self._set_images([f.relative_to(Path(test_dir).expanduser()).as_posix() for f in test_files],

@@ -81,6 +81,11 @@ def published_curve(paper: DictConfig | None, setting: str, model_name: str) -> 
     return None if values is None else [float(v) for v in values]
 
 
+def read_or_drawn(path: str | None, seed_key: str, seed: int) -> str:
+    """Where a part of the problem comes from, for the run's log: its file, or the seed that drew it."""
+    return f"from {Path(path).expanduser().resolve()}" if path else f"drawn by {seed_key}={seed}"
+
+
 class SyntheticSparseCoding:
     """The sparse-coding task: recover x from y = A x (+ noise); NMSE per layer beside ISTA/FISTA."""
 
@@ -121,6 +126,9 @@ class SyntheticSparseCoding:
             if not bool(x.any()):  # the NMSE divides by the codes' energy
                 raise ConfigError(f"data.p={p:g} draws no nonzero entry in the {split} codes ({x.shape[0]} codes "
                                   f"of {x.shape[1]}): raise data.p or {key}")
+        self.data_source = (f"A {read_or_drawn(A_path, 'data.matrix_seed', matrix_seed)}; training codes drawn by "
+                            f"seed={seed}, validation codes by data.val_seed={val_seed}, test codes "
+                            f"{read_or_drawn(test_path, 'data.test_seed', test_seed)}")
         # results.md: where the problem comes from, and how the stage-wise schedule decayed earlier layers
         self.notes = [f"Data: A {f'from {Path(A_path).name}' if A_path else 'drawn by data.matrix_seed'}, "
                       f"test codes {f'from {Path(test_path).name}' if test_path else 'drawn by data.test_seed'}; "

@@ -61,6 +61,9 @@ class TransformConfig:
     tree: str = constrained("balanced", "balanced or unbalanced", lambda v: v in TREES, changeable=True)
 
 
+SEEDED = ("convolution", "randn")  # the targets data.target_seed draws
+
+
 def target_matrix(transform: str, N: int, seed: int = 0) -> np.ndarray:
     """The authors' ``named_target_matrix`` (``learning_transforms/target_matrix.py``): float64, or
     complex128 for the DFT. Not all are orthogonal: the DCT and DST are scipy's unnormalised type II
@@ -117,6 +120,8 @@ class TransformLearning:
         self.transform, self.N, self.tree = transform, N, tree
         self.device = torch.device(device)
         self.exact = torch.from_numpy(target_matrix(transform, N, target_seed))  # float64 / complex128
+        drawn = f", drawn by data.target_seed={target_seed}" if transform in SEEDED else ""
+        self.data_source = f"the {N}x{N} {transform} matrix{drawn}"
         dtype = torch.promote_types(torch.get_default_dtype(), torch.complex64) if self.exact.is_complex() \
             else torch.get_default_dtype()
         self.target = self.exact.to(self.device, dtype)

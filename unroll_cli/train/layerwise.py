@@ -35,7 +35,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.schema import ConstantSchedConfig
-from unroll_cli.train.trainer import Trainer
+from unroll_cli.train.trainer import CHECK_EVERY, Trainer
 
 log = logging.getLogger(__name__)
 
@@ -136,26 +136,32 @@ class LayerwiseTrainer(Trainer):
         every, check, interval = self.s.val_every_steps, self.s.stop_check_validations, self.s.checkpoint_every_s
         first = 1 if check else 0  # the authors' rule validates after the first step
         saved_at = time.time()
-        while step < self.s.stage_max_steps:
-            loss_sum += self.train_step(optimizer, next(stream), depth)
-            count += 1
-            step += 1
-            if (step - first) % every == 0:
-                self.check_finite(loss_sum, count)
-                value = self.task.validate(self.model, depth)[self.task.monitor]
-                if self.better(value, best):
-                    best, best_step = value, step
-                if check is None:
-                    if step - best_step >= self.s.stage_patience_steps:
+        with self.progress(None, step) as bar:  # nested under the stages' bar
+            span = self.span(f"layer {depth} stage {stage}", self.s.stage_max_steps, bar, at_most=True,
+                             steps=count, loss_sum=loss_sum.item() if count else 0.0)
+            while step < self.s.stage_max_steps:
+                loss_sum += self.train_step(optimizer, next(stream), depth)
+                count += 1
+                step += 1
+                bar.update(1)
+                if count % CHECK_EVERY == 0:
+                    span.read_back(self.check_finite(loss_sum, count), count, self.global_step)
+                if (step - first) % every == 0:
+                    self.check_finite(loss_sum, count)
+                    value = self.task.validate(self.model, depth)[self.task.monitor]
+                    if self.better(value, best):
+                        best, best_step = value, step
+                    if check is None:
+                        if step - best_step >= self.s.stage_patience_steps:
+                            break
+                    elif (step - 1) % (check * every) == 0 and step - best_step > self.s.stage_patience_steps:
                         break
-                elif (step - 1) % (check * every) == 0 and step - best_step > self.s.stage_patience_steps:
-                    break
-                if done is not None and interval is not None and time.time() - saved_at >= interval:
-                    seconds = earlier_s + time.time() - started
-                    self.save(position=list(done), stream=stream.state_dict(), stage_progress=dict(
-                        zip(PROGRESS_SCALARS, (best, best_step, step, count, seconds)),
-                        loss_sum=loss_sum.clone(), optimizer=optimizer.state_dict()))
-                    saved_at = time.time()
+                    if done is not None and interval is not None and time.time() - saved_at >= interval:
+                        seconds = earlier_s + time.time() - started
+                        self.save(position=list(done), stream=stream.state_dict(), stage_progress=dict(
+                            zip(PROGRESS_SCALARS, (best, best_step, step, count, seconds)),
+                            loss_sum=loss_sum.clone(), optimizer=optimizer.state_dict()))
+                        saved_at = time.time()
         train_loss = self.check_finite(loss_sum, count)
         if not math.isfinite(best):  # fewer steps than one validation interval
             best = self.task.validate(self.model, depth)[self.task.monitor]

@@ -26,6 +26,7 @@ from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.train.callbacks import Callbacks
 from unroll_cli.train.checkpoints import CheckpointStore
 from unroll_cli.train.cuda_graphs import GraphedLoss
+from unroll_cli.train.progress import Span, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -174,10 +175,13 @@ class Trainer:
         self.carried_best = state.get("best_checkpoint")
         self.best_state = self.carried_best["model"] if self.carried_best is not None else None
 
-    def progress(self, total: int, initial: int = 0, unit: str = "step") -> tqdm:
-        # disable=None: a bar on a terminal, none in a log file (epoch lines are logged anyway)
-        return tqdm(total=total, initial=initial, unit=unit, disable=None if self.s.progress else True,
-                    dynamic_ncols=True, leave=False)
+    def progress(self, total: int | None, initial: int = 0, unit: str = "step") -> tqdm:
+        """A bar on a terminal (``trainer.progress``); none in a log file, where :meth:`span` logs lines."""
+        return progress_bar(self.s.progress, total, initial, unit)
+
+    def span(self, name: str, total: int, bar: tqdm, **start) -> Span:
+        """The progress of one epoch or stage (:class:`unroll_cli.train.progress.Span`)."""
+        return Span(name, total, bar, self.recorder, self.s.progress, **start)
 
     def fit(self) -> None:
         """Train, with the callbacks' ``on_fit_start`` before and ``on_fit_end`` after."""
@@ -220,12 +224,13 @@ class Trainer:
                         warnings.simplefilter("ignore", UserWarning)
                         scheduler.step()
                 lr = optimizer.param_groups[0]["lr"]
+                span = self.span(f"epoch {epoch + 1}/{self.s.max_epochs}", steps, bar)
                 for batch in self.task.train_batches():
                     loss_sum += self.train_step(optimizer, batch)
                     count += 1
                     bar.update(1)
                     if count % CHECK_EVERY == 0:
-                        bar.set_postfix(epoch=epoch + 1, loss=f"{self.check_finite(loss_sum, count):.4g}")
+                        span.read_back(self.check_finite(loss_sum, count), count, self.global_step)
                 train_loss = self.check_finite(loss_sum, count)
                 if not self.s.scheduler_step_at_start:
                     scheduler.step()
@@ -238,11 +243,12 @@ class Trainer:
                        **val, "seconds": round(time.time() - started, 3)}
                 stop = self.callbacks.on_validation(self, epoch, row)
                 self.recorder.add_row(row)
-                bar.set_postfix(epoch=epoch, loss=f"{train_loss:.4g}", val=f"{monitored:.4g}")
+                bar.set_postfix_str(f"epoch {epoch}/{self.s.max_epochs}, loss {train_loss:.4g}, "
+                                    f"{self.task.monitor} {monitored:.4g}")
                 log.info("epoch %d/%d  loss %.5g  %s %.4f", epoch, self.s.max_epochs, train_loss,
                          self.task.monitor, monitored)
                 save(improved)  # before history.csv, which is then never ahead of the checkpoint
-                self.recorder.write_history(step=epoch)
+                self.recorder.write_history(step=self.global_step)
                 if stop is not None:
                     raise stop
                 if self.s.patience is not None and stale >= self.s.patience:
