@@ -33,6 +33,7 @@ from typing import Iterator
 import torch
 
 from unroll_cli.errors import ConfigError
+from unroll_cli.report import formatting
 from unroll_cli.train.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -150,8 +151,8 @@ class LayerwiseTrainer(Trainer):
         train_loss = self.check_finite(loss_sum, count)
         if not math.isfinite(best):  # fewer steps than one validation interval
             best = self.task.validate(self.model, depth)[self.task.monitor]
-        log.info("layer %d stage %d: %d steps, loss %.5g, %s %.4f", depth, stage, step, train_loss,
-                 self.task.monitor, best)
+        log.info("layer %d stage %d: %d steps, loss %.5g, %s %s", depth, stage, step, train_loss,
+                 self.task.monitor, formatting.number(best))
         return {"layer": depth, "stage": stage, "step": self.global_step, "stage_steps": step,
                 "lr": groups[-1]["lr"], "train/loss": train_loss, self.task.monitor: best,
                 "seconds": round(earlier_s + time.time() - started, 3)}
