@@ -271,7 +271,7 @@ def test_training_and_report_with_a_stand_in_model(folders, tmp_path, one_thread
     model.eval()
     paper = OmegaConf.create({"source": "a test", "variant": "tiny@1", "note": "a shortened recipe",
                               "psnr": {"sigma25": {"tiny@1": 30.0, "tiny": 99.0}, "sigma50": {"tiny@1": 9.0}}})
-    metrics = write_report(task.report(model, "tiny", paper, recorder.history), recorder, "tiny", paper.note)
+    metrics = write_report(task.report(model, "tiny", paper, recorder.history), recorder, paper.note)
 
     names = sorted(TEST)
     test = {name: pil_gray(folders[1] / name) for name in names}

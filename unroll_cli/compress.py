@@ -112,7 +112,7 @@ def evaluate(task, model, folder: Path, model_name: str, paper) -> dict[str, flo
     not a run, and ``unroll-report`` does not list it)."""
     model.eval()
     report = task.report(model, model_name, paper, [])
-    return write_report(report, RunRecorder(folder, tensorboard=False), model_name, (paper or {}).get("note"))
+    return write_report(report, RunRecorder(folder, tensorboard=False), (paper or {}).get("note"))
 
 
 def compress(run_dir: Path, structure: str, out: Path, device: str | None = None, trust: list[str] = ()) -> dict:

@@ -25,6 +25,7 @@ from unroll_cli.memory import require_memory
 from unroll_cli.record.dictionaries import write_dictionaries
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.report import write_report
+from unroll_cli.report.formatting import number
 from unroll_cli.tasks.base import check_model_protocol
 from unroll_cli.train.callbacks import Callback, Callbacks, RunPruned, check_callbacks
 from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
@@ -267,7 +268,7 @@ def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | N
                 recorder.resume(source.last.get("history", []), 0.0)  # the training curve the report draws
             model.eval()
             report = task.report(model, cfg.model.name, cfg.paper, recorder.history)
-            metrics = write_report(report, recorder, cfg.model.name, (cfg.paper or {}).get("note"))
+            metrics = write_report(report, recorder, (cfg.paper or {}).get("note"))
             metrics.update(callbacks.metrics())
             metrics.update(record_diagnostics(diagnostics, model, recorder))
             write_dictionaries(model, recorder, cfg.model.name)
@@ -288,5 +289,5 @@ def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | N
     if optimized not in metrics:
         log.error("optimized_metric=%s is not among this run's metrics: %s", optimized, ", ".join(metrics))
     recorder.finish(metrics, epochs=len(recorder.history), optimized={"name": optimized, "value": value})
-    log.info("%s = %.4f", optimized, value)
+    log.info("%s = %s", optimized, number(value))
     return value

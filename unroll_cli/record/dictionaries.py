@@ -9,6 +9,7 @@ import torch
 
 from unroll_cli.models.dictionaries import dictionaries_of
 from unroll_cli.record import figures
+from unroll_cli.record.labels import model_title
 
 
 def write_dictionaries(model: torch.nn.Module, recorder, model_name: str) -> None:
@@ -17,4 +18,5 @@ def write_dictionaries(model: torch.nn.Module, recorder, model_name: str) -> Non
         suffix = "" if len(found) == 1 else f"_{name}"
         recorder.write_array(f"dictionary{suffix}.npy", array.cpu().numpy())
         if array.dim() == 4:
-            recorder.write_figure(f"atoms{suffix}.png", figures.atoms_figure(array, f"{model_name}: dictionary {name}"))
+            title = f"{model_title(model_name, model)}: dictionary {name}"
+            recorder.write_figure(f"atoms{suffix}.png", figures.atoms_figure(array, title))

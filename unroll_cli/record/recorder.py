@@ -152,7 +152,12 @@ class RunRecorder:
         atomic_write(self.dir / name, save)
 
     def write_figure(self, name: str, figure) -> None:
+        """``figures/<name>``, its title ending with the run's overrides (those of :meth:`start`)."""
         import matplotlib.pyplot as plt
 
+        from unroll_cli.record.figures import with_overrides
+        from unroll_cli.record.labels import title_overrides
+
+        with_overrides(figure, title_overrides(self.info.get("overrides") or [], self.dir))
         atomic_write(self.dir / "figures" / name, lambda tmp: figure.savefig(tmp, format="png", dpi=120))
         plt.close(figure)

@@ -8,15 +8,23 @@ the training-curve figure from the run's history, and ``results.md``: the title,
 metrics, the published value with this run's and the difference, the paper's note, each table
 under its heading, then the task's paragraphs. The published value is also a metric
 (``published/<metric>``), so sweep tables show it beside the group's mean.
+
+results.md is for people: its metrics and its tables' columns are shown by their labels
+(:func:`unroll_cli.record.labels.metric_label`; the headline table gives each metric's key beside),
+its numbers by :func:`unroll_cli.report.formatting.number`, and a metric that is not finite as
+``null``, as metrics.json holds it. The CSV tables keep the keys.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
 import pandas as pd
 
 from unroll_cli.record import figures
+from unroll_cli.record.labels import metric_label
+from unroll_cli.report.formatting import number, readable
 
 
 @dataclass
@@ -28,7 +36,6 @@ class Table:
     frame: pd.DataFrame
     index: list[str] | None
     heading: str | None = None
-    floatfmt: Any = ".2f"
     shown: pd.DataFrame | None = None
 
 
@@ -41,13 +48,13 @@ class Published:
     value: float
     source: str
     setting: str = ""
-    digits: str = ".2f"
 
 
 @dataclass
 class Report:
-    """What a task's ``report`` returns; ``curve``: the history column of the training curve's x axis
-    and whether its y axis is logarithmic; ``curve_names``: history columns renamed in that figure."""
+    """What a task's ``report`` returns (``title``: results.md's and the training curve's); ``curve``: the
+    history column of the training curve's x axis and whether its y axis is logarithmic;
+    ``curve_names``: history columns renamed in that figure."""
 
     title: str
     metrics: dict[str, float]
@@ -59,7 +66,7 @@ class Report:
     curve_names: dict[str, str] = field(default_factory=dict)
 
 
-def write_report(report: Report, recorder, model_name: str, paper_note: str | None = None) -> dict[str, float]:
+def write_report(report: Report, recorder, paper_note: str | None = None) -> dict[str, float]:
     """Write ``report`` through ``recorder`` (module docstring); returns the run's flat metrics."""
     metrics = dict(report.metrics)
     if report.published is not None:
@@ -72,26 +79,29 @@ def write_report(report: Report, recorder, model_name: str, paper_note: str | No
     if recorder.history:
         x, log = report.curve
         history = pd.DataFrame(recorder.history).rename(columns=report.curve_names)
-        recorder.write_figure("training_curve.png", figures.training_curves(history, x, model_name, log=log))
+        recorder.write_figure("training_curve.png", figures.training_curves(history, x, report.title, log=log))
     recorder.write_text("results.md", results_markdown(report, metrics, paper_note))
     return metrics
 
 
 def results_markdown(report: Report, metrics: dict[str, float], paper_note: str | None) -> str:
-    headline = pd.DataFrame({"metric": list(metrics), "value": list(metrics.values())})
-    lines = [f"# {report.title}", "", headline.to_markdown(index=False, floatfmt=".4g"), ""]
+    headline = pd.DataFrame({"metric": [metric_label(key) for key in metrics], "key": list(metrics),
+                             "value": [number(v) if math.isfinite(v) else "null" for v in metrics.values()]})
+    lines = [f"# {report.title}", "", headline.to_markdown(index=False, disable_numparse=True,
+                                                         colalign=("left", "left", "right")), ""]
     published = report.published
     if published is not None:
-        run = metrics[published.metric]
+        run, value = metrics[published.metric], published.value
         where = f" ({published.setting})" if published.setting else ""
-        lines += [f"Published {published.metric}{where}: {published.value:{published.digits}} ({published.source}); "
-                  f"this run: {run:{published.digits}}, difference {run - published.value:+{published.digits}}.", ""]
+        difference = number(run - value, like=max(run, value, key=abs))  # at the larger one's decimals
+        lines += [f"Published {published.metric}{where}: {number(value)} ({published.source}); this run: "
+                  f"{number(run)}, difference {'' if difference.startswith('-') else '+'}{difference}.", ""]
     if paper_note:
         lines += [f"Note: {paper_note}", ""]
     for table in report.tables.values():
         if table.heading is not None:
             shown = table.frame if table.shown is None else table.shown
-            lines += [f"## {table.heading}", "", shown.to_markdown(index=False, floatfmt=table.floatfmt), ""]
+            lines += [f"## {table.heading}", "", readable(shown.rename(columns=metric_label)), ""]
     for note in report.notes:
         lines += [note, ""]
     return "\n".join(lines)

@@ -1,7 +1,10 @@
-"""Tables as printed and in report.tex: a paper's ``mean ± std (n)`` cells, Markdown and LaTeX.
+"""Numbers for people, and tables as printed and in report.tex: a paper's ``mean ± std (n)`` cells,
+Markdown and LaTeX.
 
-Only the printed tables and report.tex are formatted; report.csv and the Python API keep separate
-mean, std and count columns (:mod:`unroll_cli.report.tables`).
+:func:`number` is the one way a number is written for a person: the console's result line, results.md,
+the printed and LaTeX tables of ``unroll-report``. Only those are formatted; metrics.json, the CSV
+tables, report.csv and the Python API keep the numbers (report.csv separate mean, std and count
+columns, :mod:`unroll_cli.report.tables`).
 """
 from __future__ import annotations
 
@@ -28,6 +31,23 @@ def number(value: float, like: float | None = None) -> str:
     if 0 < scale < 1e-3:
         return f"{value:.2e}"
     return f"{value:.{decimals(value if like is None else like)}f}"
+
+
+def readable(table: pd.DataFrame) -> str:
+    """``table`` in Markdown for people (results.md): whole numbers as integers (a layer, a noise level
+    of 25), other numbers by :func:`number`, both right-aligned; other cells as they are."""
+    def shown(column: pd.Series) -> tuple[pd.Series, str]:
+        if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+            return column.astype(str), "left"
+        values = column.astype(float)
+        finite = values[values.map(math.isfinite)]
+        if (finite == finite.round()).all():
+            return values.map(lambda v: "" if pd.isna(v) else f"{v:.0f}"), "right"
+        return values.map(number), "right"
+
+    columns = {name: shown(table[name]) for name in table.columns}
+    text = pd.DataFrame({name: cells for name, (cells, _) in columns.items()})
+    return text.to_markdown(index=False, disable_numparse=True, colalign=[align for _, align in columns.values()])
 
 
 def cell(mean: float, std: float, count: int) -> str:

@@ -1,4 +1,6 @@
-"""``--plot METRIC PARAM``: a metric's mean and std against a swept parameter, into report.png.
+"""``--plot METRIC PARAM``: a metric's mean and std against a swept parameter, into report.png; the
+y axis is named by the metric's label (:func:`unroll_cli.record.labels.metric_label`), each line by
+the ``key=value`` of the other overrides that vary (the returned points' ``line``: their values).
 
 matplotlib (Agg) is imported only when a plot is asked for, so that a report without one does not
 pay for it.
@@ -10,6 +12,7 @@ from pathlib import Path
 import pandas as pd
 
 from unroll_cli.record.atomic import atomic_write
+from unroll_cli.record.labels import metric_label
 from unroll_cli.report.tables import completed, override_columns
 
 
@@ -36,10 +39,11 @@ def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> pd.DataF
     points = (done.groupby([*others, x], dropna=False)[metric].agg(["mean", "std", "count"]).reset_index())
     points["line"] = points[others].astype(str).agg(", ".join, axis=1) if others else "all"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for label, line in points.groupby("line", sort=False):
+    for _, line in points.groupby("line", sort=False):
+        label = ", ".join(f"{key}={line[key].iloc[0]}" for key in others) or "all"
         ax.errorbar(line[x], line["mean"], yerr=line["std"].fillna(0), marker="o", capsize=3, label=label)
     ax.set_xlabel(x)
-    ax.set_ylabel(metric)
+    ax.set_ylabel(metric_label(metric))
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
     fig.tight_layout()

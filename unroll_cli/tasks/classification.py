@@ -18,6 +18,7 @@ from unroll_cli.schema import any_number, constrained, evaluation_only, register
 from unroll_cli.data.images import (DATASETS, SPLIT_SEED, dataset_folder, load_dataset, random_crop, random_hflip,
                                     to_float)
 from unroll_cli.record import figures
+from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
@@ -234,9 +235,9 @@ class ImageClassification:
                                "test/acc": [self.evaluate(model, t)["acc"] for t in range(depth + 1)]})
         value = None if paper is None else paper.get("acc", {}).get(self.setting(), {}).get(model_name)
         published = None if value is None else Published(paper.metric, float(value), paper.source)
-        title = f"{model_name} on {self.setting()}, T={depth}"
+        title = f"{model_title(model_name, model)} on {self.setting()}, T={depth}"
         plots = {"acc_per_unfolding.png": figures.per_layer_figure(layers, "unfoldings", "test accuracy (%)", title)}
-        table = Table(layers, ["unfoldings"], "Test accuracy per number of unfoldings at test time", [".0f", ".2f"])
+        table = Table(layers, ["unfoldings"], "Test accuracy per number of unfoldings at test time")
         return Report(title, metrics, {"layers.csv": table}, plots, published=published)
 
     def metric_names(self) -> list[str]:

@@ -29,6 +29,7 @@ from unroll_cli.schema import constrained, evaluation_only, positive, register_s
 from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_flips, random_window
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record import figures
+from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (noisy, clean), each (N, 1, crop, crop)
@@ -252,7 +253,11 @@ class DenoisingTask:
         return pd.concat(items, ignore_index=True), pd.DataFrame({"layer": range(depth), **layers}), panels
 
     def _panel(self, i: int, sigma: float, scores: torch.Tensor, estimate: torch.Tensor) -> list:
-        """Test image i at ``sigma``: noisy, denoised and clean, titled with their PSNR and name."""
+        """Test image i at ``sigma``: noisy, denoised and clean, titled with their PSNR and name; at
+        sigma 0 (a reconstruction) the input, which is the clean image, and its reconstruction."""
+        if sigma == 0:
+            return [(f"input: {self.test_names[i]}", self.test_clean[i]),
+                    (f"reconstruction, {scores[-1]:.2f} dB", estimate)]
         return [(f"noisy (sigma {sigma:g}), {scores[0]:.2f} dB", self.test_noisy[sigma][i]),
                 (f"denoised, {scores[-1]:.2f} dB", estimate),
                 (f"clean: {self.test_names[i]}", self.test_clean[i])]
@@ -267,10 +272,12 @@ class DenoisingTask:
 
     def summary(self, table: pd.DataFrame) -> dict[str, float]:
         """The flat metrics of :meth:`per_sigma`'s table: test/psnr_s{sigma} and its _std for each
-        sigma; the headline sigma's also as test/psnr, test/psnr_std and test/psnr_input."""
+        sigma; the headline sigma's also as test/psnr, test/psnr_std and, when it is not 0,
+        test/psnr_input (at sigma 0 the input is the clean image: no input PSNR is reported)."""
         first = table[table["sigma"] == self.headline_sigma].iloc[0]
-        metrics = {METRIC: first["psnr"], f"{METRIC}_std": first["psnr_std"],
-                   f"{METRIC}_input": first["psnr_input"]}
+        metrics = {METRIC: first["psnr"], f"{METRIC}_std": first["psnr_std"]}
+        if self.headline_sigma > 0:
+            metrics[f"{METRIC}_input"] = first["psnr_input"]
         for row in table.itertuples():
             metrics[sigma_metric(row.sigma)], metrics[f"{sigma_metric(row.sigma)}_std"] = row.psnr, row.psnr_std
         return {k: float(v) for k, v in metrics.items()}
@@ -288,14 +295,13 @@ class DenoisingTask:
         value = published_psnr(paper, self.setting(), variant)
         published = None if value is None else Published(METRIC, value, paper.get("source"),
                                                          f"{self.setting()}, {variant}")
-        title = f"{model_name}, {self.setting()}, {len(self.test_clean)} test images"
+        title = f"{model_title(model_name, model)}, {self.setting()}, {len(self.test_clean)} test images"
         extra, plots, lines = self.interpretation(model, model_name)
         metrics.update(extra)
         tables = {
-            "sigmas": Table(table, None, "PSNR (dB) per noise level (test images: mean, std over images)",
-                            ["g", ".2f", ".2f", ".2f", ".0f"]),
+            "sigmas": Table(table, None, "PSNR (dB) per noise level (test images: mean, std over images)"),
             "layers.csv": Table(layers, ["layer"], "PSNR (dB) per layer (mean over test images; layer 0 = the "
-                                "noisy input)", [".0f"] + [".2f"] * (layers.shape[1] - 1)),
+                                "noisy input)"),
             "items.csv": Table(items, ["image", "sigma"])}
         # the per-epoch test PSNR of val_size=0 is the papers' curve: shown beside the training loss
         return Report(title, metrics, tables, {**self.figures_of(model, model_name, title, layers, panels), **plots},
@@ -327,7 +333,7 @@ class DenoisingTask:
 
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
-        names = [METRIC, f"{METRIC}_std", f"{METRIC}_input"]
+        names = [METRIC, f"{METRIC}_std"] + [f"{METRIC}_input"] * (self.headline_sigma > 0)
         names += [name for s in self.test_sigmas for name in (sigma_metric(s), f"{sigma_metric(s)}_std")]
         return names if self.monitor == METRIC else [*names, self.monitor]
 

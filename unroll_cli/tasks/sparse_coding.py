@@ -23,6 +23,7 @@ from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, 
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.lista import FISTA, ISTA
 from unroll_cli.record import figures
+from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
 from unroll_cli.tasks.base import online_epoch
 
@@ -258,7 +259,7 @@ class SyntheticSparseCoding:
             published = Published(METRIC, curve[depth - 1], f"{paper.source}, reading error +-{paper.tolerance_db} dB",
                                   f"layer {depth - 1}")
 
-        title = f"{model_name}, {self.A.shape[0]}x{self.A.shape[1]}, {self.setting()}"
+        title = f"{model_title(model_name, model)}, {self.A.shape[0]}x{self.A.shape[1]}, {self.setting()}"
         plots = {"nmse_per_layer.png": figures.per_layer_figure(layers, "layer", "NMSE (dB)", title)}
         learned = {}
         for label, method in (("threshold", "thresholds"), ("step size", "step_sizes")):
@@ -266,9 +267,9 @@ class SyntheticSparseCoding:
             if values is not None:
                 learned[label] = values.tolist()
         if learned:  # models that declare their thresholds / step sizes
-            plots["thresholds.png"] = figures.parameters_figure(learned, f"{model_name}: learned per layer")
-        table = Table(layers, ["layer"], "NMSE (dB) per layer (test set, layer 0 = the all-zero start)",
-                      [".0f"] + [".2f"] * (shown.shape[1] - 1), shown)
+            plots["thresholds.png"] = figures.parameters_figure(learned, f"{model_title(model_name, model)}: "
+                                                                "learned per layer")
+        table = Table(layers, ["layer"], "NMSE (dB) per layer (test set, layer 0 = the all-zero start)", shown=shown)
         return Report(title, metrics, {"layers.csv": table}, plots, published=published, curve=("step", False),
                       notes=[f"NMSE convention: {self.nmse}; baselines run at the model's depth and lam.",
                              *self.notes])

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from unroll_cli.schema import SEED_RANGE, constrained, register_schema
 from unroll_cli.models.butterfly_factorize import TREES, butterfly_factorize, twiddle_to_dense
+from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
 from unroll_cli.tasks.base import online_epoch
 
@@ -208,14 +209,14 @@ class TransformLearning:
         value = published_rmse(paper, self.transform, self.N)
         published = None if value is None else Published(
             "test/rmse", value, f"{paper.source}: the best of at least 20 Hyperband trials (random lr and seed), "
-            "polished; this run is one trial", digits=".2g")
+            "polished; this run is one trial")
         methods = pd.DataFrame([("gradient (Adam, best epoch)", metrics["test/rmse_adam"], train_seconds),
                                 ("final model (after any polishing: see polish/*)", final, float("nan")),
                                 (f"hierarchical factorization ({self.tree} tree, permutation "
                                  f"{factorized['permutation']})", factorized["rmse"], factorized["seconds"])],
                                columns=["method", "RMSE", "seconds"])
-        return Report(f"{model_name} on {self.transform}, N={self.N}", metrics,
-                      {"methods": Table(methods, None, "RMSE per method", [".4g", ".3g", ".3g"])},
+        return Report(f"{model_title(model_name, model)} on {self.transform}, N={self.N}", metrics,
+                      {"methods": Table(methods, None, "RMSE per method")},
                       published=published, curve=("step", True), notes=[
                           "The factorization is one butterfly after a fixed permutation (the identity or the bit "
                           "reversal, the better one): exact for Hadamard and the DFT, a projection for targets "

@@ -34,6 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from unroll_cli.errors import ConfigError
+from unroll_cli.report import formatting
 from unroll_cli.schema import ConstantSchedConfig
 from unroll_cli.train.trainer import CHECK_EVERY, Trainer
 
@@ -165,8 +166,8 @@ class LayerwiseTrainer(Trainer):
         train_loss = self.check_finite(loss_sum, count)
         if not math.isfinite(best):  # fewer steps than one validation interval
             best = self.task.validate(self.model, depth)[self.task.monitor]
-        log.info("layer %d stage %d: %d steps, loss %.5g, %s %.4f", depth, stage, step, train_loss,
-                 self.task.monitor, best)
+        log.info("layer %d stage %d: %d steps, loss %.5g, %s %s", depth, stage, step, train_loss,
+                 self.task.monitor, formatting.number(best))
         return {"layer": depth, "stage": stage, "step": self.global_step, "stage_steps": step,
                 "lr": groups[-1]["lr"], "train/loss": train_loss, self.task.monitor: best,
                 "seconds": round(earlier_s + time.time() - started, 3)}

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from unroll_cli.errors import ConfigError, TrainingFailure
 from unroll_cli.record.recorder import RunRecorder
+from unroll_cli.report import formatting
 from unroll_cli.train.callbacks import Callbacks
 from unroll_cli.train.checkpoints import CheckpointStore
 from unroll_cli.train.cuda_graphs import GraphedLoss
@@ -245,8 +246,8 @@ class Trainer:
                 self.recorder.add_row(row)
                 bar.set_postfix_str(f"epoch {epoch}/{self.s.max_epochs}, loss {train_loss:.4g}, "
                                     f"{self.task.monitor} {monitored:.4g}")
-                log.info("epoch %d/%d  loss %.5g  %s %.4f", epoch, self.s.max_epochs, train_loss,
-                         self.task.monitor, monitored)
+                log.info("epoch %d/%d  loss %.5g  %s %s", epoch, self.s.max_epochs, train_loss,
+                         self.task.monitor, formatting.number(monitored))
                 save(improved)  # before history.csv, which is then never ahead of the checkpoint
                 self.recorder.write_history(step=self.global_step)
                 if stop is not None:
