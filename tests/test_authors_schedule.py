@@ -17,6 +17,7 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.validation import changeable_keys, schema_defaults, validate
 from unroll_cli.run import build_model, build_task, run
 from unroll_cli.train.checkpoints import resume_conflicts
+from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.train.layerwise import BatchStream, LayerwiseTrainer
 from unroll_cli.train.tf_adam import TFAdam
 
@@ -24,12 +25,13 @@ CPU = torch.device("cpu")
 ALISTA_DATA = Path(__file__).parents[2] / "shared" / "data" / "alista"
 
 
-def layerwise(*extra: str):
-    """A tiny stage-wise set-up: its config, task, model (untied LISTA, 4 layers) and trainer."""
+def layerwise(*extra: str, recorder: RunRecorder | None = None):
+    """A tiny stage-wise set-up: its config, task, model (untied LISTA, 4 layers) and trainer (with
+    ``recorder``, which a stage needs for its progress)."""
     cfg = compose_cfg(tiny("model=lista", "model.tied=false", "trainer=layerwise", *extra))
     task = build_task(cfg, CPU)
     model = build_model(cfg.model, task)
-    return cfg, task, model, LayerwiseTrainer(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder=None)
+    return cfg, task, model, LayerwiseTrainer(cfg.trainer, model, task, cfg.optim, cfg.sched, recorder=recorder)
 
 
 def train_stage(trainer: LayerwiseTrainer, model, batch, layer: int, stage: int, steps: int) -> None:
@@ -156,10 +158,11 @@ def test_the_authors_loss_scale_is_half_the_sum_over_the_batch():
     (3, 2, 10, 5, 19),           # checks after steps 1, 7, 13, 19: the first more than 10 after 5
     (None, 10, 2000, 350, 2350),  # the project's rule: the first validation 2000 steps after the best
 ])
-def test_the_stopping_rule_ends_a_stage_where_it_predicts(check, every, patience, best, end):
+def test_the_stopping_rule_ends_a_stage_where_it_predicts(tmp_path, check, every, patience, best, end):
     _, task, model, trainer = layerwise(f"trainer.val_every_steps={every}",
                                         f"trainer.stage_patience_steps={patience}",
-                                        f"trainer.stop_check_validations={'null' if check is None else check}")
+                                        f"trainer.stop_check_validations={'null' if check is None else check}",
+                                        recorder=RunRecorder(tmp_path, tensorboard=False))
     validated = []
 
     def scripted_curve(model, depth):  # improves until step `best`, worse ever after
