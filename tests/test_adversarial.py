@@ -390,7 +390,7 @@ def uninterrupted(tmp_path_factory) -> dict:
     return read_metrics(folder / "run")["metrics"]
 
 
-@pytest.mark.parametrize("sig, into", [(signal.SIGKILL, "same"), (signal.SIGTERM, "new"),
+@pytest.mark.parametrize("sig, into", [(signal.SIGKILL, "same"), pytest.param(signal.SIGTERM, "new", marks=pytest.mark.slow),
                                        pytest.param(signal.SIGINT, "same", marks=pytest.mark.slow),
                                        pytest.param(signal.SIGKILL, "new", marks=pytest.mark.slow)])
 def test_killed_at_a_random_moment_the_pair_stays_consistent_and_resume_is_exact(tmp_path, uninterrupted, sig, into):

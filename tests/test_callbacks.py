@@ -127,6 +127,7 @@ class ParameterTrace(Callback):
 '''
 
 
+@pytest.mark.slow
 def test_a_users_callback_from_their_own_folder_resumes_exactly_after_a_kill(tmp_path):
     """docs/architecture.md's example as a user types it: a module in their folder, a YAML file in their
     config folder found through hydra.searchpath, selected with a built-in one; SIGKILL after three

@@ -153,6 +153,7 @@ def bad_input(args: list[str], cwd: Path) -> str:
     return lines[0]
 
 
+@pytest.mark.slow
 def test_bad_input_is_one_line_and_exit_code_2(tmp_path, lista_run, tilista_run):
     run_dir, _ = lista_run
     assert "no such run directory" in bad_input([str(tmp_path / "nowhere"), "--structure", "butterfly"], tmp_path)

@@ -156,6 +156,7 @@ def test_trusted_packages_of_a_run_directory_do_not_widen_unroll_eval(finished, 
     assert not (tmp_path / "out" / "metrics.json").exists()
 
 
+@pytest.mark.slow
 def test_a_run_of_your_own_model_is_evaluated_with_trust_named_on_the_readers_command_line(tmp_path):
     import subprocess
     import sys
