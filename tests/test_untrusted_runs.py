@@ -15,6 +15,7 @@ import yaml
 from conftest import TINY, read_metrics, run_cli
 from unroll_cli.compress import main as compress_main
 from unroll_cli.reevaluate import main as eval_main
+from unroll_cli.report.aggregate import main as report_main
 
 FAST = [*TINY, "tensorboard=false"]
 
@@ -194,6 +195,47 @@ def snapshot(folder: Path) -> dict[str, bytes | str]:
     return entries
 
 
+@pytest.fixture(scope="module")
+def finished_sweep(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("sweep")
+    result = run_cli(["-m", *FAST, "trainer.max_epochs=1", "seed=0,1", f"hydra.sweep.dir={folder / 'sweep'}"],
+                     cwd=folder)
+    assert result.returncode == 0, result.stderr
+    return folder / "sweep"
+
+
+@pytest.mark.parametrize("values", [["seed=2,3"], ["seed=1,0"], ["seed=0"], ["data.m=24", "seed=0,1"]])
+def test_a_sweep_into_a_finished_sweep_of_other_jobs_changes_nothing_there(finished_sweep, tmp_path, capsys, values):
+    """Refused before Hydra writes its multirun.yaml: the finished sweep's report is what it was."""
+    before = snapshot(finished_sweep)
+    result = run_cli(["-m", *FAST, "trainer.max_epochs=1", *values, f"hydra.sweep.dir={finished_sweep}"],
+                     cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert f"hydra.sweep.dir={finished_sweep} holds" in result.stderr and "nothing was changed" in result.stderr
+    assert snapshot(finished_sweep) == before
+    assert report_main([str(finished_sweep)]) == 0
+    assert "missing" not in capsys.readouterr().out
+
+
+def test_a_sweep_with_values_appended_extends_the_finished_one(finished_sweep, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_sweep, sweep, symlinks=True)
+    result = run_cli(["-m", *FAST, "trainer.max_epochs=1", "seed=0,1,2", f"hydra.sweep.dir={sweep}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("(already completed)") == 2 and read_metrics(sweep / "2")["status"] == "completed"
+    assert report_main([str(sweep)]) == 0 and "missing" not in capsys.readouterr().out
+
+
+def test_a_huge_grid_in_a_multirun_yaml_is_not_expanded(finished_sweep, tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    shutil.copytree(finished_sweep, sweep, symlinks=True)
+    plan = yaml.safe_load((sweep / "multirun.yaml").read_text())
+    plan["hydra"]["overrides"]["task"] += ["data.m=range(0,1000000000)", "data.n=range(0,1000000000)"]
+    (sweep / "multirun.yaml").write_text(yaml.safe_dump(plan))
+    assert report_main([str(sweep)]) == 1
+    assert "plans more than 100000 jobs" in capsys.readouterr().out
+
+
 @pytest.mark.parametrize("make", [
     lambda run, outside: (run / "history.csv").write_text("my,own\n1,2\n"),
     lambda run, outside: (run / "checkpoints").mkdir() or (run / "checkpoints/notes.txt").write_text("mine"),
@@ -272,3 +314,30 @@ def test_a_metrics_pattern_that_matches_nothing_is_refused_naming_what_there_is(
     assert exit_.value.code == 2
     error = capsys.readouterr().err
     assert "--metrics test/psnr* matches no metric of these runs; they report: " in error and "test/nmse_db" in error
+
+
+@pytest.mark.parametrize("content", [b"", b'garbage\x00,,\n"unterminated\n', b"\xff\xfe\x00bad"])
+def test_unroll_report_names_a_per_run_table_that_is_not_a_table_and_writes_nothing(finished, tmp_path, capsys,
+                                                                                 content):
+    run_dir = tmp_path / "run"
+    shutil.copytree(finished, run_dir, symlinks=True)
+    (run_dir / "layers.csv").write_bytes(content)
+    with pytest.raises(SystemExit) as exit_:
+        report_main([str(run_dir), "--layers", "--out", str(tmp_path / "report")])
+    assert exit_.value.code == 1
+    error = capsys.readouterr().err
+    assert f"{run_dir / 'layers.csv'}: not a CSV table" in error and len(error.strip().splitlines()) == 1, error
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("tool", ["report", "compress"])
+def test_an_output_folder_that_is_a_file_is_refused_and_kept(finished, tmp_path, capsys, tool):
+    out = tmp_path / "notes.txt"
+    out.write_text("mine")
+    main, args = {"report": (report_main, [str(finished)]),
+                  "compress": (compress_main, [str(finished), "--structure", "butterfly"])}[tool]
+    with pytest.raises(SystemExit) as exit_:
+        main([*args, "--out", str(out)])
+    assert exit_.value.code == 2
+    assert f"{out} is a file, not a directory" in capsys.readouterr().err
+    assert out.read_text() == "mine"

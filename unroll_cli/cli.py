@@ -8,9 +8,19 @@ one line and exit code 130, never a traceback (:mod:`unroll_cli.interrupts`).
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from pathlib import Path
 
 from unroll_cli import interrupts
+
+
+def output_folder(value: str) -> Path:
+    """An ``--out DIR`` argument: a folder that is or will be made there, never a file."""
+    path = Path(value)
+    if path.exists() and not path.is_dir():
+        raise argparse.ArgumentTypeError(f"{value} is a file, not a directory: choose another one")
+    return path
 
 
 def train_main() -> None:

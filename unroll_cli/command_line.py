@@ -88,6 +88,8 @@ def check_command_line(argv: list[str]) -> None:
             if folder.exists() and not folder.is_dir():
                 raise ConfigError(f"{override.key_or_group}={folder} is a file, not a directory: choose another one")
     cfg = compose_command_line(args.config_name or "train", overrides)
+    if args.multirun:
+        refuse_another_sweep(cfg, overrides)
     if args.config_name is None and all(o.key_or_group in PLAIN_HYDRA_KEYS or not o.key_or_group.startswith(
             ("hydra", "+hydra", "~hydra", "++hydra")) for o in overrides):
         return  # the package's own hydra node, or only its directories changed
@@ -123,6 +125,35 @@ def compose_command_line(config_name: str, overrides: list) -> DictConfig:
                               else one_line(str(error))) from None
         except HydraException as error:
             raise ConfigError(composition_error(error)) from None
+
+
+def refuse_another_sweep(cfg: DictConfig, overrides: list) -> None:
+    """A grid sweep into a ``hydra.sweep.dir`` that holds another one is refused before Hydra writes
+    its ``multirun.yaml`` there: the same sweep (to resume it) or the same with values appended (to
+    extend it) plans the earlier one's jobs first, in the same order; anything else would leave that
+    sweep's report without its plan."""
+    from unroll_cli.report.runs import Unreadable
+    from unroll_cli.report.sweeps import expand_sweep, planned_jobs
+
+    named = [o for o in overrides if o.key_or_group == "hydra.sweep.dir"]
+    sweep = Path(str(named[-1].value())) if named else None
+    if sweep is None or not (sweep / "multirun.yaml").is_file():
+        return
+    try:
+        earlier = planned_jobs(sweep)
+    except Unreadable as error:
+        raise ConfigError(f"hydra.sweep.dir={sweep}: {error}; nothing was changed there") from None
+    params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
+    planned = expand_sweep([*params, *(o.input_line for o in overrides if not o.is_hydra_override())])
+    for number, (before, now) in enumerate(zip(earlier, planned)):
+        if set(before) != set(now):
+            raise ConfigError(f"hydra.sweep.dir={sweep} holds another sweep (its job {number}: "
+                              f"{' '.join(before)}; this one's: {' '.join(now)}): nothing was changed there. "
+                              "Choose another hydra.sweep.dir, or run that sweep's own command again to resume "
+                              "it (values appended to its sweeps extend it)")
+    if len(planned) < len(earlier):
+        raise ConfigError(f"hydra.sweep.dir={sweep} holds a sweep of {len(earlier)} jobs, this one plans "
+                          f"{len(planned)}: nothing was changed there. Choose another hydra.sweep.dir")
 
 
 def missing_option(group: str, value: str, options: list[str]) -> str:

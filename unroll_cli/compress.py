@@ -36,6 +36,7 @@ import torch
 from hydra.utils import get_class
 from omegaconf import OmegaConf
 
+from unroll_cli.cli import output_folder
 from unroll_cli.errors import ConfigError
 from unroll_cli.models.operators import STRUCTURED
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
@@ -61,7 +62,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="a run directory of unroll-train")
     parser.add_argument("--structure", required=True, choices=sorted(STRUCTURED),
                         help="the structure of the compressed maps")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=output_folder, default=None,
                         help="where the reports and compress.json/.md go (default: RUN_DIR/compressed_<structure>)")
     parser.add_argument("--trust", action="append", default=[], metavar="PACKAGE",
                         help="a package whose classes the run's config may name (your own model's); the "

@@ -25,11 +25,12 @@ from pathlib import Path
 
 import pandas as pd
 
+from unroll_cli.cli import output_folder
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
 from unroll_cli.report.formatting import cell, latex, markdown, number, paper_cells
 from unroll_cli.report.pivot import check_pivot, pivot_grid, pivot_metrics, summarize_pivot
 from unroll_cli.report.plots import plot_metric
-from unroll_cli.report.runs import dirs_holding, existing_dirs, read_runs
+from unroll_cli.report.runs import Unreadable, dirs_holding, existing_dirs, read_runs
 from unroll_cli.report.sweeps import missing_jobs
 from unroll_cli.report.tables import (check_metric_patterns, check_overrides, common_overrides, completed,
                                       not_completed, select_metrics, summarize, summarize_table)
@@ -43,7 +44,7 @@ def make_parser() -> argparse.ArgumentParser:
     parser.add_argument("paths", nargs="+", help="run or sweep directories (globs allowed)")
     parser.add_argument("--group-by", nargs="*", default=None,
                         help="override keys to group by (default: every override but seed)")
-    parser.add_argument("--out", type=Path, default=None,
+    parser.add_argument("--out", type=output_folder, default=None,
                         help="where report.csv, report.tex and runs.csv go (default: the first path)")
     parser.add_argument("--plot", nargs=2, metavar=("METRIC", "PARAM"),
                         help="also plot METRIC against the swept PARAM into report.png")
@@ -98,6 +99,11 @@ def main(argv: list[str] | None = None) -> int:
         pivoted = pivot_metrics(runs, args.metrics) if args.pivot else []
     except ValueError as error:
         parser.error(str(error))
+    try:  # before anything is written
+        tables = {name: select_metrics(summarize_table(runs, name, args.group_by), args.metrics)
+                  for name in ["layers.csv"] * args.layers + args.table}
+    except Unreadable as error:
+        parser.exit(1, f"{parser.prog}: error: {error}\n")
     table = summarize(select_metrics(runs, args.metrics), args.group_by)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "runs.csv", lambda tmp: runs.to_csv(tmp, index=False))
@@ -108,8 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         print("Every run: " + " ".join(common) + "\n")
     print(markdown(paper_cells(table), "no completed run"))
     written = [out / "report.csv", out / "report.tex", out / "runs.csv"]
-    for name in ["layers.csv"] * args.layers + args.table:
-        summary = select_metrics(summarize_table(runs, name, args.group_by), args.metrics)
+    for name, summary in tables.items():
         report_file = out / f"report_{Path(name).stem}.csv"
         atomic_write(report_file, lambda tmp: summary.to_csv(tmp, index=False))
         written.append(report_file)

@@ -8,6 +8,7 @@ command line winning over ``hydra.sweeper.params``) and compared with the runs' 
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 import pandas as pd
@@ -33,16 +34,22 @@ def sweep_overrides(sweep: Path) -> list[str] | None:
         raise unreadable(file, "not a Hydra multirun config", error) from None
 
 
+#: the most jobs a grid is planned with here (a crafted multirun.yaml must not exhaust the memory)
+MAX_PLANNED_JOBS = 100_000
+
+
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """The jobs Hydra's basic sweeper makes of ``overrides``, as ``key=value`` lists: the cartesian
     product of every key's values, a later override of a key replacing an earlier one (the command
-    line wins over ``hydra.sweeper.params``)."""
+    line wins over ``hydra.sweeper.params``). HydraException beyond :data:`MAX_PLANNED_JOBS` jobs."""
     values = {}
     for override in OverridesParser.create().parse_overrides(overrides):
         key = override.get_key_element()
-        swept = (override.sweep_string_iterator() if override.is_sweep_override()
-                 else [override.get_value_element_as_str()])
+        swept = (itertools.islice(override.sweep_string_iterator(), MAX_PLANNED_JOBS + 1)
+                 if override.is_sweep_override() else [override.get_value_element_as_str()])
         values[key] = [f"{key}={value}" for value in swept]
+    if math.prod(len(v) for v in values.values()) > MAX_PLANNED_JOBS:
+        raise HydraException(f"it plans more than {MAX_PLANNED_JOBS} jobs")
     return [list(job) for job in itertools.product(*values.values())]
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from unroll_cli.record.recorder import TABLES
-from unroll_cli.report.runs import RUN_COLUMNS
+from unroll_cli.report.runs import RUN_COLUMNS, unreadable
 
 
 def readable(runs: pd.DataFrame) -> pd.DataFrame:
@@ -116,13 +116,16 @@ def table_index(run_dir: Path, name: str, table: pd.DataFrame) -> list[str]:
 def summarize_table(runs: pd.DataFrame, name: str, group_by: list[str] | None = None) -> pd.DataFrame:
     """A per-run table (``layers.csv``, ``items.csv``, ...) over the completed runs: mean, std and count
     of every column per group and per value of the table's declared index columns, published values
-    and the difference beside."""
+    and the difference beside. Unreadable naming a run's table that is not a CSV table."""
     keys = group_keys(runs, group_by)
     frames, index = [], []
     for _, run in completed(runs).iterrows():
         file = Path(run["run"]) / name
         if file.is_file():
-            table = pd.read_csv(file)
+            try:
+                table = pd.read_csv(file)
+            except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+                raise unreadable(file, "not a CSV table", error) from None
             index = index or table_index(Path(run["run"]), name, table)
             frames.append(table.assign(**{key: run[key] for key in keys}))
     if not frames:
