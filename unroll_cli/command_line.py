@@ -111,12 +111,11 @@ def compose_command_line(config_name: str, overrides: list) -> DictConfig:
             if not override.is_sweep_override():
                 lines.append(override.input_line)
             elif override.is_discrete_sweep() and override.value_type != ValueType.GLOB_CHOICE_SWEEP:
-                values = list(override.sweep_string_iterator())
-                options = loader.get_group_options(override.key_or_group)
-                for value in values if options else []:
+                options = loader.get_group_options(override.key_or_group)  # none: a key, not a group
+                for value in override.sweep_string_iterator() if options else []:
                     if value not in options:
                         raise ConfigError(missing_option(override.key_or_group, value, options))
-                lines.append(f"{override.get_key_element()}={values[0]}")
+                lines.append(f"{override.get_key_element()}={next(override.sweep_string_iterator())}")
         try:
             return compose(config_name=config_name, overrides=lines, return_hydra_config=True)
         except MissingConfigException as error:
@@ -144,7 +143,10 @@ def refuse_another_sweep(cfg: DictConfig, overrides: list) -> None:
     except Unreadable as error:
         raise ConfigError(f"hydra.sweep.dir={sweep}: {error}; nothing was changed there") from None
     params = [f"{key}={value}" for key, value in (cfg.hydra.sweeper.get("params") or {}).items()]
-    planned = expand_sweep([*params, *(o.input_line for o in overrides if not o.is_hydra_override())])
+    try:
+        planned = expand_sweep([*params, *(o.input_line for o in overrides if not o.is_hydra_override())])
+    except HydraException:  # not a grid this can plan (an Optuna search, a glob): its sweeper decides
+        return
     for number, (before, now) in enumerate(zip(earlier, planned)):
         if set(before) != set(now):
             raise ConfigError(f"hydra.sweep.dir={sweep} holds another sweep (its job {number}: "
