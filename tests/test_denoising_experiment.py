@@ -7,11 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from conftest import compose_cfg, read_metrics
 from test_denoising_task import folders  # noqa: F401  (the fixture: tiny train and test folders)
 from unroll_cli.report.aggregate import main as report_main
-from unroll_cli.run import run
+from unroll_cli.errors import ConfigError
+from unroll_cli.run import build_task, run
 
 TINY_RECIPE = ["data.crop=16", "model.filters=4", "model.kernel_size=5", "model.stride=2", "model.layers=3",
                "trainer.max_epochs=1", "trainer.progress=false", "tensorboard=false"]
@@ -61,3 +63,33 @@ def test_a_short_run_on_real_images_denoises_beyond_the_noisy_input(tmp_path, on
     run(cfg, tmp_path)
     metrics = read_metrics(tmp_path)["metrics"]
     assert metrics["test/psnr"] > metrics["test/psnr_input"] + 0.3
+
+
+def test_the_experiment_scores_the_full_test_images_and_results_say_so(folders, tmp_path, one_thread):  # noqa: F811
+    """PUDLE's published table is on full images (the authors' filters score it there): the experiment
+    tests on every test image whole, and results.md's title and headline table name the protocol."""
+    _, _, _, test_images = folders
+    task = build_task(recipe(folders), torch.device("cpu"))
+    assert sorted(tuple(image.shape) for image in task.test_clean) == sorted(i.shape for i in test_images.values())
+    for extra, protocol in (([], f"{len(test_images)} full test images"),
+                            (["data.test_crop=12"], f"one 12x12 window of each of {len(test_images)} test images")):
+        run(recipe(folders, *extra), tmp_path / str(len(extra)))
+        title, _, text = (tmp_path / str(len(extra)) / "results.md").read_text().partition("\n")
+        assert title.endswith(protocol) and f"Protocol: test metrics on {protocol}." in text
+
+
+def test_a_trained_dictionary_past_the_step_bound_is_evaluated_with_one_warning(folders, tmp_path, one_thread,  # noqa: F811
+                                                                                 caplog):
+    """Training (the authors' recipe) may carry a dictionary past step * ||D||^2 < 2: loaded, it is
+    evaluated as it is; the same step from a fresh start is still refused."""
+    run(recipe(folders), tmp_path / "trained")
+    dictionary = np.load(tmp_path / "trained" / "dictionary.npy")
+    np.save(tmp_path / "scaled.npy", 10 * dictionary)  # ||D||^2 x 100: far past 2 / step
+    with caplog.at_level("WARNING"):
+        run(recipe(folders, f"model.dictionary_path={tmp_path / 'scaled.npy'}", "trainer.max_epochs=0"),
+            tmp_path / "evaluated")
+    assert read_metrics(tmp_path / "evaluated")["status"] == "completed"
+    warnings = [r.message for r in caplog.records if "step * ||D||^2" in r.getMessage()]
+    assert len(warnings) == 1
+    with pytest.raises(ConfigError, match="the encoder diverges"):
+        run(recipe(folders, "model.step=1000"), tmp_path / "fresh")

@@ -40,7 +40,8 @@ def written_figures(monkeypatch):
 
 def headline(results: str) -> dict[str, str]:
     """{key: value as printed} of results.md's first table (metric | key | value)."""
-    rows = [line.split("|")[1:-1] for line in results.split("\n\n")[1].splitlines()[2:]]
+    table = next(block for block in results.split("\n\n") if block.startswith("|"))
+    rows = [line.split("|")[1:-1] for line in table.splitlines()[2:]]
     return {key.strip(): value.strip() for _, key, value in rows}
 
 

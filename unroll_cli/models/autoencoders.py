@@ -190,7 +190,7 @@ class TiedAutoencoder(nn.Module):
             weight = self._initial_atoms(shape, check_choice("init", init, ("random", "data")), images)
         self.weight = nn.Parameter(weight)
         if check_bool("check_step", check_step):
-            self._check_step(images)
+            self._check_step(images, dictionary_path)
         self._code: Tensor | None = None  # z_T of the last forward, for loss_penalty
 
     # -- construction ------------------------------------------------------
@@ -274,9 +274,11 @@ class TiedAutoencoder(nn.Module):
         return unit_atoms(images[torch.randperm(len(images))[:shape[1]]].flatten(1).T, False)
 
     @torch.no_grad()
-    def _check_step(self, images: Tensor | None) -> None:
-        """Refuse a step with which the encoder's gradient steps may diverge, ``step * ||D||_2^2 >= 2``;
-        ``||D^T D||_2`` by 30 power iterations on a 64 x 64 image (conv; the input's size if smaller)."""
+    def _check_step(self, images: Tensor | None, dictionary_path: str | None = None) -> None:
+        """Refuse a step with which the encoder's gradient steps may diverge from a fresh start,
+        ``step * ||D||_2^2 >= 2``; a dictionary loaded from ``dictionary_path`` (a trained one, which
+        training may carry past the bound, as the authors' recipe did) is evaluated as it is, with a
+        warning. ``||D^T D||_2`` by 30 power iterations on a 64 x 64 image (conv; the input's size if smaller)."""
         if self.conv:
             side = max(self.weight.shape[-1], 64 if images is None else min(64, *images.shape[-2:]))
             shape = (1, self.in_channels, side, side)
@@ -287,7 +289,11 @@ class TiedAutoencoder(nn.Module):
             v = self._synthesis(self._analysis(v), v)
             norm = torch.linalg.vector_norm(v).item()
             v /= max(norm, 1e-300)
-        if self.step * norm >= 2:
+        if self.step * norm >= 2 and dictionary_path is not None:
+            log.warning("model.step=%g with the dictionary of model.dictionary_path=%s: step * ||D||^2 = %.3g "
+                        ">= 2, where ISTA's steps may diverge; a trained dictionary is used as it is",
+                        self.step, dictionary_path, self.step * norm)
+        elif self.step * norm >= 2:
             raise ValueError(f"step={self.step}: the encoder diverges with this dictionary (step * ||D||^2 = "
                              f"{self.step * norm:.3g} >= 2): choose step < {2 / norm:.3g} (or check_step=false "
                              "to run it anyway)")

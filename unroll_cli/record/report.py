@@ -64,6 +64,7 @@ class Report:
     published: Published | None = None
     curve: tuple[str, bool] = ("epoch", False)
     curve_names: dict[str, str] = field(default_factory=dict)
+    protocol: str | None = None  # what the test metrics are measured on, said above the headline table
 
 
 def write_report(report: Report, recorder, paper_note: str | None = None) -> dict[str, float]:
@@ -87,8 +88,8 @@ def write_report(report: Report, recorder, paper_note: str | None = None) -> dic
 def results_markdown(report: Report, metrics: dict[str, float], paper_note: str | None) -> str:
     headline = pd.DataFrame({"metric": [metric_label(key) for key in metrics], "key": list(metrics),
                              "value": [number(v) if math.isfinite(v) else "null" for v in metrics.values()]})
-    lines = [f"# {report.title}", "", headline.to_markdown(index=False, disable_numparse=True,
-                                                         colalign=("left", "left", "right")), ""]
+    lines = [f"# {report.title}", "", *([f"Protocol: {report.protocol}.", ""] if report.protocol else []),
+             headline.to_markdown(index=False, disable_numparse=True, colalign=("left", "left", "right")), ""]
     published = report.published
     if published is not None:
         run, value = metrics[published.metric], published.value

@@ -295,7 +295,7 @@ class DenoisingTask:
         value = published_psnr(paper, self.setting(), variant)
         published = None if value is None else Published(METRIC, value, paper.get("source"),
                                                          f"{self.setting()}, {variant}")
-        title = f"{model_title(model_name, model)}, {self.setting()}, {len(self.test_clean)} test images"
+        title = f"{model_title(model_name, model)}, {self.setting()}, {self.test_protocol()}"
         extra, plots, lines = self.interpretation(model, model_name)
         metrics.update(extra)
         tables = {
@@ -306,6 +306,7 @@ class DenoisingTask:
         # the per-epoch test PSNR of val_size=0 is the papers' curve: shown beside the training loss
         return Report(title, metrics, tables, {**self.figures_of(model, model_name, title, layers, panels), **plots},
                       notes=["Conventions: " + self.conventions(), *lines], published=published,
+                      protocol=f"test metrics on {self.test_protocol()}",
                       curve=("step", False), curve_names={METRIC: "val/psnr (test images)"})
 
     def interpretation(self, model: torch.nn.Module, model_name: str) -> tuple[dict, dict, list[str]]:
@@ -340,6 +341,10 @@ class DenoisingTask:
     def artifacts(self) -> dict:
         """Nothing beyond the image files defines the problem."""
         return {}
+
+    def test_protocol(self) -> str:
+        """What the test metrics are measured on (results.md's title and headline table)."""
+        return f"{len(self.test_clean)} full test images"
 
     def setting(self) -> str:
         """The published-table key: the headline noise level (sigma25)."""
@@ -420,6 +425,12 @@ class ImageDenoising(DenoisingTask):
         test_names = [f"test image {name} of data.test_dir={test_dir} (data.test_crop=null: whole images)"
                       for name in self.test_names]
         return {**sizes, **first_of_each_size(test_names, self.test_clean)}
+
+    def test_protocol(self) -> str:
+        """Full test images, or one fixed ``test_crop`` window of each (results.md says which)."""
+        if self.test_crop is None:
+            return super().test_protocol()
+        return f"one {self.test_crop}x{self.test_crop} window of each of {len(self.test_clean)} test images"
 
     def _test_windows(self, images: list[torch.Tensor]) -> list[torch.Tensor]:
         """The test images, or with ``test_crop`` one random ``test_crop`` x ``test_crop`` window of each
