@@ -12,6 +12,7 @@ from unroll_cli.evaluate.coherence import Coherence
 from unroll_cli.record.dictionaries import write_dictionaries
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.run import run
+from unroll_cli.tasks.sparse_coding import SyntheticSparseCoding
 
 
 class ZeroCodes(torch.nn.Module):
@@ -47,6 +48,25 @@ def test_a_model_without_what_the_task_needs_is_refused_before_training(tiny_cfg
                                           r"lam \(the baselines' threshold\)$"):
         run(cfg, tmp_path)
     assert not (tmp_path / "history.csv").exists()
+
+
+class OlderTask(SyntheticSparseCoding):
+    """A user's own task written before tasks stated their data source."""
+
+    def __getattribute__(self, name):
+        if name == "data_source":
+            raise AttributeError(name)
+        return super().__getattribute__(name)
+
+
+def test_a_task_without_a_member_of_the_protocol_is_refused_before_training(tiny_cfg, tmp_path):
+    cfg = tiny_cfg()
+    cfg.trusted_packages = ["test_protocols"]
+    cfg.data._target_ = "test_protocols.OlderTask"
+    with pytest.raises(ConfigError, match=r"^data._target_=test_protocols.OlderTask lacks what a task provides: "
+                                          r"data_source \(the Task protocol"):
+        run(cfg, tmp_path)
+    assert not (tmp_path / "history.csv").exists() and not (tmp_path / "metrics.json").exists()
 
 
 def pairwise(columns: np.ndarray) -> float:

@@ -26,7 +26,7 @@ from unroll_cli.record.dictionaries import write_dictionaries
 from unroll_cli.record.recorder import RunRecorder
 from unroll_cli.record.report import write_report
 from unroll_cli.report.formatting import number
-from unroll_cli.tasks.base import check_model_protocol
+from unroll_cli.tasks.base import check_model_protocol, check_task_protocol
 from unroll_cli.train.callbacks import Callback, Callbacks, RunPruned, check_callbacks
 from unroll_cli.train.checkpoints import (CHANGEABLE_ON_RESUME, CheckpointStore, best_beside, checkpoint_file,
                                           load_checkpoint, resume_conflicts)
@@ -73,7 +73,9 @@ def build_task(cfg: DictConfig, device: torch.device):
     estimate = getattr(get_class(cfg.data._target_), "memory_estimate", None)
     if estimate is not None:
         require_memory(estimate(cfg.data, cfg.trainer), cfg, device)
-    return instantiate_checked(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer, _recursive_=False)
+    task = instantiate_checked(cfg.data, seed=cfg.seed, device=device, trainer=cfg.trainer, _recursive_=False)
+    check_task_protocol(task, cfg.data._target_)
+    return task
 
 
 def build_model(model_cfg: DictConfig, task, cfg: DictConfig | None = None) -> torch.nn.Module:

@@ -77,6 +77,16 @@ def online_epoch(trainer: DictConfig | None) -> int:
     return steps or ONLINE_STEPS_PER_EPOCH
 
 
+def check_task_protocol(task: Any, target: str) -> None:
+    """Refuse, before any work, a task (a user's own ``data._target_``) without a member of :class:`Task`."""
+    members = [*Task.__annotations__, *(name for name, value in vars(Task).items()
+                                         if callable(value) and not name.startswith("_"))]
+    missing = [name for name in members if not hasattr(task, name)]
+    if missing:
+        raise ConfigError(f"data._target_={target} lacks what a task provides: {', '.join(missing)} "
+                          "(the Task protocol, unroll_cli/tasks/base.py)")
+
+
 def check_model_protocol(task: Task, model: torch.nn.Module, model_name: str) -> None:
     """Refuse, before training, a model without a member the task needs (one message naming them)."""
     missing = [f"{name} ({use})" for name, use in task.model_protocol.items() if not hasattr(model, name)]
