@@ -1,0 +1,75 @@
+"""PUDLE's test PSNR curves beside the authors' committed training logs: a table and a figure.
+
+    python scripts/pudle_curves.py AUTHORS_CSV RUN_DIR [RUN_DIR ...] [--out curves.png]
+
+``AUTHORS_CSV`` is the authors' per-epoch log of the denoising table (``committed_curves.csv``: for
+each of their runs ``<grad>_<lamp16 | htp05>``, a column ``:test_psnr`` from epoch 0, before training).
+Each run directory (``+experiment=tolooshams2022_denoise``; its ``.hydra/config.yaml`` and
+``history.csv``) is matched with the authors' run of the same estimator (``model.grad``: g_dec, or
+g_ae_ls as ``g_aels``) and lambda (``lamp<digits after 0.>``; with ``model.threshold=hard``, ``htp``).
+Printed per run: the test PSNR of both at epochs 1, 2, 5, 10, 20, 50, 100, 200 and 400 (those the run
+has), the largest difference over the epochs both have, and the final values; the figure draws both
+curves of every run.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+EPOCHS = (1, 2, 5, 10, 20, 50, 100, 200, 400)
+GRADS = {"g_dec": "g_dec", "g_ae_ls": "g_aels"}
+
+
+def authors_run(config: dict) -> str:
+    """The authors' run name of a run's config: ``g_aels_lamp16``, ``g_dec_lamp2``, ``g_aels_htp05``."""
+    model = config["model"]
+    kind = "htp" if model.get("threshold") == "hard" else "lamp"
+    digits = format(model["lam"], "g").split(".")[1]  # 0.16 -> 16, 0.2 -> 2, 0.08 -> 08
+    return f"{GRADS[model['grad']]}_{kind}{digits}"
+
+
+def curves(authors: pd.DataFrame, run_dir: Path) -> tuple[str, pd.DataFrame]:
+    """(the authors' run name, a frame of epoch, ours, theirs, difference) over the epochs both have."""
+    name = authors_run(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()))
+    ours = pd.read_csv(run_dir / "history.csv")[["epoch", "test/psnr"]].rename(columns={"test/psnr": "ours"})
+    theirs = authors[["epoch", f"{name}:test_psnr"]].rename(columns={f"{name}:test_psnr": "theirs"})
+    both = ours.merge(theirs, on="epoch")
+    return name, both.assign(difference=both["ours"] - both["theirs"])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("authors", type=Path)
+    parser.add_argument("runs", type=Path, nargs="+")
+    parser.add_argument("--out", type=Path, default=Path("pudle_curves.png"))
+    args = parser.parse_args(argv)
+    authors = pd.read_csv(args.authors)
+    figure, ax = plt.subplots(figsize=(7, 4.5))
+    for run_dir in args.runs:
+        name, both = curves(authors, run_dir)
+        shown = both[both["epoch"].isin(EPOCHS)].round(2)
+        largest = both.loc[both["difference"].abs().idxmax()]
+        print(f"\n{run_dir} against the authors' {name}:\n")
+        print(shown.to_markdown(index=False))
+        print(f"\nlargest difference {largest['difference']:+.2f} dB at epoch {int(largest['epoch'])}; final "
+              f"(epoch {int(both['epoch'].iloc[-1])}): ours {both['ours'].iloc[-1]:.2f}, theirs "
+              f"{both['theirs'].iloc[-1]:.2f} dB")
+        line, = ax.plot(both["epoch"], both["ours"], label=f"{run_dir.name} ({name})")
+        ax.plot(authors["epoch"], authors[f"{name}:test_psnr"], "--", color=line.get_color(),
+                label=f"the authors' {name}")
+    ax.set(xlabel="epoch", ylabel="test PSNR (dB), BSD68 full images, sigma 25",
+           title="PUDLE: test PSNR per epoch, ours (solid) and the authors' log (dashed)")
+    ax.legend(fontsize="small")
+    figure.savefig(args.out, dpi=120, bbox_inches="tight")
+    print(f"\nwritten: {args.out}")
+
+
+if __name__ == "__main__":
+    main()
