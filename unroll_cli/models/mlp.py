@@ -1,0 +1,101 @@
+"""A fully connected ReLU network for image classification (``model=mlp``): the flattened image
+through ``depth`` hidden layers of ``width`` units (``Linear``, optional ``BatchNorm1d``, ``ReLU``)
+and a linear output layer, ``log_softmax`` of its logits.
+
+Its purpose is the rescaling symmetry of ReLU networks: ``ReLU(d z) = d ReLU(z)`` for ``d > 0``, so
+scaling the incoming weights and the bias of a hidden unit by ``d`` and its outgoing weights by
+``1 / d`` leaves the function unchanged. The model declares that structure
+(:meth:`MLP.rescaling_pairs`, used by :mod:`unroll_cli.models.rescaling` and ENorm) and its affine
+layers (:meth:`MLP.feedforward_layers`, used by the path-norm). The architecture and initialisation
+follow the fully connected net of Stock et al., "Equi-normalization of Neural Networks" (ICLR 2019,
+facebookresearch/enorm ``models/fully_connected.py``): Kaiming-normal weights, zero biases.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from unroll_cli.errors import ConfigError
+from unroll_cli.models.arguments import check_bool, check_int
+from unroll_cli.models.rescaling import HiddenUnits
+from unroll_cli.schema import constrained, register_schema
+
+
+@register_schema("model", "mlp")
+class MLPModelConfig:
+    """A fully connected ReLU classifier of the flattened image."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "classification"
+    depth: int = constrained(2, "an integer >= 0 (hidden layers)", lambda v: v >= 0)
+    width: int = constrained(256, "an integer >= 1", lambda v: v >= 1)
+    bias: bool = True
+    batch_norm: bool = False
+
+
+class MLP(nn.Module):
+    """``log_softmax(W_L ReLU(BN(W_{L-1} ... ReLU(BN(W_0 x + b_0)) ...) + b_L))`` on flattened images.
+
+    ``unfoldings`` is 0 (a feed-forward net), the classification task's per-unfolding table has one row.
+    """
+
+    unfoldings = 0
+
+    def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, depth: int = 2,
+                 width: int = 256, bias: bool = True, batch_norm: bool = False, arch: str | None = None):
+        super().__init__()  # arch: the convolutional families' architecture, which a flat net ignores
+        self.depth, self.width = check_int("depth", depth, 0), check_int("width", width, 1)
+        self.bias, self.batch_norm = check_bool("bias", bias), check_bool("batch_norm", batch_norm)
+        self.in_features = check_int("in_channels", in_channels, 1) * check_int("image_size", image_size, 1) ** 2
+        sizes = [self.in_features, *[self.width] * self.depth, check_int("num_classes", num_classes, 1)]
+        self.linears = nn.ModuleList(nn.Linear(a, b, bias=self.bias) for a, b in zip(sizes[:-1], sizes[1:]))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(self.width) for _ in range(self.depth if batch_norm else 0))
+        for linear in self.linears:
+            nn.init.kaiming_normal_(linear.weight)
+            if linear.bias is not None:
+                nn.init.zeros_(linear.bias)
+
+    def logits(self, x: Tensor) -> Tensor:
+        """The output layer's values (batch, classes) of images (batch, C, H, W) or flat rows."""
+        h = x.flatten(1)
+        if h.shape[1] != self.in_features:
+            raise ValueError(f"x must hold {self.in_features} values per sample, got {tuple(x.shape)}")
+        for k, linear in enumerate(self.linears[:-1]):
+            h = linear(h)
+            h = torch.relu(self.norms[k](h) if self.batch_norm else h)
+        return self.linears[-1](h)
+
+    def forward(self, x: Tensor, unfoldings: int | None = None) -> Tensor:
+        """Log-probabilities (batch, classes); ``unfoldings`` may only be 0 (or None)."""
+        if unfoldings not in (None, 0):
+            raise ValueError(f"model=mlp has no unfoldings: unfoldings must be 0, got {unfoldings!r}")
+        return F.log_softmax(self.logits(x), dim=1)
+
+    def rescaling_pairs(self) -> list[HiddenUnits]:
+        """Each hidden layer's units: the rows of the linear map into it (and its bias) and the columns
+        of the one out of it. With batch normalisation between the layers a unit's scaling is not
+        function-preserving (the normalisation undoes the incoming one), so there is none."""
+        if self.batch_norm:
+            raise ConfigError("model.batch_norm=true: batch normalisation after a layer undoes the scaling of its "
+                              "incoming weights, so rescaling a unit does not preserve the function")
+        return [HiddenUnits(incoming=((inner.weight, 0),), outgoing=((outer.weight, 1),),
+                            biases=() if inner.bias is None else ((inner.bias, 0),))
+                for inner, outer in zip(self.linears[:-1], self.linears[1:])]
+
+    def feedforward_layers(self) -> list[tuple[Tensor, Tensor | None]]:
+        """The affine maps ``(weight (out, in), bias or None)`` with a ReLU between consecutive ones,
+        detached; an eval-mode batch normalisation ``a z + c`` is folded into the map before it."""
+        layers = []
+        for k, linear in enumerate(self.linears):
+            weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
+            if self.batch_norm and k < self.depth:
+                norm = self.norms[k]
+                scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
+                shift = norm.bias.detach() - scale * norm.running_mean
+                weight = scale[:, None] * weight
+                bias = shift if bias is None else scale * bias + shift
+            layers.append((weight, bias))
+        return layers
