@@ -62,6 +62,7 @@ class Trainer:
         elif settings.cuda_graphs:
             log.info("trainer.cuda_graphs: the device is %s, not CUDA: training eagerly", self.device)
         self.global_step = 0
+        self.optimizer: torch.optim.Optimizer | None = None  # that of the last step, for callbacks (ENorm)
         self.schedule_state: dict[str, Any] | None = None  # the schedule's part of its last save (save_phase)
 
     @classmethod
@@ -106,6 +107,7 @@ class Trainer:
         if self.s.grad_clip:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.s.grad_clip)
         optimizer.step()
+        self.optimizer = optimizer
         self.global_step += 1
         self.callbacks.after_step(self, self.global_step)
         return loss.detach()

@@ -1,0 +1,82 @@
+"""``+callbacks=enorm``: Equi-normalization (Stock, Graham, Gribonval & Jégou, ICLR 2019).
+
+After every ``every`` optimizer steps, one cycle over the model's declared hidden layers
+(:mod:`unroll_cli.models.rescaling`), from the input on, each with the norms as they are then: unit
+``i`` between ``W_{k-1}`` (its row, the incoming weights) and ``W_k`` (its column, the outgoing ones)
+is scaled by ``d_i = sqrt(||col_i(W_k)|| / (c ||row_i(W_{k-1})||))``, rows times ``d``, columns over
+``d``. Each step minimises ``sum_k c^{-2k} ||W_k||_F^2`` exactly over that layer's scalings (the
+weights only, biases excluded), so the cost never increases over a cycle; ``c = 1`` balances the
+layers' norms, ``c > 1`` moves weight towards the deeper layers. As in the authors' code
+(facebookresearch/enorm ``ENorm._step_fc``): the units feeding the output layer are not balanced
+(the output layer never changes), and SGD's momentum buffers are scaled inversely to their
+parameters (the gradient of a weight scaled by ``d`` is scaled by ``1 / d``), which Adam's moments
+could not be. Two differences: each layer's norms are read after the previous layer's step (the
+authors' loop reads the incoming norms before it, a Jacobi-like variant without the guarantee),
+and the biases are scaled with their units (``rescale_bias: true``), which keeps the network's
+function exact; ``rescale_bias: false`` is the authors' choice and changes the function of a
+network with biases.
+"""
+from __future__ import annotations
+
+from numbers import Real
+
+import torch
+
+from unroll_cli.errors import ConfigError
+from unroll_cli.models.rescaling import HiddenUnits, along, rescaling_pairs, scale_units, unit_norms
+from unroll_cli.train.callbacks import Callback
+
+
+def balance(units: HiddenUnits, c: float, biases: bool = True, optimizer: torch.optim.Optimizer | None = None) -> None:
+    """One ENorm step on a layer of hidden units, in place (a unit with a zero row or column stays)."""
+    incoming, outgoing = unit_norms(units.incoming), unit_norms(units.outgoing)
+    alive = (incoming > 0) & (outgoing > 0)
+    d = torch.where(alive, outgoing / (c * incoming).clamp_min(torch.finfo(torch.float64).tiny), 1.0).sqrt()
+    scale_units(units, d, biases)
+    if optimizer is None:
+        return
+    for tensors, factor in ((units.incoming + (units.biases if biases else ()), 1 / d), (units.outgoing, d)):
+        for tensor, axis in tensors:
+            buffer = optimizer.state.get(tensor, {}).get("momentum_buffer")
+            if buffer is not None:
+                buffer.mul_(along(factor, buffer, axis))
+
+
+def enorm_cycle(pairs: list[HiddenUnits], c: float, biases: bool = True,
+                optimizer: torch.optim.Optimizer | None = None) -> None:
+    """One cycle of :func:`balance` over ``pairs`` in order from the input."""
+    for units in pairs:
+        balance(units, c, biases, optimizer)
+
+
+class ENorm(Callback):
+    def __init__(self, c: float = 1.2, every: int = 1, rescale_bias: bool = True):
+        if isinstance(c, bool) or not isinstance(c, Real) or not c > 0:
+            raise ValueError(f"c must be a number > 0, got {c!r}")
+        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, got {every!r}")
+        if not isinstance(rescale_bias, bool):
+            raise ValueError(f"rescale_bias must be true or false, got {rescale_bias!r}")
+        self.c, self.every, self.rescale_bias = float(c), every, rescale_bias
+        self.pairs: list[HiddenUnits] = []
+
+    @staticmethod
+    def balanced(model: torch.nn.Module) -> list[HiddenUnits]:
+        """The declared hidden layers but the last (whose units feed the output layer)."""
+        return rescaling_pairs(model)[:-1]
+
+    def check(self, model, task, cfg) -> None:
+        target = cfg.optim._target_
+        if target != "torch.optim.SGD":
+            raise ConfigError(f"ENorm rescales the weights and SGD's momentum buffers with them; optim._target_="
+                              f"{target} keeps a state that is not scale-covariant: use optim=sgd")
+        if not self.balanced(model):
+            raise ConfigError(f"{type(model).__name__} has one hidden layer, whose units feed the output layer and "
+                              "are not balanced: ENorm would do nothing (give the model two hidden layers or more)")
+
+    def on_fit_start(self, trainer) -> None:
+        self.pairs = self.balanced(trainer.model)
+
+    def after_step(self, trainer, step: int) -> None:
+        if step % self.every == 0:
+            enorm_cycle(self.pairs, self.c, self.rescale_bias, trainer.optimizer)
