@@ -89,8 +89,8 @@ def test_momentum_buffers_are_scaled_inversely():
 
 def test_a_model_it_cannot_balance_is_refused(tiny_cfg):
     cfg = tiny_cfg("optim=sgd")
-    with pytest.raises(ConfigError, match="MLISTA declares no rescaling symmetry"):
-        ENorm().check(MLISTA(unfoldings=0), None, cfg)
+    with pytest.raises(ConfigError, match="model.unfoldings=2"):
+        ENorm().check(MLISTA(unfoldings=2), None, cfg)
     with pytest.raises(ConfigError, match="one hidden layer"):
         ENorm().check(small_mlp(depth=1), None, cfg)
 

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from unroll_cli.errors import ConfigError
-from unroll_cli.models.mlista import MLISTA
+from unroll_cli.models.mlista import MLISTA, MLLISTA, AllFree
 from unroll_cli.models.mlp import MLP
 from unroll_cli.models.rescaling import rescale, rescaling_pairs
 
@@ -80,10 +80,35 @@ def test_scales_must_be_positive_and_one_per_unit():
         rescale(model, scales[:2])
 
 
-@pytest.mark.parametrize("model", [nn.Linear(3, 2), MLISTA(unfoldings=0)], ids=["linear", "cnn"])
-def test_a_model_without_the_declaration_is_refused_by_name(model):
-    with pytest.raises(ConfigError, match=f"{type(model).__name__} declares no rescaling symmetry"):
-        rescaling_pairs(model)
+def test_a_model_without_the_declaration_is_refused_by_name():
+    with pytest.raises(ConfigError, match="Linear declares no rescaling symmetry"):
+        rescaling_pairs(nn.Linear(3, 2))
+
+
+@pytest.mark.parametrize("family, arch", [(MLISTA, "mnist"), (MLISTA, "cifar10"), (MLLISTA, "mnist"),
+                                          (AllFree, "mnist")])
+def test_the_cnn_keeps_its_function_under_a_rescaling_of_its_channels(family, arch):
+    """model=cnn (the multi-layer family with unfoldings=0): channels of the convolutions (and CIFAR's
+    max-pooled plain layers) scaled, the next kernel's input channels and the classifier's columns unscaled."""
+    torch.manual_seed(0)
+    channels = 3 if arch == "cifar10" else 1
+    model = family(arch=arch, in_channels=channels, unfoldings=0).double()
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "b" in name.split(".")[0]:  # the biases b, tail_b
+                parameter.normal_(0, 0.1)
+    x = torch.rand(3, channels, 32 if arch == "cifar10" else 28, 32 if arch == "cifar10" else 28,
+                   dtype=torch.float64)
+    before = model(x)
+    rescale(model, random_scales(model))
+    after = model(x)
+    assert (after - before).abs().max() <= 1e-12 * before.abs().max()
+    assert len(rescaling_pairs(model)) == (6 if arch == "cifar10" else 3)
+
+
+def test_an_unfolded_model_is_refused_saying_why():
+    with pytest.raises(ConfigError, match="model.unfoldings=2: an unfolding applies W_i and W_i\\^T"):
+        rescaling_pairs(MLISTA(unfoldings=2))
 
 
 def test_batch_norm_between_layers_is_refused_saying_why():

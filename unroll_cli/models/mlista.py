@@ -50,12 +50,14 @@ import torch.nn.functional as F
 from omegaconf import MISSING
 from torch import Tensor, nn
 
+from unroll_cli.errors import ConfigError
 from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.arguments import check_bool, check_int, fista_momentum
 from unroll_cli.models.mlista_architectures import (ARCHS, Plan, code_elements, forward_plan, kernel_shapes,
                                                     plan_kernels, sees_all, tap_index)
 from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer, structured_copy, structured_map
 from unroll_cli.models.prox import nonneg_soft_threshold
+from unroll_cli.models.rescaling import HiddenUnits
 
 def _dense_matrix(W: Tensor, size, s: int, p: int) -> Tensor:
     """A convolution that ``sees_all`` as a matrix: rows (out channel, out position), columns
@@ -242,6 +244,23 @@ class MultiLayerNet(nn.Module):
         layer = structured_map(self.dense_maps()["classifier"], operator, bias=self.classifier.bias)
         return structured_copy(self, operator, classifier=layer)
 
+    def rescaling_pairs(self) -> list[HiddenUnits]:
+        """The channels of every layer before the classifier: ``ReLU(c_i W_i^T h + b_i)`` (and CIFAR's plain
+        layers, max-pooled) commutes with a positive per-channel scaling of ``W_i``'s output channels and
+        ``b_i``, undone on the next kernel's input channels or the classifier's columns. Only the
+        feed-forward net (``unfoldings=0``, ``cnn``) with a dense classifier has it: an unfolding applies
+        ``W_i`` and ``W_i^T`` to the same codes, which a scaling of the channels does not keep."""
+        if self.unfoldings != 0:
+            raise ConfigError(f"model.unfoldings={self.unfoldings}: an unfolding applies W_i and W_i^T to the same "
+                              "codes, so rescaling a channel does not preserve the function (unfoldings=0 does)")
+        if self.operator != "dense":
+            raise ConfigError(f"model.operator={self.operator}: a structured classifier has no columns to rescale")
+        kernels, biases = self._cnn_parameters()
+        layers = [*zip(kernels, biases), *zip(self.tail_W, self.tail_b)]
+        readers = [W for W, _ in layers[1:]] + [self.classifier.weight]
+        return [HiddenUnits(incoming=((W, 0),), outgoing=((reader, 1),), biases=((b, 1),))
+                for (W, b), reader in zip(layers, readers)]
+
     def _check_unfoldings(self, t) -> int:
         return check_int("unfoldings", t, 0)
 
@@ -249,6 +268,10 @@ class MultiLayerNet(nn.Module):
         raise NotImplementedError
 
     def _first_kernel(self) -> Tensor:
+        raise NotImplementedError
+
+    def _cnn_parameters(self) -> tuple[list[Tensor], list[Tensor]]:
+        """The kernels and biases of the CNN pass (``unfoldings=0``)."""
         raise NotImplementedError
 
 
@@ -265,6 +288,9 @@ class _TiedNet(MultiLayerNet):
 
     def _first_kernel(self):
         return self.W[0]
+
+    def _cnn_parameters(self):
+        return list(self.W), list(self.b)
 
     def _step_kernels(self, plan: Plan) -> tuple[list[Tensor], list[Tensor]]:
         """``W_i`` and ``c_i W_i`` in the plan's coordinates, formed once per forward."""
@@ -356,6 +382,9 @@ class MLLISTA(MultiLayerNet):
     def _first_kernel(self):
         return self.W[0]
 
+    def _cnn_parameters(self):
+        return list(self.B), list(self.b)
+
     def _pursuit(self, plan, t):
         W, B = plan_kernels(self.W, plan), plan_kernels(self.B, plan)
         Bx = self._analysis(plan.image, 0, B[0], plan)
@@ -391,6 +420,9 @@ class AllFree(MultiLayerNet):
 
     def _first_kernel(self):
         return self.W[0][0]
+
+    def _cnn_parameters(self):
+        return list(self.W[0]), list(self.b[0])
 
     def _check_unfoldings(self, t):
         if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t <= self.unfoldings:
