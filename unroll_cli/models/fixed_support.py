@@ -25,14 +25,14 @@ def fixed_support_factorize(matrix: torch.Tensor, left_support: torch.Tensor,
 
     ``matrix``: ``A``, ``m x n``, real or complex; computed and returned in float64 or complex128.
     ``left_support`` (``m x r``) and ``right_support`` (``r x n``): masks, nonzero entries are in the support.
-    Raises ValueError on mismatched shapes, and when two rank-one supports overlap without being identical
-    (outside the case where Algorithm 1 is exact). An index whose rank-one support is empty gets zeros; in a
-    class larger than its block's rank, the columns beyond that rank are zero.
+    Computed on the matrix's device. Raises ValueError on mismatched shapes, and when two rank-one supports
+    overlap without being identical (outside the case where Algorithm 1 is exact). An index whose rank-one support
+    is empty gets zeros; in a class larger than its block's rank, the columns beyond that rank are zero.
     """
     dense, left, right = _checked(matrix, left_support, right_support)
     rank = left.shape[1]
-    x = torch.zeros(dense.shape[0], rank, dtype=dense.dtype)
-    y = torch.zeros(rank, dense.shape[1], dtype=dense.dtype)
+    x = torch.zeros(dense.shape[0], rank, dtype=dense.dtype, device=dense.device)
+    y = torch.zeros(rank, dense.shape[1], dtype=dense.dtype, device=dense.device)
     for members, rows, cols in _disjoint_classes(left, right):
         u, s, vh = _truncated_svd(dense[rows][:, cols], len(members))
         kept = members[:s.shape[0]]
@@ -44,7 +44,8 @@ def fixed_support_factorize(matrix: torch.Tensor, left_support: torch.Tensor,
 def _checked(matrix, left_support, right_support) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``A`` in float64/complex128 and the two masks as bool; ValueError naming the argument otherwise."""
     dense = torch.as_tensor(matrix)
-    left, right = torch.as_tensor(left_support) != 0, torch.as_tensor(right_support) != 0
+    left = torch.as_tensor(left_support, device=dense.device) != 0
+    right = torch.as_tensor(right_support, device=dense.device) != 0
     if dense.dim() != 2:
         raise ValueError(f"matrix must be 2-D, got shape {tuple(dense.shape)}")
     m, n = dense.shape
