@@ -186,6 +186,11 @@ class UnrolledISTA(nn.Module):
         """The measurement matrix ``A`` (m, n), whose columns are the atoms."""
         return {"A": self.A}
 
+    def prunable_parameters(self) -> list[str]:
+        """The learned matrices of the layers (or their butterfly / Monarch factors), for
+        ``+callbacks=prune``: all of them, since the code is the output (no output layer to keep dense)."""
+        return [name for name, p in self.named_parameters() if p.requires_grad and p.dim() >= 2]
+
     # -- hooks -------------------------------------------------------------
     def _prepare(self, y: Tensor):
         raise NotImplementedError

@@ -227,6 +227,12 @@ class MultiLayerNet(nn.Module):
             raise ValueError(f"x must have shape (batch, {self.in_channels}, H, W), got {tuple(x.shape)}")
         return self._head(self._pursuit(forward_plan(x, self.strides, self.padding, self._shapes[0][2]), t))
 
+    def prunable_parameters(self) -> list[str]:
+        """The filters of the unfolded and plain layers, for ``+callbacks=prune``; the classifier, the
+        output layer, stays dense (open_lth's default). Biases, shaped (1, C, 1, 1), are not weights."""
+        return [name for name, p in self.named_parameters() if p.requires_grad and not name.startswith("classifier.")
+                and sum(size > 1 for size in p.shape) >= 2]
+
     def dictionaries(self) -> dict[str, Tensor]:
         """The first layer's filters W1 (m1, C, k, k), detached (and contiguous)."""
         return {"W1": self._first_kernel().detach().contiguous()}

@@ -12,7 +12,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from unroll_cli.schema import constrained, register_schema
-from unroll_cli.models.butterfly import BP_KINDS, bp_model
+from unroll_cli.models.butterfly import BP_KINDS, LearnedPermutation, bp_model
 
 
 @register_schema("model", "bp")
@@ -34,6 +34,14 @@ class BPModel(nn.Module):
         super().__init__()
         self.kind = paper_kind if kind == "paper" else kind
         self.product = bp_model(n, self.kind, complex=complex)
+
+    def prunable_parameters(self) -> list[str]:
+        """The butterflies' twiddles, for ``+callbacks=prune``; a learned permutation's logits are not
+        weights."""
+        permutations = {f"{prefix}.{name}" for prefix, module in self.named_modules()
+                        if isinstance(module, LearnedPermutation) for name, _ in module.named_parameters()}
+        return [name for name, p in self.named_parameters() if p.requires_grad and p.dim() >= 2
+                and name not in permutations]
 
     def forward(self, x: Tensor, depth: int | None = None) -> Tensor:
         """The transform of the rows of ``x``; ``depth`` is ignored (no unrolled layers)."""

@@ -115,13 +115,14 @@ def _earlier(run_dir: Path) -> tuple[dict | None, list[str] | None, str]:
 
 def refuse_links(run_dir: Path) -> None:
     """A run writes only inside its own directory: no symbolic link in it but ``checkpoints``, which
-    must point into its own ``checkpoints.d/``."""
+    must point into its own ``checkpoints.d/``, and the checkpoint store's ``.checkpoints.swap`` (the
+    next link, left behind by a kill between its creation and its rename; the next save replaces it)."""
     for entry in run_dir.iterdir():
         if not entry.is_symlink():
             continue
         target = Path(os.readlink(entry))
-        inside = entry.name == "checkpoints" and not target.is_absolute() and len(target.parts) == 2 \
-            and target.parts[0] == "checkpoints.d"
+        inside = entry.name in ("checkpoints", ".checkpoints.swap") and not target.is_absolute() \
+            and len(target.parts) == 2 and target.parts[0] == "checkpoints.d"
         if not inside:
             raise RunDirError(f"{entry} is a symbolic link (to {target}): a run writes only inside its own "
                               "directory; nothing was changed there. Choose another directory (hydra.run.dir)")

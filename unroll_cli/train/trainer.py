@@ -168,6 +168,16 @@ class Trainer:
         if self.schedule_state is not None:
             self.save(improved=True, **self.schedule_state)
 
+    def restart_schedule(self) -> None:
+        """Train the whole schedule again from the model as it is now: a phase of a callback that
+        repeats training (a pruning round). The optimizer, scheduler, epoch count and best model start
+        afresh; the step count, history and data stream go on, and the first save of the new schedule
+        holds the callbacks' state of the new phase, so an interrupted phase resumes inside itself."""
+        self.resume_state, self.best_state, self.carried_best = None, None, None
+        self.run_schedule()
+        if self.recorder.history:
+            self.recorder.write_history_file()
+
     def restore(self, state: dict[str, Any]) -> None:
         """Model, RNG, history, step count, seconds so far and best model of a checkpoint."""
         self.model.load_state_dict(state["model"])
