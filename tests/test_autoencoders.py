@@ -18,6 +18,7 @@ from unroll_cli.validation import validate
 from unroll_cli.models.autoencoders import GroupSparseAutoencoder, SparseAutoencoder
 from unroll_cli.models.prox import group_soft_threshold, nonneg_soft_threshold, soft_threshold
 from unroll_cli.run import build_model
+from unroll_cli.tasks.denoising import DenoisingTask
 from unroll_cli.train.layerwise import LayerwiseTrainer
 from unroll_cli.train.trainer import Trainer
 
@@ -134,6 +135,28 @@ def test_conv_encoder_equals_the_dense_encoder_on_the_convolution_matrix(encoder
     expected, = torch.autograd.grad(0.5 * ((recs[-1] - x.flatten(1)) ** 2).sum() / 2, W)
     denoising_loss(outputs, (x, x), model).backward()
     torch.testing.assert_close(model.weight.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("grad", ["g_dec", "g_ae_lasso", "g_ae_ls"])
+def test_pixel_mean_loss_is_the_authors_sparse_loss_on_images(grad):
+    """data.loss_reduction=pixel_mean, PUDLE's SparseLoss on (N, 1, H, W) images written out: 0.5 * the
+    squared error averaged over every pixel of both images, plus (lasso gradients) lam * |z_T| summed
+    over the 3 filters and averaged over the 3 x 4 code positions of both images; its gradient is
+    autograd's of that written-out loss through the dense rendering of the convolution."""
+    model = SparseAutoencoder(1, filters=3, kernel_size=3, stride=2, layers=4, lam=0.3, step=0.2, grad=grad)
+    x, clean = torch.randn(2, 1, 7, 9), torch.randn(2, 1, 7, 9)
+    W = model.weight.detach().clone().requires_grad_()
+    codes, recs = unrolled(conv_matrix(W, 2, 7, 9), x.flatten(1), 0.2, 0.3 * 0.2, 4)
+    z = codes[-1].detach() if grad == "g_dec" else codes[-1]  # (2, 3 filters x 3 rows x 4 columns)
+    xhat = conv_matrix(W, 2, 7, 9) @ z.T if grad == "g_dec" else recs[-1].T  # (63 pixels, 2)
+    expected = ((clean.flatten(1).T - xhat) ** 2).sum() / (2 * 2 * 63)
+    if grad != "g_ae_ls":
+        expected = expected + 0.3 * z.abs().sum() / (2 * 3 * 4)
+    task = DenoisingTask(25.0, [25.0], 0, 2, 0, "max", True, 0, 0, "cpu", loss_reduction="pixel_mean")
+    loss = task.loss(model(x), (x, clean), model)  # the task takes the estimate in float32
+    torch.testing.assert_close(loss, expected, rtol=1e-6, atol=0)
+    loss.backward()
+    torch.testing.assert_close(model.weight.grad, torch.autograd.grad(expected, W)[0], rtol=1e-5, atol=1e-9)
 
 
 @pytest.mark.parametrize("cls", [SparseAutoencoder, GroupSparseAutoencoder])

@@ -236,7 +236,8 @@ def test_the_yaml_composes_validates_and_builds_the_task(folders):
     validate(cfg)
     task = build_task(cfg, torch.device("cpu"))
     assert isinstance(task, ImageDenoising) and task.kind == "denoising" and task.primary_metric == "test/psnr"
-    for bad, key in (("data.psnr_peak=-1", "data.psnr_peak"), ("data.test_sigmas=[]", "data.test_sigmas")):
+    for bad, key in (("data.psnr_peak=-1", "data.psnr_peak"), ("data.test_sigmas=[]", "data.test_sigmas"),
+                     ("data.loss_reduction=mean", "data.loss_reduction")):
         with pytest.raises(ConfigError, match=key):
             validate(compose_cfg(["data=bsd_denoise", *paths, bad]))
     with pytest.raises(ConfigError, match="data.test_dir=/nowhere"):
@@ -251,10 +252,24 @@ def test_loss_is_half_the_summed_squared_error_plus_the_models_penalty(folders):
     expected = 0.5 * sum((v / 100) ** 2 for v in range(18)) / 2
     model = Identity()
     assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected, rel=1e-5)
-    model.loss_penalty = lambda: torch.tensor(3.0)
+    model.loss_penalty = lambda per_position: torch.tensor(3.0 + per_position)
     assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected + 3, rel=1e-5)
-    model.loss_penalty = lambda: None
+    model.loss_penalty = lambda per_position: None
     assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_pixel_mean_loss_is_half_the_mean_squared_error_over_pixels_and_images(folders):
+    """data.loss_reduction=pixel_mean (PUDLE's SparseLoss on images): 0.5 * the mean over all 2 x 3 x 3
+    squared errors, and the model's penalty asked per code position."""
+    task = make_task(folders, n_figures=0, loss_reduction="pixel_mean")
+    clean = torch.rand(2, 1, 3, 3)
+    estimate = clean + torch.arange(18.0).view(2, 1, 3, 3) / 100
+    expected = 0.5 * sum((v / 100) ** 2 for v in range(18)) / 18
+    model = Identity()
+    assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected, rel=1e-5)
+    model.loss_penalty = lambda per_position: torch.tensor(3.0 + per_position)
+    assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected + 4, rel=1e-5)
+    assert "data.loss_reduction=pixel_mean" in task.conventions()
 
 
 def test_training_and_report_with_a_stand_in_model(folders, tmp_path, one_thread):

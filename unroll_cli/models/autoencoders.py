@@ -368,12 +368,15 @@ class TiedAutoencoder(nn.Module):
             raise ValueError(f"x must hold C*H*W = {self.weight.shape[0]} values per image, "
                              f"got {tuple(x.shape)}")
 
-    def loss_penalty(self) -> Tensor:
-        """``lam`` times the code penalty of the last forward's ``z_T``, mean over the batch, for the
-        lasso loss (``g_dec``: on the detached code, no gradient; ``g_ae_lasso``); zero for ``g_ae_ls``."""
+    def loss_penalty(self, per_position: bool = False) -> Tensor:
+        """``lam`` times the code penalty of the last forward's ``z_T``, mean over the batch and, with
+        ``per_position``, over the code's positions too (a convolutional code's H' x W'; a dense code
+        has one), as the task's ``data.loss_reduction=pixel_mean``; for the lasso loss (``g_dec``: on
+        the detached code, no gradient; ``g_ae_lasso``); zero for ``g_ae_ls``."""
         if self._code is None:
             return self.weight.new_zeros(())
-        return self.lam * self._penalty(self._code) / self._code.shape[0]
+        positions = self._code[0, 0].numel() if per_position else 1
+        return self.lam * self._penalty(self._code) / (self._code.shape[0] * positions)
 
     @torch.no_grad()
     def after_step(self) -> None:

@@ -71,9 +71,10 @@ class DatasetDenoising(DenoisingTask):
                  n_test: int | None = None, val_size: int = 0, psnr_peak: str | float = "max", clamp: bool = True,
                  n_figures: int = 3, representer_images: int = 6000, representer_rho: float = 1e-3,
                  representer_atoms: int = 8, representer_top: int = 6, seed: int = 0,
-                 device: str | torch.device = "cpu", trainer: DictConfig | None = None):
+                 device: str | torch.device = "cpu", trainer: DictConfig | None = None,
+                 loss_reduction: str = "sum"):
         super().__init__(sigma, test_sigmas, test_seed, batch_size, val_size, psnr_peak, clamp, n_figures,
-                         seed, device)
+                         seed, device, loss_reduction)
         if name not in GRAY_DATASETS:
             raise ValueError(f"data.name={name!r}: expected one of {', '.join(GRAY_DATASETS)}")
         self.name, self.classes = name, None if classes is None else sorted(int(c) for c in classes)

@@ -6,8 +6,8 @@ tested on the full BSD68 images by PSNR (the PUDLE code, btolooshams/stable-inte
 Training (PUDLE's ``train_conv_denoise.py``): every step, random ``crop`` x ``crop`` windows of the
 training images (zero-padded at the bottom/right when smaller), random horizontal and vertical flips,
 and fresh noise sigma/255 * N(0, 1), not clipped; the loss is supervised (the target is the clean
-image). Test: every full test image, one at a time (their sizes differ), with noise fixed by
-``test_seed`` for each of ``test_sigmas``; or, with ``test_crop``, one fixed random window of each,
+image), its scale set by ``loss_reduction`` (:meth:`DenoisingTask.loss`). Test: every full test
+image, one at a time (their sizes differ), with noise fixed by ``test_seed`` for each of ``test_sigmas``; or, with ``test_crop``, one fixed random window of each,
 as the authors' logging loader (its PSNR is about 1 dB below the full images'); PSNR per image with the authors' ``compute_psnr``
 convention by default (peak = max of the clean image, estimate clamped to [0, 1]), then the mean and
 std over images. Images are read by :mod:`unroll_cli.data.image_folder` (gray = PIL's "L" luma).
@@ -38,6 +38,9 @@ INIT_SEED, INIT_CROPS = 0, 64  # the training crops a model may initialise its d
 VAL_SPLIT = 1  # seeds the validation noise apart from the test noise
 
 null_or_positive = lambda v: v is None or v > 0  # noqa: E731
+LOSS_REDUCTIONS = {  # data.loss_reduction: how the training loss is scaled (DenoisingTask.loss), for results.md
+    "sum": "0.5 x the squared error summed over the pixels, mean over the batch",
+    "pixel_mean": "0.5 x the squared error averaged over the pixels and the batch (the authors' SparseLoss)"}
 
 
 TEST_SIGMAS = "a non-empty list of noise stds >= 0 (0-255 scale), distinct as the metric names print them (test/psnr_s25)"
@@ -68,6 +71,10 @@ class DenoisingOptions:
                                  evaluation=True)
     clamp: bool = True
     n_figures: int = constrained(3, "an integer >= 0", lambda v: v >= 0, changeable=True)
+    # the training loss's scale: sum (over the pixels; PUDLE's DLLoss2D) or pixel_mean (PUDLE's SparseLoss
+    # on images, the loss of their committed training logs); DenoisingTask.loss
+    loss_reduction: str = constrained("sum", "sum or pixel_mean (the mean over the pixels, PUDLE's SparseLoss)",
+                                      lambda v: v in LOSS_REDUCTIONS)
 
 
 @register_schema("data", "bsd_denoise")
@@ -146,8 +153,11 @@ class DenoisingTask:
 
     def __init__(self, sigma: float, test_sigmas: Sequence[float], test_seed: int, batch_size: int,
                  val_size: int, psnr_peak: str | float, clamp: bool, n_figures: int, seed: int,
-                 device: str | torch.device):
+                 device: str | torch.device, loss_reduction: str = "sum"):
         self.sigma, self.test_sigmas = float(sigma), [float(s) for s in test_sigmas]
+        if loss_reduction not in LOSS_REDUCTIONS:
+            raise ValueError(f"data.loss_reduction={loss_reduction!r}: expected one of {', '.join(LOSS_REDUCTIONS)}")
+        self.loss_reduction = loss_reduction
         self.test_seed = int(test_seed)
         self.batch_size = int(batch_size)
         self.peak, self.clamp, self.n_figures = psnr_peak, bool(clamp), int(n_figures)
@@ -184,13 +194,27 @@ class DenoisingTask:
 
     # ------------------------------------------------------------------ training
     def loss(self, outputs: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
-        """0.5 * sum over pixels of (clean - last estimate)^2, mean over the batch (PUDLE's DLLoss2D,
-        supervised: the target is the clean image), plus ``model.loss_penalty()`` when the model has
-        one (its gradient mode's penalty, e.g. lam * ||z_T||_1)."""
-        clean = batch[1]
-        loss = 0.5 * (clean - outputs[-1].float()).pow(2).flatten(1).sum(dim=1).mean()
+        """0.5 * (clean - last estimate)^2 (supervised: the target is the clean image), plus
+        ``model.loss_penalty(per_position)`` when the model has one (its gradient mode's penalty, e.g.
+        lam * ||z_T||_1), scaled by ``data.loss_reduction``:
+
+        * ``sum``: summed over the pixels, mean over the batch (PUDLE's ``DLLoss2D``, ``src/utils/loss.py``,
+          as ``src/train_conv_denoise.py`` uses it); the penalty summed over the code, mean over the batch.
+        * ``pixel_mean``: summed over the channels, mean over the batch and the pixels; the penalty
+          summed over the code's channels, mean over the batch and the code's positions
+          (``per_position``). This is PUDLE's ``SparseLoss`` (``0.5 * (x - xhat).pow(2).sum(dim=1).mean()``
+          and ``zhat.abs().sum(dim=1).mean()``, written for vectors) on (N, C, H, W) images, the loss
+          whose values the authors' committed logs of the denoising table hold (docs/experiments.md).
+
+        The two differ by the number of pixels P (16641 in a 129x129 crop). Adam undoes a constant
+        scale of the gradient except through its eps (a scale 1/P acts as eps -> eps * P): with the
+        recipe's eps 1e-3, ``pixel_mean`` takes the smaller steps.
+        """
+        squared = (batch[1] - outputs[-1].float()).pow(2)
+        per_position = self.loss_reduction == "pixel_mean"
+        loss = 0.5 * (squared.sum(dim=1).mean() if per_position else squared.flatten(1).sum(dim=1).mean())
         penalty = getattr(model, "loss_penalty", None)
-        extra = penalty() if penalty is not None else None
+        extra = penalty(per_position=per_position) if penalty is not None else None
         return loss if extra is None else loss + extra
 
     def state_dict(self) -> dict:
@@ -330,7 +354,9 @@ class DenoisingTask:
         return (f"PSNR per image = 20 log10(peak) - 10 log10(MSE), peak = {peak}, estimates {clamp} "
                 "(layer 0, the noisy input, too); then the mean and std over images. Noise sigma/255 * "
                 f"N(0, 1), not clipped; test noise fixed by test_seed={self.test_seed}. Training noise "
-                f"sigma {self.sigma:g}; validation on {validation}. " + self.data_conventions())
+                f"sigma {self.sigma:g}; validation on {validation}. Training loss: "
+                f"{LOSS_REDUCTIONS[self.loss_reduction]} (data.loss_reduction={self.loss_reduction}). "
+                + self.data_conventions())
 
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
@@ -366,9 +392,10 @@ class ImageDenoising(DenoisingTask):
                  batch_size: int = 1, steps_per_epoch: int | None = None, n_train: int | None = None,
                  n_test: int | None = None, val_size: int = 0, psnr_peak: str | float = "max",
                  clamp: bool = True, n_figures: int = 3, test_crop: int | None = None, seed: int = 0,
-                 device: str | torch.device = "cpu", trainer: DictConfig | None = None):
+                 device: str | torch.device = "cpu", trainer: DictConfig | None = None,
+                 loss_reduction: str = "sum"):
         super().__init__(sigma, test_sigmas, test_seed, batch_size, val_size, psnr_peak, clamp, n_figures,
-                         seed, device)
+                         seed, device, loss_reduction)
         self.crop, self.hflip, self.vflip = int(crop), bool(hflip), bool(vflip)
         self.test_crop = test_crop
         train_files, val_files, test_files = self._files(train_dir, test_dir, n_train, n_test, val_size)
