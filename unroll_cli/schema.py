@@ -109,6 +109,14 @@ class CosineSchedConfig:
     eta_min: float = constrained(0.0, "a number >= 0 (the smallest learning rate)", non_negative)
 
 
+@dataclass
+class LinearSchedConfig:
+    _target_: str = "torch.optim.lr_scheduler.LinearLR"
+    start_factor: float = constrained(1.0, "a number in (0, 1]", lambda v: 0 < v <= 1)
+    end_factor: float = constrained(0.0, "a number in [0, 1]", lambda v: 0 <= v <= 1)
+    total_iters: int = constrained(100, "an integer >= 1", positive)
+
+
 # ----------------------------------------------------------------------------- trainer / eval
 @dataclass
 class TrainerOptions:
