@@ -221,3 +221,10 @@ def test_per_sample_nmse_is_the_mean_of_per_sample_db(tiny_cfg, tmp_path, one_th
     assert record["metrics"]["val/nmse_db"] == pytest.approx(per_sample_nmse_db(last_layer(model, y_val), x_val),
                                                              abs=1e-6)
     assert abs(per_sample - pooled_nmse_db(x_hat, x)) > 0.01  # well above the 1e-6 agreement
+
+
+def test_the_linear_schedule_decays_the_rate_to_zero_over_the_run(tiny_cfg, tmp_path, one_thread):
+    """sched=linear: epoch e (1-based) trains at optim.lr x (1 - (e - 1) / max_epochs)."""
+    cfg, history, record = run_tiny(tiny_cfg, tmp_path, "model=lista_cp", "sched=linear", "trainer.max_epochs=4",
+                                    "optim.lr=0.01")
+    assert history["lr"].tolist() == pytest.approx([0.01 * (1 - e / 4) for e in range(4)])
