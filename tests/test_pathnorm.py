@@ -103,3 +103,18 @@ def test_a_run_with_enorm_and_the_path_norm_writes_them(tmp_path):
     rows, cols = state["linears.1.weight"].norm(dim=1), state["linears.2.weight"].norm(dim=0)
     torch.testing.assert_close(cols / rows, torch.full_like(rows, 1.2), rtol=1e-5, atol=0)
     assert metrics["test/acc"] > 20.0  # chance is 10 %
+
+
+def test_unroll_eval_measures_the_path_norm_of_a_finished_run(tmp_path, capsys):
+    """A run trained without the diagnostic is measured afterwards, from the weights it reported."""
+    from unroll_cli.reevaluate import main as eval_main
+
+    assert mlp_run(tmp_path, "optim=sgd", "optim.lr=0.05").returncode == 0
+    run_dir = tmp_path / "run"
+    assert eval_main([str(run_dir), "+diagnostics=pathnorm", f"hydra.run.dir={tmp_path / 'eval'}"]) == 0, \
+        capsys.readouterr().err
+    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())["metrics"]
+    # the run monitors test/acc (no validation split): it reports its last weights
+    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    for q in QS:
+        assert metrics[f"pathnorm/l{q}"] == pytest.approx(numpy_path_norm(state, q, 4), rel=1e-9)
