@@ -161,11 +161,12 @@ def test_small_numbers_are_scientific_on_the_console_and_in_results(tmp_path):
         assert re.fullmatch(r"\d\.\d\de-\d\d", text) and float(text) == pytest.approx(value, rel=1e-2), text
 
 
-def test_results_tables_print_whole_numbers_as_integers_and_small_ones_scientific():
+def test_results_tables_print_whole_numbers_as_integers_and_small_or_large_ones_scientific():
     table = pd.DataFrame({"layer": [0, 1], "sigma": [25.0, 50.0], "test/rmse": [0.5, 2.5e-5],
-                          "test/nmse_db": [-30.4123, float("nan")], "name": ["a", "b"]})
+                          "test/nmse_db": [-30.4123, float("nan")], "pathnorm/l1": [2.548e21, 999999.5],
+                          "name": ["a", "b"]})
     rows = [[cell.strip() for cell in line.split("|")[1:-1]] for line in readable(table).splitlines()[2:]]
-    assert rows == [["0", "25", "0.5000", "-30.41", "a"], ["1", "50", "2.50e-05", "", "b"]]
+    assert rows == [["0", "25", "0.5000", "-30.41", "2.55e+21", "a"], ["1", "50", "2.50e-05", "", "999999.50", "b"]]
 
 
 def test_results_md_and_metrics_json_agree_on_every_metric_finite_or_not(tmp_path):

@@ -21,14 +21,18 @@ def decimals(value: float) -> int:
     return 3 - math.floor(math.log10(abs(value)))
 
 
+LARGE = 1e6  # from here on, numbers are printed in scientific notation
+
+
 def number(value: float, like: float | None = None) -> str:
     """``value`` with the decimals (see decimals) of ``like``, by default its own; empty when missing. A
     std or difference is printed at its mean's decimals, as in a paper. Magnitudes below 1e-3 (an RMSE
-    of 3.1e-06) are printed with 3 significant digits in scientific notation."""
+    of 3.1e-06) or from 1e6 on (an L1 path-norm of 2.5e+21) are printed with 3 significant digits in
+    scientific notation."""
     if pd.isna(value):
         return ""
     scale = abs(value if like is None else like)
-    if 0 < scale < 1e-3:
+    if 0 < scale < 1e-3 or scale >= LARGE:
         return f"{value:.2e}"
     return f"{value:.{decimals(value if like is None else like)}f}"
 
