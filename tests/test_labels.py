@@ -215,3 +215,14 @@ def test_a_reconstruction_at_sigma_0_prints_no_infinite_psnr(tmp_path, written_f
     assert "test/psnr_input" not in stored and set(shown) == set(stored)
     for key, text in shown.items():
         assert float(text) == pytest.approx(stored[key], rel=1e-3)
+
+
+def test_fractional_keys_of_a_report_table_are_printed_by_the_number_rule():
+    """A pruning round's density 0.5120018... is a key of rounds.csv: printed 0.5120, whole keys as they are."""
+    from unroll_cli.report.formatting import paper_cells
+
+    table = pd.DataFrame({"round": [0, 3], "density": [1.0, 0.5120018450184501], "model": ["mlp", "mlp"],
+                          "test/acc mean": [84.3, 85.1], "test/acc std": [0.9, 0.5], "test/acc count": [3, 3]})
+    cells = paper_cells(table)
+    assert cells["density"].tolist() == ["1.00", "0.5120"] and cells["round"].tolist() == [0, 3]
+    assert cells["model"].tolist() == ["mlp", "mlp"]

@@ -77,7 +77,16 @@ def paper_cells(table: pd.DataFrame) -> pd.DataFrame:
             cells[f"published/{metric}"] = [number(value) for value in table[f"published/{metric}"]]
             cells[f"{metric} diff"] = [number(diff, of) for diff, of in zip(table[f"{metric} diff"], mean)]
     published = [c for c in table.columns if c.startswith("published/") and c not in cells]  # of no metric
-    return table[keys].assign(**cells, **{c: [number(value) for value in table[c]] for c in published})
+    return table[keys].apply(key_cells).assign(**cells, **{c: [number(value) for value in table[c]] for c in published})
+
+
+def key_cells(column: pd.Series) -> pd.Series:
+    """A key column as printed: fractional numbers (a density of 0.5120018...) by :func:`number`, other
+    columns (whole numbers, override values) as they are."""
+    values = column.dropna()
+    if pd.api.types.is_float_dtype(column) and not (values == values.round()).all():
+        return column.map(number)
+    return column
 
 
 def markdown(table: pd.DataFrame, empty: str) -> str:
