@@ -5,10 +5,12 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import compose_cfg
 from unroll_cli.errors import ConfigError
 from unroll_cli.models.mlista import MLISTA, MLLISTA, AllFree
 from unroll_cli.models.mlp import MLP
 from unroll_cli.models.rescaling import rescale, rescaling_pairs
+from unroll_cli.validation import validate
 
 
 def small_mlp(bias=True, batch_norm=False, depth=3, width=5, seed=0) -> MLP:
@@ -114,3 +116,18 @@ def test_an_unfolded_model_is_refused_saying_why():
 def test_batch_norm_between_layers_is_refused_saying_why():
     with pytest.raises(ConfigError, match="model.batch_norm=true.*does not preserve the function"):
         rescaling_pairs(small_mlp(batch_norm=True))
+
+
+def test_a_width_per_hidden_layer_builds_lenet_300_100_and_a_wrong_count_is_refused():
+    """model.width=[300, 100]: LeNet-300-100's maps 784 -> 300 -> 100 -> 10; rescaling still exact."""
+    model = MLP(in_channels=1, num_classes=10, image_size=28, depth=2, width=[300, 100]).double()
+    assert [tuple(linear.weight.shape) for linear in model.linears] == [(300, 784), (100, 300), (10, 100)]
+    x = torch.randn(4, 1, 28, 28, dtype=torch.float64)
+    before = model.logits(x)
+    rescale(model, [torch.rand(300, dtype=torch.float64) + 0.5, torch.rand(100, dtype=torch.float64) + 0.5])
+    assert (model.logits(x) - before).abs().max() <= 1e-12 * before.abs().max()
+    with pytest.raises(ValueError, match=r"model.width=\[300, 100\] gives 2 widths for model.depth=3"):
+        MLP(depth=3, width=[300, 100])
+    cfg = compose_cfg(["data=mnist", "model=mlp", "model.width=[300,0]"])
+    with pytest.raises(ConfigError, match=r"model.width=\[300, 0\] is not allowed"):
+        validate(cfg)

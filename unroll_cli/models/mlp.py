@@ -1,5 +1,5 @@
 """A fully connected ReLU network for image classification (``model=mlp``): the flattened image
-through ``depth`` hidden layers of ``width`` units (``Linear``, optional ``BatchNorm1d``, ``ReLU``)
+through ``depth`` hidden layers of ``width`` units (or one width per layer) (``Linear``, optional ``BatchNorm1d``, ``ReLU``)
 and a linear output layer, ``log_softmax`` of its logits.
 
 Its purpose is the rescaling symmetry of ReLU networks: ``ReLU(d z) = d ReLU(z)`` for ``d > 0``, so
@@ -12,15 +12,23 @@ facebookresearch/enorm ``models/fully_connected.py``): Kaiming-normal weights, z
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import torch
 import torch.nn.functional as F
-from omegaconf import MISSING
+from omegaconf import MISSING, ListConfig
 from torch import Tensor, nn
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.models.arguments import check_bool, check_int
 from unroll_cli.models.rescaling import HiddenUnits
 from unroll_cli.schema import constrained, register_schema
+
+
+def widths_ok(value: Any) -> bool:
+    values = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    return all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values)
 
 
 @register_schema("model", "mlp")
@@ -31,7 +39,8 @@ class MLPModelConfig:
     name: str = MISSING
     task: str = "classification"
     depth: int = constrained(2, "an integer >= 0 (hidden layers)", lambda v: v >= 0)
-    width: int = constrained(256, "an integer >= 1", lambda v: v >= 1)
+    # one width for every hidden layer, or a list of model.depth widths (LeNet-300-100: [300, 100])
+    width: Any = constrained(256, "an integer >= 1, or a list of integers >= 1 (one per hidden layer)", widths_ok)
     bias: bool = True
     batch_norm: bool = False
 
@@ -45,14 +54,22 @@ class MLP(nn.Module):
     unfoldings = 0
 
     def __init__(self, in_channels: int = 1, num_classes: int = 10, image_size: int = 28, depth: int = 2,
-                 width: int = 256, bias: bool = True, batch_norm: bool = False, arch: str | None = None):
+                 width: int | Sequence[int] = 256, bias: bool = True, batch_norm: bool = False,
+                 arch: str | None = None):
         super().__init__()  # arch: the convolutional families' architecture, which a flat net ignores
-        self.depth, self.width = check_int("depth", depth, 0), check_int("width", width, 1)
+        self.depth = check_int("depth", depth, 0)
+        if isinstance(width, Sequence):
+            if len(width) != self.depth:
+                raise ValueError(f"model.width={list(width)} gives {len(width)} widths for model.depth={self.depth} "
+                                 "hidden layers: one per layer")
+            self.widths = [check_int("width", w, 1) for w in width]
+        else:
+            self.widths = [check_int("width", width, 1)] * self.depth
         self.bias, self.batch_norm = check_bool("bias", bias), check_bool("batch_norm", batch_norm)
         self.in_features = check_int("in_channels", in_channels, 1) * check_int("image_size", image_size, 1) ** 2
-        sizes = [self.in_features, *[self.width] * self.depth, check_int("num_classes", num_classes, 1)]
+        sizes = [self.in_features, *self.widths, check_int("num_classes", num_classes, 1)]
         self.linears = nn.ModuleList(nn.Linear(a, b, bias=self.bias) for a, b in zip(sizes[:-1], sizes[1:]))
-        self.norms = nn.ModuleList(nn.BatchNorm1d(self.width) for _ in range(self.depth if batch_norm else 0))
+        self.norms = nn.ModuleList(nn.BatchNorm1d(w) for w in (self.widths if batch_norm else []))
         for linear in self.linears:
             nn.init.kaiming_normal_(linear.weight)
             if linear.bias is not None:
