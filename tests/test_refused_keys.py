@@ -49,6 +49,9 @@ def assert_refused_before_hydra(tmp_path, overrides: list[str], *named: str) -> 
     (["-m", "model.layerz=1,2"], ["model.layerz is not a key of model", "did you mean model.layers?"]),
     (["-m", "model=lista,alista,listaa"], ["model=listaa is not an option of model"]),
     (["-m", "data.m=20", "sched=step,cosin"], ["sched=cosin is not an option of sched", "sched=cosine"]),
+    (["-m", "data.n=40,abc"], ["data.n=abc: Value 'abc' of type 'str' could not be converted to Integer"]),
+    (["-m", "seed=0,1", "trainer.progress=maybe,false"], ["trainer.progress=maybe"]),
+    (["-m", "--cfg", "job", "model.layers=2,3"], ["--multirun and --cfg: give one of"]),
 ])
 def test_what_hydra_cannot_compose_is_one_message_with_the_closest_keys(tmp_path, overrides, named):
     assert_refused_before_hydra(tmp_path, overrides, *named)

@@ -20,19 +20,21 @@ import argparse
 import contextlib
 import difflib
 import io
+import itertools
 from dataclasses import is_dataclass
 from pathlib import Path
 
 from hydra.core.override_parser.types import ValueType
 from hydra.errors import HydraException, MissingConfigException
-from omegaconf import DictConfig
-from omegaconf.errors import ConfigAttributeError, ConfigKeyError, ValidationError
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigAttributeError, ConfigKeyError, OmegaConfBaseException, ValidationError
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.registry import register_configs
 
 #: ``hydra`` keys that name no code: they may change without the composition checked beforehand
 PLAIN_HYDRA_KEYS = ("hydra.run.dir", "hydra.sweep.dir", "hydra.sweep.subdir", "hydra.job.chdir", "hydra.verbose")
+CHECKED_SWEEP_VALUES = 10_000  # values of one key's sweep checked for their type before Hydra starts
 REFUSED_FLAGS = {
     "experimental_rerun": "--experimental-rerun unpickles a file, which can run code: re-run with the "
                           "overrides in <run dir>/.hydra/overrides.yaml instead",
@@ -74,6 +76,10 @@ def check_command_line(argv: list[str]) -> None:
     for name, message in REFUSED_FLAGS.items():
         if getattr(args, name) is not None:
             raise ConfigError(message)
+    modes = [flag for flag, on in (("--run", args.run), ("--multirun", args.multirun), ("--cfg", args.cfg),
+                                   ("--info", args.info)) if on]
+    if len(modes) > 1:
+        raise ConfigError(f"{' and '.join(modes)}: give one of --run, --multirun, --cfg and --info")
     try:
         overrides = OverridesParser.create().parse_overrides(args.overrides)
     except OverrideParseException as error:
@@ -106,7 +112,7 @@ def compose_command_line(config_name: str, overrides: list) -> DictConfig:
     register_configs()
     with initialize_config_module(config_module="unroll_cli.conf", version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
-        lines = []
+        lines, key_sweeps = [], []
         for override in overrides:
             if not override.is_sweep_override():
                 lines.append(override.input_line)
@@ -115,15 +121,31 @@ def compose_command_line(config_name: str, overrides: list) -> DictConfig:
                 for value in override.sweep_string_iterator() if options else []:
                     if value not in options:
                         raise ConfigError(missing_option(override.key_or_group, value, options))
+                if not options:
+                    key_sweeps.append(override)
                 lines.append(f"{override.get_key_element()}={next(override.sweep_string_iterator())}")
         try:
-            return compose(config_name=config_name, overrides=lines, return_hydra_config=True)
+            cfg = compose(config_name=config_name, overrides=lines, return_hydra_config=True)
         except MissingConfigException as error:
             group, _, value = (error.missing_cfg_file or "").rpartition("/")
             raise ConfigError(missing_option(group, value, error.options or []) if group
                               else one_line(str(error))) from None
         except HydraException as error:
             raise ConfigError(composition_error(error)) from None
+    check_sweep_values(cfg, key_sweeps)
+    return cfg
+
+
+def check_sweep_values(cfg: DictConfig, sweeps: list) -> None:
+    """Every value of a key's sweep (the first :data:`CHECKED_SWEEP_VALUES`) must have the key's type:
+    merged into a copy of the composed config, which its schema types (``data.n=1,abc``)."""
+    probe = cfg.copy()
+    for override in sweeps:
+        for value in itertools.islice(override.sweep_iterator(), CHECKED_SWEEP_VALUES):
+            try:
+                OmegaConf.update(probe, override.key_or_group, value, merge=True)
+            except OmegaConfBaseException as error:
+                raise ConfigError(f"{override.key_or_group}={value}: {str(error).splitlines()[0]}") from None
 
 
 def refuse_another_sweep(cfg: DictConfig, overrides: list) -> None:
