@@ -108,13 +108,12 @@ def test_a_layerwise_run_written_before_the_trainer_split_is_resumed_and_reevalu
               "trainer.stage_max_steps=4"]
     result = run_cli([*tiny("trainer=layerwise", *stages), *FAST, f"hydra.run.dir={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    for name in ("last.pt",):
-        file = run_dir / LINK / name
-        state = torch.load(file, weights_only=True)
-        state["config"]["trainer"].update(max_epochs=20, steps_per_epoch=100, patience=None, stop_at=None,
-                                          scheduler_step_at_start=False)
-        file.unlink()
-        torch.save(state, file)
+    file = run_dir / LINK / "last.pt"
+    state = torch.load(file, weights_only=True)
+    state["config"]["trainer"].update(max_epochs=20, steps_per_epoch=100, patience=None, stop_at=None,
+                                      scheduler_step_at_start=False)
+    file.unlink()
+    torch.save(state, file)
     again = tmp_path / "again"
     result = run_cli([*tiny("trainer=layerwise", *stages), *FAST, f"resume={run_dir}",
                       f"hydra.run.dir={again}"], cwd=tmp_path)
