@@ -6,7 +6,8 @@
 each of their runs ``<grad>_<lamp16 | htp05>``, a column ``:test_psnr`` from epoch 0, before training).
 Each run directory (``+experiment=tolooshams2022_denoise``; its ``.hydra/config.yaml`` and
 ``history.csv``) is matched with the authors' run of the same estimator (``model.grad``: g_dec, or
-g_ae_ls as ``g_aels``) and lambda (``lamp<digits after 0.>``; with ``model.threshold=hard``, ``htp``).
+g_ae_ls as ``g_aels``) and lambda (``lamp<digits after 0.>``; with ``model.threshold=hard``, ``htp`` and
+the threshold lam x step, as the authors name their hard-threshold runs: lam 0.5 at step 0.1 is ``htp05``).
 Printed per run: the test PSNR of both at epochs 1, 2, 5, 10, 20, 50, 100, 200 and 400 (those the run
 has), the largest difference over the epochs both have, and the final values; the figure draws both
 curves of every run.
@@ -30,9 +31,10 @@ GRADS = {"g_dec": "g_dec", "g_ae_ls": "g_aels"}
 def authors_run(config: dict) -> str:
     """The authors' run name of a run's config: ``g_aels_lamp16``, ``g_dec_lamp2``, ``g_aels_htp05``."""
     model = config["model"]
-    kind = "htp" if model.get("threshold") == "hard" else "lamp"
-    digits = format(model["lam"], "g").split(".")[1]  # 0.16 -> 16, 0.2 -> 2, 0.08 -> 08
-    return f"{GRADS[model['grad']]}_{kind}{digits}"
+    hard = model.get("threshold") == "hard"  # the authors name a hard threshold by its value, lam x step
+    value = round(model["lam"] * model["step"], 6) if hard else model["lam"]
+    digits = format(value, "g").split(".")[1]  # 0.16 -> 16, 0.2 -> 2, 0.08 -> 08
+    return f"{GRADS[model['grad']]}_{'htp' if hard else 'lamp'}{digits}"
 
 
 def curves(authors: pd.DataFrame, run_dir: Path) -> tuple[str, pd.DataFrame]:

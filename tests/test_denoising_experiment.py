@@ -37,9 +37,43 @@ def test_a_sweep_shows_the_published_table_beside_its_runs_and_pivots_it(folders
     pivot = pd.read_csv(tmp_path / "report_pivot.csv")
     published = dict(zip(pivot["model.grad"], pivot["published"]))
     assert published == {"g_dec": 25.25, "g_ae_ls": 25.63}
+    assert pivot["published authors_log"].notna().all()  # the authors' logged final values beside
+    assert np.allclose(pivot["diff authors_log"], pivot["mean"] - pivot["published authors_log"])
     for job, grad in enumerate(["g_dec", "g_ae_ls"]):
         psnr = read_metrics(tmp_path / str(job))["metrics"]["test/psnr"]
         assert pivot.loc[pivot["model.grad"] == grad, "mean"].item() == pytest.approx(psnr)
+
+
+AUTHORS_RUNS = {("soft", "g_dec", lam): f"g_dec_lamp{digits}" for lam, digits in
+                ((0.08, "08"), (0.12, "12"), (0.16, "16"), (0.2, "2"), (0.24, "24"))}
+AUTHORS_RUNS.update({("soft", "g_ae_ls", lam): name.replace("g_dec", "g_aels") for (_, _, lam), name
+                     in AUTHORS_RUNS.items()})
+AUTHORS_RUNS.update({("hard", "g_ae_ls", lam): f"g_aels_htp{digits}" for lam, digits in
+                     ((0.2, "02"), (0.5, "05"), (0.8, "08"), (1.0, "1"))})  # threshold lam x step 0.1
+
+
+def test_each_run_finds_the_final_value_of_the_authors_committed_log_of_its_settings(folders):  # noqa: F811
+    """The paper config's authors_log, against the last row of the authors' committed per-epoch log (the
+    shared data folder; skipped without it)."""
+    log = Path(__file__).parents[2] / "shared" / "data" / "pudle" / "committed_curves.csv"
+    if not log.is_file():
+        pytest.skip("the authors' committed curves are not in the shared data folder")
+    final = pd.read_csv(log).set_index("epoch").loc[400]
+    for (threshold, grad, lam), name in AUTHORS_RUNS.items():
+        cfg = recipe(folders, f"model.threshold={threshold}", f"model.grad={grad}", f"model.lam={lam}")
+        logged = cfg.paper.references.authors_log.psnr.sigma25[cfg.paper.variant]
+        assert logged == pytest.approx(final[f"{name}:test_psnr"], abs=5e-4), name
+
+
+def test_a_hard_threshold_run_has_the_authors_logged_value_and_no_published_one(folders, tmp_path,  # noqa: F811
+                                                                                 one_thread):
+    overrides = ["model.threshold=hard", "model.lam=0.5"]
+    run(recipe(folders, *overrides), tmp_path, overrides)
+    metrics = read_metrics(tmp_path)["metrics"]
+    assert "published/test/psnr" not in metrics and "published/test/psnr authors_log" in metrics
+    results = (tmp_path / "results.md").read_text()
+    assert "Published test/psnr" not in results
+    assert "Reference authors_log test/psnr (sigma25, hard_g_ae_ls@0.5): 25.40" in results
 
 
 def test_a_trained_dictionary_evaluates_again_to_the_same_psnr(folders, tmp_path, one_thread):  # noqa: F811

@@ -285,7 +285,9 @@ def test_training_and_report_with_a_stand_in_model(folders, tmp_path, one_thread
     assert [row["epoch"] for row in recorder.history] == [1, 2] and "test/psnr" in recorder.history[0]
     model.eval()
     paper = OmegaConf.create({"source": "a test", "variant": "tiny@1", "note": "a shortened recipe",
-                              "psnr": {"sigma25": {"tiny@1": 30.0, "tiny": 99.0}, "sigma50": {"tiny@1": 9.0}}})
+                              "psnr": {"sigma25": {"tiny@1": 30.0, "tiny": 99.0}, "sigma50": {"tiny@1": 9.0}},
+                              "references": {"authors_log": {"source": "a log", "psnr": {"sigma25": {"tiny@1": 29.5}}},
+                                             "elsewhere": {"source": "x", "psnr": {"sigma25": {"tiny": 1.0}}}}})
     metrics = write_report(task.report(model, "tiny", paper, recorder.history), recorder, paper.note)
 
     names = sorted(TEST)
@@ -310,11 +312,15 @@ def test_training_and_report_with_a_stand_in_model(folders, tmp_path, one_thread
     assert metrics["test/psnr"] == pytest.approx(first["psnr"].mean(), abs=1e-9)
     assert metrics["test/psnr_input"] == pytest.approx(first["psnr_input"].mean(), abs=1e-9)
     assert metrics["published/test/psnr"] == 30.0
-    assert set(metrics) - {"published/test/psnr"} == set(task.metric_names())
+    assert metrics["published/test/psnr authors_log"] == 29.5  # a reference without this variant: none
+    assert set(metrics) - {"published/test/psnr", "published/test/psnr authors_log"} == set(task.metric_names())
     for name in ("psnr_per_layer.png", "denoised.png", "training_curve.png"):  # the run draws the atoms
         assert (tmp_path / "figures" / name).stat().st_size > 0
     results = (tmp_path / "results.md").read_text()
     assert "layer 0 = the noisy input" in results and "tiny@1): 30.00 (a test)" in results
+    difference = f"{metrics['test/psnr'] - 29.5:+.2f}"
+    assert f"Reference authors_log test/psnr (sigma25, tiny@1): 29.50 (a log); this run: " in results
+    assert f"difference {difference}." in results.split("Reference authors_log")[1].splitlines()[0]
     assert "a shortened recipe" in results and 'convert("L")' in results
     tables = json.loads((tmp_path / "tables.json").read_text())
     assert tables["layers.csv"] == ["layer"] and tables["items.csv"] == ["image", "sigma"]

@@ -15,10 +15,12 @@ SCRIPT = Path(__file__).parents[1] / "scripts" / "pudle_curves.py"
 
 
 @pytest.mark.parametrize("model, column", [
-    ({"grad": "g_ae_ls", "lam": 0.16, "threshold": "soft"}, "g_aels_lamp16"),
-    ({"grad": "g_dec", "lam": 0.2, "threshold": "soft"}, "g_dec_lamp2"),
-    ({"grad": "g_dec", "lam": 0.08, "threshold": "soft"}, "g_dec_lamp08"),
-    ({"grad": "g_ae_ls", "lam": 0.05, "threshold": "hard"}, "g_aels_htp05"),
+    ({"grad": "g_ae_ls", "lam": 0.16, "step": 0.1, "threshold": "soft"}, "g_aels_lamp16"),
+    ({"grad": "g_dec", "lam": 0.2, "step": 0.1, "threshold": "soft"}, "g_dec_lamp2"),
+    ({"grad": "g_dec", "lam": 0.08, "step": 0.1, "threshold": "soft"}, "g_dec_lamp08"),
+    # a hard threshold is named by its value lam x step: 0.5 x 0.1 = 0.05, and 1.0 x 0.1 = 0.1
+    ({"grad": "g_ae_ls", "lam": 0.5, "step": 0.1, "threshold": "hard"}, "g_aels_htp05"),
+    ({"grad": "g_ae_ls", "lam": 1.0, "step": 0.1, "threshold": "hard"}, "g_aels_htp1"),
 ])
 def test_a_run_is_compared_with_the_authors_run_of_its_estimator_and_lambda(tmp_path, capsys, model, column):
     epochs = np.arange(0, 11)

@@ -346,13 +346,46 @@ def test_a_pivot_of_gradient_by_lambda_pools_the_seeds_of_completed_runs(tmp_pat
         {"model.grad": "g_dec", "0.08": "30.60", "0.12": "32.10"},
         {"model.grad": "g_ae_ls", "0.08": "28.40", "0.12": "28.90"}]
     long = pd.read_csv(tmp_path / "report_pivot.csv")
-    assert list(long.columns) == ["model.grad", "model.lam", "metric", "mean", "std", "count", "published"]
+    assert list(long.columns) == ["model.grad", "model.lam", "metric", "mean", "std", "count", "published", "diff"]
     assert list(zip(long["model.grad"], long["model.lam"])) == [
         ("g_dec", 0.08), ("g_dec", 0.12), ("g_ae_ls", 0.08), ("g_ae_ls", 0.12)]
     assert set(long["metric"]) == {"test/psnr"} and set(long["count"]) == {2}
     assert np.allclose(long["mean"], [30.5, 32.25, 28.5, 28.5])
     assert np.allclose(long["std"], np.array([1.0, 0.5, 1.0, 3.0]) / np.sqrt(2))  # |a - b| / sqrt(2)
     assert list(long["published"]) == [30.6, 32.1, 28.4, 28.9]
+    assert np.allclose(long["diff"], np.array([30.5, 32.25, 28.5, 28.5]) - [30.6, 32.1, 28.4, 28.9])
+
+
+# The authors' logged final values beside the paper's (PUDLE: a paper config's references.authors_log).
+LOGGED = {("g_dec", "0.08"): 30.4, ("g_dec", "0.12"): 32.4, ("g_ae_ls", "0.08"): 28.0}
+
+
+def test_a_further_reference_value_is_shown_beside_the_published_one_with_its_difference(tmp_path, capsys):
+    for i, ((grad, lam), psnrs) in enumerate(PSNR.items()):
+        logged = {"published/test/psnr authors_log": LOGGED[grad, lam]} if (grad, lam) in LOGGED else {}
+        for seed, psnr in enumerate(psnrs):
+            write_run(tmp_path, f"{i}{seed}", [f"model.grad={grad}", f"model.lam={lam}", f"seed={seed}"],
+                      {"test/psnr": psnr, "published/test/psnr": PUBLISHED[grad, lam], **logged},
+                      optimized="test/psnr")
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam"]) == 0
+    out = capsys.readouterr().out
+    assert printed_table(out, "published/test/psnr authors_log:") == [
+        {"model.grad": "g_dec", "0.08": "30.40", "0.12": "32.40"},
+        {"model.grad": "g_ae_ls", "0.08": "28.00", "0.12": ""}]  # no logged value there
+    assert printed_table(out, "test/psnr mean - published/test/psnr authors_log:") == [
+        {"model.grad": "g_dec", "0.08": "0.1000", "0.12": "-0.1500"},
+        {"model.grad": "g_ae_ls", "0.08": "0.5000", "0.12": ""}]
+    assert printed_table(out, "test/psnr mean - published/test/psnr:")[0] == {
+        "model.grad": "g_dec", "0.08": "-0.1000", "0.12": "0.1500"}
+    long = pd.read_csv(tmp_path / "report_pivot.csv").set_index(["model.grad", "model.lam"])
+    assert long.loc[("g_dec", 0.12), "published authors_log"] == 32.4
+    assert long.loc[("g_dec", 0.12), "diff authors_log"] == pytest.approx(32.25 - 32.4, abs=1e-12)
+    assert np.isnan(long.loc[("g_ae_ls", 0.12), "published authors_log"])
+    table = pd.read_csv(tmp_path / "report.csv").set_index(["model.grad", "model.lam"])
+    assert table.loc[("g_dec", 0.08), "test/psnr diff authors_log"] == pytest.approx(30.5 - 30.4, abs=1e-12)
+    row = [r for r in printed_table(out) if r["model.grad"] == "g_dec" and r["model.lam"] == "0.08"][0]
+    assert (row["published/test/psnr"], row["test/psnr diff"]) == ("30.60", "-0.10")
+    assert (row["published/test/psnr authors_log"], row["test/psnr diff authors_log"]) == ("30.40", "0.10")
 
 
 def test_the_pivot_is_of_the_optimized_metric_unless_metrics_are_chosen(tmp_path, capsys):

@@ -198,6 +198,7 @@ class PaperConfig:
     psnr: Optional[Dict[str, Any]] = None  # setting -> variant -> PSNR (dB)
     rmse: Optional[Dict[str, Any]] = None  # transform -> N -> RMSE of the learned matrix
     variant: Optional[str] = None  # this run's key among a setting's values (null: the model's name)
+    references: Optional[Dict[str, Any]] = None  # further reference values (the authors' logs): name -> {source, tables as above}
     note: Optional[str] = None  # said in results.md (e.g. a shortened recipe)
 
 

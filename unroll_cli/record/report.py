@@ -7,7 +7,9 @@ conventions) and which published number compares with which metric; this module 
 the training-curve figure from the run's history, and ``results.md``: the title, the headline
 metrics, the published value with this run's and the difference, the paper's note, each table
 under its heading, then the task's paragraphs. The published value is also a metric
-(``published/<metric>``), so sweep tables show it beside the group's mean.
+(``published/<metric>``), so sweep tables show it beside the group's mean; so is each further
+reference value of the paper config's ``references`` (``published/<metric> <name>``: the authors'
+committed logs beside the paper's table).
 
 results.md is for people: its metrics and its tables' columns are shown by their labels
 (:func:`unroll_cli.record.labels.metric_label`; the headline table gives each metric's key beside),
@@ -18,13 +20,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 
 from unroll_cli.record import figures
 from unroll_cli.record.labels import metric_label
-from unroll_cli.report.formatting import number, readable
+from unroll_cli.report.formatting import number, readable, reference_key
 
 
 @dataclass
@@ -42,12 +44,27 @@ class Table:
 @dataclass
 class Published:
     """A published number and the run metric it is compared with; ``setting``: where in the paper
-    (a noise level, a variant); ``source``: the paper and the place in it."""
+    (a noise level, a variant); ``source``: the paper and the place in it; ``others``: further
+    reference values of the same setting, name -> (value, source) (see references). ``value`` is None
+    where the paper has no number but a further reference has one."""
 
     metric: str
-    value: float
+    value: float | None
     source: str
     setting: str = ""
+    others: dict[str, tuple[float, str]] = field(default_factory=dict)
+
+
+def references(paper, lookup: Callable[[Any], float | None]) -> dict[str, tuple[float, str]]:
+    """The further reference values of a paper config: ``paper.references`` maps a name (``authors_log``)
+    to a node laid out as the paper config itself (its ``source`` and its tables), and ``lookup(node)``
+    finds this run's value there as the task finds the paper's own; name -> (value, source), those found."""
+    found = {}
+    for name, node in (((paper or {}).get("references")) or {}).items():
+        value = lookup(node)
+        if value is not None:
+            found[str(name)] = (float(value), node.get("source"))
+    return found
 
 
 @dataclass
@@ -70,8 +87,12 @@ class Report:
 def write_report(report: Report, recorder, paper_note: str | None = None) -> dict[str, float]:
     """Write ``report`` through ``recorder`` (module docstring); returns the run's flat metrics."""
     metrics = dict(report.metrics)
-    if report.published is not None:
-        metrics[f"published/{report.published.metric}"] = report.published.value
+    published = report.published
+    if published is not None:
+        if published.value is not None:
+            metrics[reference_key(published.metric)] = published.value
+        for name, (value, _) in published.others.items():
+            metrics[reference_key(published.metric, name)] = value
     for name, table in report.tables.items():
         if table.index is not None:
             recorder.write_table(name, table.frame, index=table.index)
@@ -92,11 +113,14 @@ def results_markdown(report: Report, metrics: dict[str, float], paper_note: str 
              headline.to_markdown(index=False, disable_numparse=True, colalign=("left", "left", "right")), ""]
     published = report.published
     if published is not None:
-        run, value = metrics[published.metric], published.value
+        run = metrics[published.metric]
         where = f" ({published.setting})" if published.setting else ""
-        difference = number(run - value, like=max(run, value, key=abs))  # at the larger one's decimals
-        lines += [f"Published {published.metric}{where}: {number(value)} ({published.source}); this run: "
-                  f"{number(run)}, difference {'' if difference.startswith('-') else '+'}{difference}.", ""]
+        compared = [("Published", published.value, published.source)] * (published.value is not None)
+        compared += [(f"Reference {name}", value, source) for name, (value, source) in published.others.items()]
+        for what, value, source in compared:
+            difference = number(run - value, like=max(run, value, key=abs))  # at the larger one's decimals
+            lines += [f"{what} {published.metric}{where}: {number(value)} ({source}); this run: "
+                      f"{number(run)}, difference {'' if difference.startswith('-') else '+'}{difference}.", ""]
     if paper_note:
         lines += [f"Note: {paper_note}", ""]
     for table in report.tables.values():

@@ -27,7 +27,7 @@ import pandas as pd
 
 from unroll_cli.cli import output_folder
 from unroll_cli.record.atomic import atomic_write, atomic_write_text
-from unroll_cli.report.formatting import cell, latex, markdown, number, paper_cells
+from unroll_cli.report.formatting import cell, latex, markdown, number, paper_cells, reference_key
 from unroll_cli.report.pivot import check_pivot, pivot_grid, pivot_metrics, summarize_pivot
 from unroll_cli.report.plots import plot_metric
 from unroll_cli.report.runs import Unreadable, dirs_holding, existing_dirs, read_runs
@@ -63,16 +63,20 @@ def make_parser() -> argparse.ArgumentParser:
 
 def report_pivot(runs: pd.DataFrame, row: str, col: str, metrics: list[str], out: Path) -> Path:
     """Writes the pivot (see summarize_pivot) to report_pivot.csv and prints, per metric, its cells and,
-    when the runs carry them, its published values; returns the file."""
+    when the runs carry them, each reference value and the mean's difference to it; returns the file."""
     long = summarize_pivot(runs, row, col, metrics)
     atomic_write(out / "report_pivot.csv", lambda tmp: long.to_csv(tmp, index=False))
     for metric, part in long.groupby("metric", sort=False):
         cells = [cell(*values) for values in zip(part["mean"], part["std"], part["count"])]
         print(f"\n{metric}, mean ± std (n) of the completed runs, {row} by {col}:\n")
         print(markdown(pivot_grid(part, runs, row, col, cells), "no completed run"))
-        if part["published"].notna().any():
-            print(f"\npublished/{metric}:\n")
-            print(markdown(pivot_grid(part, runs, row, col, [number(v) for v in part["published"]]), ""))
+        for reference in (c for c in long.columns if c.startswith("published") and part[c].notna().any()):
+            name = reference.removeprefix("published").strip()
+            for title, column in ((reference_key(metric, name), reference),
+                                  (f"{metric} mean - {reference_key(metric, name)}", f"diff {name}".strip())):
+                print(f"\n{title}:\n")
+                print(markdown(pivot_grid(part, runs, row, col, [number(v) if pd.notna(v) else ""
+                                                                 for v in part[column]]), ""))
     if long.empty:
         print(f"\n--pivot {row} {col}: " + ("no completed run" if completed(runs).empty else "no metric chosen"))
     return out / "report_pivot.csv"

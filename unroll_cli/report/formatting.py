@@ -62,20 +62,42 @@ def cell(mean: float, std: float, count: int) -> str:
     return f"{number(mean)}{f' ± {number(std, mean)}' if count > 1 else ''} ({int(count)})"
 
 
+def reference_key(metric: str, name: str = "") -> str:
+    """The metric key of a reference value of ``metric``: ``published/<metric>`` (the paper's), or
+    ``published/<metric> <name>`` (a further one: unroll_cli.record.report.references)."""
+    return f"published/{metric}" + (f" {name}" if name else "")
+
+
+def reference_names(columns, metric: str) -> dict[str, str]:
+    """The reference values of ``metric`` among ``columns``: column -> name, ``""`` for the paper's
+    (``published/<metric>``), the name for a further one (``published/<metric> <name>``, e.g. the
+    authors' logs; see unroll_cli.record.report.references)."""
+    paper = reference_key(metric)
+    return {c: c.removeprefix(paper).strip() for c in columns if c == paper or c.startswith(paper + " ")}
+
+
+def diff_key(metric: str, name: str = "") -> str:
+    """The column of a group's mean minus a reference value of ``metric`` (see reference_names)."""
+    return f"{metric} diff" + (f" {name}" if name else "")
+
+
 def paper_cells(table: pd.DataFrame) -> pd.DataFrame:
     """``table`` (of summarize or summarize_layers) as printed and in report.tex: the keys as they are, then
-    per metric one ``mean ± std (n)`` cell (see cell) named by the metric, with its published value and
-    difference beside as numbers (see number)."""
+    per metric one ``mean ± std (n)`` cell (see cell) named by the metric, with each reference value
+    (published, and further ones) and the difference beside as numbers (see number)."""
     metrics = [c.removesuffix(" mean") for c in table.columns if c.endswith(" mean")]
-    stats = {f"{metric} {stat}" for metric in metrics for stat in ("mean", "std", "count", "diff")}
+    stats = {f"{metric} {stat}" for metric in metrics for stat in ("mean", "std", "count")}
+    stats |= {diff_key(m, name) for m in metrics for name in reference_names(table.columns, m).values()}
     keys = [c for c in table.columns if c not in stats and not c.startswith("published/")]
     cells = {}
     for metric in metrics:
         mean, std, count = (table[f"{metric} {stat}"] for stat in ("mean", "std", "count"))
         cells[metric] = [cell(*values) for values in zip(mean, std, count)]
-        if f"{metric} diff" in table:
-            cells[f"published/{metric}"] = [number(value) for value in table[f"published/{metric}"]]
-            cells[f"{metric} diff"] = [number(diff, of) for diff, of in zip(table[f"{metric} diff"], mean)]
+        for column, name in reference_names(table.columns, metric).items():
+            if diff_key(metric, name) in table:
+                cells[column] = [number(value) for value in table[column]]
+                cells[diff_key(metric, name)] = [number(diff, of) for diff, of in
+                                                 zip(table[diff_key(metric, name)], mean)]
     published = [c for c in table.columns if c.startswith("published/") and c not in cells]  # of no metric
     return table[keys].apply(key_cells).assign(**cells, **{c: [number(value) for value in table[c]] for c in published})
 

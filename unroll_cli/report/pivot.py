@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from unroll_cli.report.formatting import diff_key, reference_names
 from unroll_cli.report.tables import check_overrides, completed, mean_std_count, override_columns, select_metrics
 
-PIVOT_STATS = ["metric", "mean", "std", "count", "published"]
+PIVOT_STATS = ["metric", "mean", "std", "count", "published", "diff"]
 
 
 
@@ -61,18 +62,21 @@ def pivot_axes(runs: pd.DataFrame, row: str, col: str) -> dict[str, pd.Index]:
 
 def summarize_pivot(runs: pd.DataFrame, row: str, col: str, metrics: list[str]) -> pd.DataFrame:
     """The pivot in long format: mean, std and count of each of ``metrics`` over the completed runs per
-    value of the overrides ``row`` and ``col`` (seeds pooled; see check_pivot), with the published value;
-    one row per ``(row, col, metric)``, in the order of pivot_axes."""
+    value of the overrides ``row`` and ``col`` (seeds pooled; see check_pivot), with each reference value
+    and the mean's difference to it (``published``, ``diff``; a further reference ``published <name>``,
+    ``diff <name>``: see reference_names); one row per ``(row, col, metric)``, in the order of pivot_axes."""
     axes = pivot_axes(runs, row, col)
-    parts = []
+    parts, columns = [], [row, col, *PIVOT_STATS]
     for metric in metrics:
-        published = [f"published/{metric}"] if f"published/{metric}" in runs else []
-        table = mean_std_count(completed(runs), [row, col], [metric, *published])
+        references = reference_names(runs.columns, metric)
+        table = mean_std_count(completed(runs), [row, col], [metric, *references])
         names = {f"{metric} {stat}": stat for stat in ("mean", "std", "count")}
-        names[f"published/{metric}"] = "published"
-        table = table.rename(columns=names).assign(metric=metric).reindex(columns=[row, col, *PIVOT_STATS])
+        for column, name in references.items():
+            names[column], names[diff_key(metric, name)] = f"published {name}".strip(), f"diff {name}".strip()
+        table = table.rename(columns=names).assign(metric=metric)
+        columns += [c for c in names.values() if c not in columns]
         parts.append(table.sort_values([row, col], key=lambda keys: axes[keys.name].get_indexer(keys)))
-    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=[row, col, *PIVOT_STATS])
+    return pd.concat(parts, ignore_index=True).reindex(columns=columns) if parts else pd.DataFrame(columns=columns)
 
 
 def pivot_grid(part: pd.DataFrame, runs: pd.DataFrame, row: str, col: str, cells: list[str]) -> pd.DataFrame:

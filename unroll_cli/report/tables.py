@@ -14,6 +14,7 @@ from pathlib import Path
 import pandas as pd
 
 from unroll_cli.record.recorder import TABLES
+from unroll_cli.report.formatting import diff_key, reference_names
 from unroll_cli.report.runs import RUN_COLUMNS, unreadable
 
 
@@ -75,8 +76,9 @@ def group_keys(runs: pd.DataFrame, group_by: list[str] | None) -> list[str]:
 
 
 def mean_std_count(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> pd.DataFrame:
-    """Mean, std and count of ``columns`` per group of ``keys``; ``published/<metric>`` columns
-    are carried as they are (the same for every run of a group), with ``<metric> diff`` beside."""
+    """Mean, std and count of ``columns`` per group of ``keys``; reference values (``published/<metric>``,
+    ``published/<metric> <name>``) are carried as they are (the same for every run of a group), with the
+    difference beside (``<metric> diff``, ``<metric> diff <name>``; see reference_names)."""
     grouped = frame.groupby(keys, dropna=False) if keys else frame.groupby(lambda _: "all")
     measured = [c for c in columns if not c.startswith("published/")]
     if measured:
@@ -84,11 +86,12 @@ def mean_std_count(frame: pd.DataFrame, keys: list[str], columns: list[str]) -> 
     else:  # no metric to average (none chosen, or no run got that far): the groups' keys alone
         table = pd.DataFrame(index=grouped.size().index)
     table.columns = [f"{metric} {stat}" for metric, stat in table.columns]
-    for column in (c for c in columns if c.startswith("published/")):
+    for metric in measured:
+        for column, name in reference_names(columns, metric).items():
+            table[column] = grouped[column].first()
+            table[diff_key(metric, name)] = table[f"{metric} mean"] - table[column]
+    for column in (c for c in columns if c.startswith("published/") and c not in table):  # of no metric
         table[column] = grouped[column].first()
-        metric = column.removeprefix("published/")
-        if f"{metric} mean" in table:
-            table[f"{metric} diff"] = table[f"{metric} mean"] - table[column]
     return table.reset_index()
 
 

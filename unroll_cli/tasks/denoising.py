@@ -30,7 +30,7 @@ from unroll_cli.data.image_folder import image_files, load_gray, pad_to, random_
 from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
-from unroll_cli.record.report import Published, Report, Table
+from unroll_cli.record.report import Published, Report, Table, references
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (noisy, clean), each (N, 1, crop, crop)
 METRIC = "test/psnr"
@@ -117,7 +117,7 @@ def fixed_noisy(images: list[torch.Tensor], sigma: float, seed: int, split: int 
 
 
 def paper_variant(paper: DictConfig | None, model_name: str) -> str:
-    """This run's key among a paper's values: the paper config's ``variant`` (e.g. ``g_dec@0.16``),
+    """This run's key among a paper's values: the paper config's ``variant`` (e.g. ``soft_g_dec@0.16``),
     or the model's name."""
     return (paper.get("variant") if paper is not None else None) or model_name
 
@@ -317,8 +317,9 @@ class DenoisingTask:
             metrics.update(self.validate(model))
         variant = paper_variant(paper, model_name)
         value = published_psnr(paper, self.setting(), variant)
-        published = None if value is None else Published(METRIC, value, paper.get("source"),
-                                                         f"{self.setting()}, {variant}")
+        others = references(paper, lambda node: published_psnr(node, self.setting(), variant))
+        published = None if value is None and not others else Published(
+            METRIC, value, paper.get("source"), f"{self.setting()}, {variant}", others)
         title = f"{model_title(model_name, model)}, {self.setting()}, {self.test_protocol()}"
         extra, plots, lines = self.interpretation(model, model_name)
         metrics.update(extra)
