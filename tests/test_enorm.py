@@ -59,6 +59,32 @@ def test_each_step_balances_its_layer_and_the_cost_never_increases(c):
     assert costs[-1] < costs[0] and abs(costs[-1] - costs[-2]) <= 1e-12 * costs[-1]  # converged
 
 
+def authors_cycle(weights: list[np.ndarray], c: float) -> list[np.ndarray]:
+    """Stock et al.'s FC cycle written out (their loop over the hidden layers but the last, every factor
+    d_i = sqrt(||col_i(W_k)|| / (c ||row_i(W_{k-1})||)) from the weights before the cycle)."""
+    out = [w.copy() for w in weights]
+    for k in range(1, len(weights) - 1):
+        d = np.sqrt(np.linalg.norm(weights[k], axis=0) / (c * np.linalg.norm(weights[k - 1], axis=1)))
+        out[k - 1] *= d[:, None]
+        out[k] /= d[None, :]
+    return out
+
+
+def test_the_simultaneous_order_is_the_authors_cycle_on_a_bias_free_network():
+    model = small_mlp(bias=False, depth=5, width=6, seed=4)
+    weights = [lin.weight.detach().numpy().copy() for lin in model.linears]
+    for _ in range(3):
+        weights = authors_cycle(weights, 1.2)
+        enorm_cycle(balanced(model), c=1.2, biases=False, order="simultaneous")
+    for lin, expected in zip(model.linears, weights):
+        np.testing.assert_allclose(lin.weight.detach().numpy(), expected, rtol=1e-13, atol=0)
+    sequential = small_mlp(bias=False, depth=5, width=6, seed=4)
+    enorm_cycle(balanced(sequential), c=1.2, biases=False)  # the default reads the norms as it goes
+    assert not np.allclose(sequential.linears[1].weight.detach().numpy(),
+                           authors_cycle([lin.weight.detach().numpy() for lin in small_mlp(
+                               bias=False, depth=5, width=6, seed=4).linears], 1.2)[1], rtol=1e-6)
+
+
 def test_from_a_rescaled_copy_it_reaches_the_same_point():
     """The canonical representer is unique (Stock et al., Theorem 1): any rescaling of the balanced units
     (the last hidden layer's is never undone, as in the authors' code: it stays the identity) is forgotten."""
@@ -95,11 +121,11 @@ def test_a_model_it_cannot_balance_is_refused(tiny_cfg):
         ENorm().check(small_mlp(depth=1), None, cfg)
 
 
-@pytest.mark.parametrize("value", ["c=0", "every=0", "rescale_bias=1"])
+@pytest.mark.parametrize("value", ["c=0", "every=0", "rescale_bias=1", "order=jacobi"])
 def test_bad_values_are_refused(value):
-    key, number = value.split("=")
+    key, given = value.split("=")
     with pytest.raises(ValueError, match=key):
-        ENorm(**{key: int(number)})
+        ENorm(**{key: int(given) if given.isdigit() else given})
 
 
 def mlp_run(tmp_path, *extra):

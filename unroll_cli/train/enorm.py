@@ -10,11 +10,16 @@ layers' norms, ``c > 1`` moves weight towards the deeper layers. As in the autho
 (facebookresearch/enorm ``ENorm._step_fc``): the units feeding the output layer are not balanced
 (the output layer never changes), and SGD's momentum buffers are scaled inversely to their
 parameters (the gradient of a weight scaled by ``d`` is scaled by ``1 / d``), which Adam's moments
-could not be. Two differences: each layer's norms are read after the previous layer's step (the
-authors' loop reads the incoming norms before it, a Jacobi-like variant without the guarantee),
-and the biases are scaled with their units (``rescale_bias: true``), which keeps the network's
-function exact; ``rescale_bias: false`` is the authors' choice and changes the function of a
-network with biases.
+could not be. Two differences by default, each an option: each layer's norms are read after the
+previous layer's step (``order: sequential``, a Gauss-Seidel sweep with the guarantee above); the
+authors' loop reads every layer's incoming norms before the previous layer's step changes them, so
+that all the factors of a cycle come from the weights as the cycle found them (``order:
+simultaneous``, a Jacobi sweep without the guarantee); and the biases are scaled with their units
+(``rescale_bias: true``), which keeps the network's function exact; ``rescale_bias: false`` is the
+authors' choice and changes the function of a network with biases. ``order: simultaneous
+rescale_bias: false`` is one ``ENorm(..., 'linear', c).step()`` of the authors' code on a bias-free
+fully connected network (their FC path leaves the momentum buffers alone; their FC command has no
+momentum).
 """
 from __future__ import annotations
 
@@ -27,11 +32,21 @@ from unroll_cli.models.rescaling import HiddenUnits, along, rescaling_pairs, sca
 from unroll_cli.train.callbacks import Callback
 
 
-def balance(units: HiddenUnits, c: float, biases: bool = True, optimizer: torch.optim.Optimizer | None = None) -> None:
-    """One ENorm step on a layer of hidden units, in place (a unit with a zero row or column stays)."""
+ORDERS = ("sequential", "simultaneous")
+
+
+def factors(units: HiddenUnits, c: float) -> torch.Tensor:
+    """The ENorm factors ``d`` of a layer of hidden units from its weights now (1 for a unit with a zero
+    row or column)."""
     incoming, outgoing = unit_norms(units.incoming), unit_norms(units.outgoing)
     alive = (incoming > 0) & (outgoing > 0)
-    d = torch.where(alive, outgoing / (c * incoming).clamp_min(torch.finfo(torch.float64).tiny), 1.0).sqrt()
+    return torch.where(alive, outgoing / (c * incoming).clamp_min(torch.finfo(torch.float64).tiny), 1.0).sqrt()
+
+
+def balance(units: HiddenUnits, c: float, biases: bool = True, optimizer: torch.optim.Optimizer | None = None,
+            d: torch.Tensor | None = None) -> None:
+    """One ENorm step on a layer of hidden units, in place, by ``d`` (default: its factors now)."""
+    d = factors(units, c) if d is None else d
     scale_units(units, d, biases)
     if optimizer is None:
         return
@@ -43,21 +58,26 @@ def balance(units: HiddenUnits, c: float, biases: bool = True, optimizer: torch.
 
 
 def enorm_cycle(pairs: list[HiddenUnits], c: float, biases: bool = True,
-                optimizer: torch.optim.Optimizer | None = None) -> None:
-    """One cycle of :func:`balance` over ``pairs`` in order from the input."""
-    for units in pairs:
-        balance(units, c, biases, optimizer)
+                optimizer: torch.optim.Optimizer | None = None, order: str = "sequential") -> None:
+    """One cycle of :func:`balance` over ``pairs`` in order from the input, each layer's factors from the
+    weights the previous step left (``sequential``) or all from the weights before the cycle
+    (``simultaneous``, the authors' code)."""
+    ds = [factors(units, c) for units in pairs] if order == "simultaneous" else [None] * len(pairs)
+    for units, d in zip(pairs, ds):
+        balance(units, c, biases, optimizer, d)
 
 
 class ENorm(Callback):
-    def __init__(self, c: float = 1.2, every: int = 1, rescale_bias: bool = True):
+    def __init__(self, c: float = 1.2, every: int = 1, rescale_bias: bool = True, order: str = "sequential"):
         if isinstance(c, bool) or not isinstance(c, Real) or not c > 0:
             raise ValueError(f"c must be a number > 0, got {c!r}")
         if isinstance(every, bool) or not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be an integer >= 1, got {every!r}")
         if not isinstance(rescale_bias, bool):
             raise ValueError(f"rescale_bias must be true or false, got {rescale_bias!r}")
-        self.c, self.every, self.rescale_bias = float(c), every, rescale_bias
+        if order not in ORDERS:
+            raise ValueError(f"order must be {' or '.join(ORDERS)}, got {order!r}")
+        self.c, self.every, self.rescale_bias, self.order = float(c), every, rescale_bias, order
         self.pairs: list[HiddenUnits] = []
 
     @staticmethod
@@ -79,4 +99,4 @@ class ENorm(Callback):
 
     def after_step(self, trainer, step: int) -> None:
         if step % self.every == 0:
-            enorm_cycle(self.pairs, self.c, self.rescale_bias, trainer.optimizer)
+            enorm_cycle(self.pairs, self.c, self.rescale_bias, trainer.optimizer, self.order)
