@@ -43,8 +43,8 @@ class FeedForward:
 
 
 def fold_batch_norm(weight: Tensor, bias: Tensor | None, norm: nn.Module) -> tuple[Tensor, Tensor]:
-    """``norm(weight h + bias)`` with an eval-mode batch normalisation ``a z + c`` of the output units (or
-    channels), as one affine map ``(a weight, a bias + c)``."""
-    scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-    shift = norm.bias.detach() - scale * norm.running_mean
-    return scale.reshape(-1, *(1,) * (weight.dim() - 1)) * weight, shift if bias is None else scale * bias + shift
+    """``norm(weight h + bias)``, ``weight`` (out, in), with an eval-mode batch normalisation ``a z + c`` of
+    the output units, as one affine map ``(a weight, a bias + c)``, in float64 (unrounded)."""
+    scale = norm.weight.detach().double() / torch.sqrt(norm.running_var.double() + norm.eps)
+    shift = norm.bias.detach().double() - scale * norm.running_mean.double()
+    return scale[:, None] * weight.double(), shift if bias is None else scale * bias.double() + shift
