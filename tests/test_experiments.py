@@ -5,10 +5,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from conftest import TINY_PROBLEM, compose_cfg, read_metrics
+from conftest import TINY_PROBLEM, compose_cfg, read_metrics, run_cli
+from test_classification_run import write_learnable_mnist
+from test_pathnorm import numpy_conv_path_norm
 from unroll_cli.run import run
 
 
@@ -47,3 +51,27 @@ def test_sulam2020_keeps_a_chosen_models_own_unfoldings(dataset):
     cfg = compose_cfg([f"+experiment=sulam2020_{dataset}"])
     assert compose_cfg([f"+experiment=sulam2020_{dataset}", "model=cnn"]).model.unfoldings == 0
     assert compose_cfg([f"+experiment=sulam2020_{dataset}", "model=lbp"]).model.unfoldings == cfg.model.unfoldings > 0
+
+
+def test_stock2019_enorm_conv_trains_the_cnn_with_enorm_and_measures_its_path_norm(tmp_path, monkeypatch):
+    """The authors' convolutional command on model=cnn, one epoch on tiny Fashion-MNIST files: ENorm with
+    c = 1.1 ran after the last step (the last balanced channels' outgoing norms are 1.1 times their
+    incoming ones), and the trained CNN's path-norm is the one of its checkpoint."""
+    monkeypatch.setattr("unroll_cli.data.images.FASHION_MNIST_SYSTEM_DIRS", ())
+    cfg = compose_cfg(["+experiment=stock2019_enorm_conv"])
+    assert (cfg.model.name, cfg.model.unfoldings, cfg.optim.lr, cfg.optim.momentum, cfg.optim.weight_decay,
+            cfg.data.batch_size, cfg.trainer.max_epochs, cfg.sched.end_factor, cfg.sched.total_iters,
+            cfg.data.random_crop_padding, cfg.data.hflip, cfg.callbacks.enorm.c) == (
+        "cnn", 0, 0.05, 0.9, 1e-3, 256, 128, 0.0, 128, 2, True, 1.1)
+    write_learnable_mnist(tmp_path / "data/FashionMNIST/raw", np.random.default_rng(0), 300, 50)
+    result = run_cli(["+experiment=stock2019_enorm_conv", f"data.root={tmp_path / 'data'}", "data.download=false",
+                      "trainer.max_epochs=1", "+diagnostics=pathnorm", "trainer.progress=false", "tensorboard=false",
+                      f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    state = torch.load(tmp_path / "run/checkpoints/last.pt", weights_only=True)["model"]
+    rows = state["W.1"].flatten(1).norm(dim=1)  # the second convolution's output channels: incoming
+    cols = state["W.2"].transpose(0, 1).flatten(1).norm(dim=1)  # ... and outgoing, in the third's kernels
+    torch.testing.assert_close(cols / rows, torch.full_like(rows, 1.1), rtol=1e-5, atol=0)
+    metrics = read_metrics(tmp_path / "run")["metrics"]
+    for q in (1, 2, 4):
+        assert metrics[f"pathnorm/l{q}"] == pytest.approx(numpy_conv_path_norm(state, q), rel=1e-9)

@@ -8,13 +8,22 @@ rescalings of :mod:`unroll_cli.models.rescaling`, and ``f(x)_o = <a_o(theta, x),
 neurons on it (Stock & Gribonval, Constr. Approx. 2023). The L^q path-norm ``||Phi(theta)||_q`` is
 one forward pass of the network with every weight and bias replaced by ``|.|^q`` on an all-ones
 input, the sum of its outputs to the power ``1/q`` (Gonon, Brisebarre, Riccietti & Gribonval, ICLR
-2024, Theorem A.1, as agonon/pathnorm-pytorch computes it); an eval-mode batch normalisation is an
-affine map, folded into the linear map before it first.
+2024, Theorem A.1, as agonon/pathnorm-pytorch ``compute_path_norm`` computes it); an eval-mode batch
+normalisation is an affine map, folded into the linear map before it first.
 
-A model declares its layers with ``feedforward_layers()``: the affine maps ``(weight (out, in), bias
-or None)`` with a ReLU between consecutive ones (``model=mlp``). Metrics ``pathnorm/l1``,
-``pathnorm/l2``, ``pathnorm/l4`` (``q``) in float64; :func:`path_lifting` and
-:func:`path_activations` enumerate every path, for small networks (the tests).
+Convolutions are linear maps whose edges are the kernel's taps at every output position (zero padding
+adds no edge). Pooling neurons, as the toolkit: a max-pooling neuron's paths go through every input
+of its window, each edge of weight 1, so the pass replaces it by an all-ones depthwise convolution of
+the pool's kernel and stride; an average pooling is the linear map of weights ``1 / kernel^2``, which
+enter the pass as every weight does, at the power ``q`` (the toolkit's ``(1 / divisor) ** exponent``:
+``Phi``'s coordinate is the product of the path's weights, ``1 / kernel^2`` among them). That is the same ``Phi`` as in
+``f(x) = <a(theta, x), Phi(theta)>``: there, ``a`` keeps of a max-pooling neuron's paths those through
+the input its window selects, so the path-norm and the function's lifting share one convention.
+
+A model declares its layers with ``feedforward_layers()`` (:mod:`unroll_cli.models.feedforward`: the
+affine maps, a ReLU after every one but the last, the poolings; ``model=mlp``, ``model=cnn``). Metrics
+``pathnorm/l1``, ``pathnorm/l2``, ``pathnorm/l4`` (``q``) in float64; :func:`path_lifting` and
+:func:`path_activations` enumerate every path of a fully connected network, for small ones (the tests).
 """
 from __future__ import annotations
 
@@ -22,26 +31,45 @@ import itertools
 from numbers import Real
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
+from unroll_cli.errors import ConfigError
 from unroll_cli.evaluate.diagnostics import Diagnostic
-
-Layers = list[tuple[Tensor, Tensor | None]]
-
-
-def float64_layers(layers: Layers) -> list[tuple[Tensor, Tensor]]:
-    """The layers in float64, a missing bias as zeros."""
-    return [(W.detach().double(), torch.zeros(W.shape[0], dtype=torch.float64, device=W.device) if b is None
-             else b.detach().double()) for W, b in layers]
+from unroll_cli.models.feedforward import Affine, FeedForward, Pool
 
 
-def path_norm(layers: Layers, q: float) -> float:
-    """``||Phi(theta)||_q`` in one forward pass of ``|W|^q``, ``|b|^q`` on ones (the ReLUs are the
+def float64_layers(net: FeedForward) -> list[tuple[Tensor, Tensor]]:
+    """The affine maps of a fully connected network in float64, a missing bias as zeros."""
+    if any(not isinstance(layer, Affine) or layer.weight.dim() != 2 for layer in net.layers):
+        raise ValueError("the explicit path-lifting takes fully connected networks (linear maps only)")
+    return [(layer.weight.detach().double(), torch.zeros(layer.weight.shape[0], dtype=torch.float64,
+                                                          device=layer.weight.device)
+             if layer.bias is None else layer.bias.detach().double()) for layer in net.layers]
+
+
+def lifted(layer: Affine | Pool, h: Tensor, q: float) -> Tensor:
+    """One layer of the path-norm's pass on ``h`` (batch, ...) >= 0, float64: ``|weights|^q``,
+    ``|bias|^q``; a pooling as the depthwise convolution of its edges' weights (1 for the maximum,
+    ``kernel^-2`` for the mean) to the power ``q``."""
+    if isinstance(layer, Pool):
+        value = (1.0 / layer.kernel ** 2) ** q if layer.average else 1.0
+        kernel = torch.full((h.shape[1], 1, layer.kernel, layer.kernel), value, dtype=h.dtype, device=h.device)
+        return F.conv2d(h, kernel, None, layer.stride, layer.padding, groups=h.shape[1])
+    weight = layer.weight.detach().to(h).abs().pow(q)
+    bias = None if layer.bias is None else layer.bias.detach().to(h).abs().pow(q)
+    if weight.dim() == 2:
+        return F.linear(h.flatten(1), weight, bias)
+    return F.conv2d(h, weight, bias, layer.stride, layer.padding)
+
+
+def path_norm(net: FeedForward, q: float) -> float:
+    """``||Phi(theta)||_q`` in one forward pass of :func:`lifted` layers on ones (the ReLUs are the
     identity there: every value is >= 0)."""
-    layers = float64_layers(layers)
-    h = torch.ones(layers[0][0].shape[1], dtype=torch.float64, device=layers[0][0].device)
-    for W, b in layers:
-        h = W.abs().pow(q) @ h + b.abs().pow(q)
+    first = next(layer for layer in net.layers if isinstance(layer, Affine))
+    h = torch.ones((1, *net.input_shape), dtype=torch.float64, device=first.weight.device)
+    for layer in net.layers:
+        h = lifted(layer, h, q)
     return h.sum().pow(1.0 / q).item()
 
 
@@ -55,10 +83,10 @@ def paths(sizes: list[int]):
         yield len(sizes) - 1, (o,)  # the output's own bias
 
 
-def path_lifting(layers: Layers) -> Tensor:
+def path_lifting(net: FeedForward) -> Tensor:
     """``Phi(theta)``, shape (outputs, paths per output): weights along each path times its start
     (1 at an input neuron, the bias of the neuron it starts at)."""
-    layers = float64_layers(layers)
+    layers = float64_layers(net)
     sizes = [layers[0][0].shape[1], *(W.shape[0] for W, _ in layers)]
     values = []
     for s, v in paths(sizes):
@@ -69,10 +97,10 @@ def path_lifting(layers: Layers) -> Tensor:
     return torch.stack(values).reshape(sizes[-1], -1)
 
 
-def path_activations(layers: Layers, x: Tensor) -> Tensor:
+def path_activations(net: FeedForward, x: Tensor) -> Tensor:
     """``a(theta, x)`` of one input ``x`` (flat), in the order of :func:`path_lifting`: the path's input
     coordinate (1 for a partial path) times the activations (pre-activation > 0) of its hidden neurons."""
-    layers = float64_layers(layers)
+    layers = float64_layers(net)
     sizes = [layers[0][0].shape[1], *(W.shape[0] for W, _ in layers)]
     active, h = [None], x.double()
     for W, b in layers[:-1]:
@@ -98,12 +126,18 @@ class PathNorm(Diagnostic):
         self.q = [float(v) for v in q]
 
     def refuse(self, model) -> str | None:
-        if callable(getattr(model, "feedforward_layers", None)):
-            return None
-        return ("it declares no feed-forward layers (feedforward_layers()); the one-pass path-norm needs every "
-                "edge's |weight| once, which an unrolled model (T > 0: weights shared across layers, "
-                "subtractions) does not give")
+        """Why the model has no path-norm: it declares no layers, or its declaration refuses (saying why)."""
+        declare = getattr(model, "feedforward_layers", None)
+        if not callable(declare):
+            return ("it declares no feed-forward layers (feedforward_layers()); the one-pass path-norm needs every "
+                    "edge's |weight| once, which an unrolled model (T > 0: weights shared across layers, "
+                    "subtractions) does not give")
+        try:
+            declare()
+        except ConfigError as error:
+            return str(error)
+        return None
 
     def measure(self, model) -> dict[str, float]:
-        layers = model.feedforward_layers()
-        return {f"l{q:g}": path_norm(layers, q) for q in self.q}
+        net = model.feedforward_layers()
+        return {f"l{q:g}": path_norm(net, q) for q in self.q}

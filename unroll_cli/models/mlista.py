@@ -53,6 +53,7 @@ from torch import Tensor, nn
 from unroll_cli.errors import ConfigError
 from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.arguments import check_bool, check_int, fista_momentum
+from unroll_cli.models.feedforward import Affine, FeedForward, Pool
 from unroll_cli.models.mlista_architectures import (ARCHS, Plan, code_elements, forward_plan, kernel_shapes,
                                                     plan_kernels, sees_all, tap_index)
 from unroll_cli.models.operators import OPERATORS, check_operator, linear_layer, structured_copy, structured_map
@@ -144,8 +145,9 @@ class MultiLayerNet(nn.Module):
             self.tail_b.append(nn.Parameter(torch.zeros(1, out, 1, 1)))
             fan_in = out
         self.classifier = linear_layer(fan_in, self.num_classes, self.operator)
-        if image_size is not None:  # the data's images (square), given by the task: refused here if too small
-            self._check_image_size(check_int("image_size", image_size, 1))
+        # the data's images (square), given by the task: refused here if too small
+        self.image_size = spec["side"] if image_size is None else check_int("image_size", image_size, 1)
+        self._check_image_size(self.image_size)
 
     def _check_image_size(self, side: int) -> None:
         """The architecture's layers must bring the data's images down to the 1x1 codes its classifier
@@ -166,8 +168,8 @@ class MultiLayerNet(nn.Module):
         """Bytes of the activations (see :mod:`unroll_cli.memory`): the unfolded layers' outputs,
         a few tensors each per unfolding kept for the backward pass; one unfolding's at evaluation
         (the weights are a few MB whatever the config)."""
-        side = image_size or (28 if arch == "mnist" else 32)
-        per_sample = code_elements(ARCHS.get(arch, ARCHS["mnist"]), side)
+        spec = ARCHS.get(arch, ARCHS["mnist"])
+        per_sample = code_elements(spec, image_size or spec["side"])
         unfoldings = int(config.get("unfoldings", 0)) + 1
         return {"model.unfoldings": 4 * per_sample * (4 * unfoldings * train_batch + 2 * eval_batch)}
 
@@ -267,6 +269,27 @@ class MultiLayerNet(nn.Module):
         return [HiddenUnits(incoming=((W, 0),), outgoing=((reader, 1),), biases=((b, 1),))
                 for (W, b), reader in zip(layers, readers)]
 
+    def feedforward_layers(self) -> FeedForward:
+        """The CNN pass (``unfoldings=0``) with a dense classifier: the unfolded layers' convolutions
+        ``c_i W_i^T`` (stride, padding) with biases ``b_i``, CIFAR's plain 3x3 layers and the 2x2
+        max-poolings after the last two, the classifier; a ReLU after every convolution."""
+        if self.unfoldings != 0:
+            raise ConfigError(f"model.unfoldings={self.unfoldings}: an unrolled model applies W_i and W_i^T to the "
+                              "same codes (weights shared across layers, subtractions), where the one-pass "
+                              "path-norm needs every edge's |weight| once (unfoldings=0 has it)")
+        if self.operator != "dense":
+            raise ConfigError(f"model.operator={self.operator}: a structured classifier is a product of factors, "
+                              "not one dense map of the classifier's edges")
+        kernels, biases = self._cnn_parameters()
+        layers = [Affine(W.detach().double() * c, b.detach().view(-1), s, self.padding)  # c_i W_i unrounded
+                  for c, W, b, s in zip(self._cnn_steps(), kernels, biases, self.strides)]
+        for j, (W, b) in enumerate(zip(self.tail_W, self.tail_b)):
+            layers.append(Affine(W.detach(), b.detach().view(-1), 1, 1))
+            if j >= 1:
+                layers.append(Pool(2, 2))
+        layers.append(Affine(self.classifier.weight.detach(), self.classifier.bias.detach()))
+        return FeedForward((self.in_channels, self.image_size, self.image_size), tuple(layers))
+
     def _check_unfoldings(self, t) -> int:
         return check_int("unfoldings", t, 0)
 
@@ -279,6 +302,10 @@ class MultiLayerNet(nn.Module):
     def _cnn_parameters(self) -> tuple[list[Tensor], list[Tensor]]:
         """The kernels and biases of the CNN pass (``unfoldings=0``)."""
         raise NotImplementedError
+
+    def _cnn_steps(self) -> list[float]:
+        """The factors ``c_i`` of the CNN pass's kernels (none: 1)."""
+        return [1.0] * 3
 
 
 class _TiedNet(MultiLayerNet):
@@ -297,6 +324,9 @@ class _TiedNet(MultiLayerNet):
 
     def _cnn_parameters(self):
         return list(self.W), list(self.b)
+
+    def _cnn_steps(self):
+        return [c.item() for c in self.c]
 
     def _step_kernels(self, plan: Plan) -> tuple[list[Tensor], list[Tensor]]:
         """``W_i`` and ``c_i W_i`` in the plan's coordinates, formed once per forward."""

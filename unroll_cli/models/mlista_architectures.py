@@ -21,10 +21,11 @@ import torch.nn.functional as F
 from torch import Tensor
 
 # Unfolded layers 1-3: (out channels, kernel, stride), layer 1 taking in_channels; one padding
-# for all three; "tail": channels of the plain 3x3 layers (max-pool after the last two).
+# for all three; "tail": channels of the plain 3x3 layers (max-pool after the last two); "side": the
+# images' side the architecture is drawn for.
 ARCHS = {
-    "mnist": {"layers": ((32, 6, 2), (64, 6, 2), (512, 4, 1)), "padding": 0, "tail": ()},
-    "cifar10": {"layers": ((32, 4, 2), (64, 4, 2), (128, 4, 2)), "padding": 1, "tail": (256, 512, 512)},
+    "mnist": {"layers": ((32, 6, 2), (64, 6, 2), (512, 4, 1)), "padding": 0, "tail": (), "side": 28},
+    "cifar10": {"layers": ((32, 4, 2), (64, 4, 2), (128, 4, 2)), "padding": 1, "tail": (256, 512, 512), "side": 32},
 }
 
 

@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.models.arguments import check_bool, check_int
+from unroll_cli.models.feedforward import Affine, FeedForward, fold_batch_norm
 from unroll_cli.models.rescaling import HiddenUnits
 from unroll_cli.schema import constrained, register_schema
 
@@ -102,17 +103,13 @@ class MLP(nn.Module):
                             biases=() if inner.bias is None else ((inner.bias, 0),))
                 for inner, outer in zip(self.linears[:-1], self.linears[1:])]
 
-    def feedforward_layers(self) -> list[tuple[Tensor, Tensor | None]]:
-        """The affine maps ``(weight (out, in), bias or None)`` with a ReLU between consecutive ones,
-        detached; an eval-mode batch normalisation ``a z + c`` is folded into the map before it."""
+    def feedforward_layers(self) -> FeedForward:
+        """The flattened image through the linear maps, a ReLU between consecutive ones (detached); an
+        eval-mode batch normalisation ``a z + c`` is folded into the map before it."""
         layers = []
         for k, linear in enumerate(self.linears):
             weight, bias = linear.weight.detach(), None if linear.bias is None else linear.bias.detach()
             if self.batch_norm and k < self.depth:
-                norm = self.norms[k]
-                scale = norm.weight.detach() / torch.sqrt(norm.running_var + norm.eps)
-                shift = norm.bias.detach() - scale * norm.running_mean
-                weight = scale[:, None] * weight
-                bias = shift if bias is None else scale * bias + shift
-            layers.append((weight, bias))
-        return layers
+                weight, bias = fold_batch_norm(weight, bias, self.norms[k])
+            layers.append(Affine(weight, bias))
+        return FeedForward((self.in_features,), tuple(layers))
