@@ -375,7 +375,7 @@ class LISTA(UnrolledISTA):
         ``W[t]`` out. Only untied ``W`` and ``B``, per-unit thresholds, no support selection and dense maps
         have a per-unit symmetry; any other parametrisation is refused saying why."""
         reasons = [reason for broken, reason in (
-            (self.tied, "model.tied=true (one W for all layers: W = D_{t+1} W D_t^-1 for every t)"),
+            (self.tied, "model.tied=true (one W for all layers: D_{t+1} W D_t^-1 = W with D_T = I forces every D_t = I)"),
             (self.tied_b, "model.tied_b=true (one B for all layers: D_t B = B forces D_t = I)"),
             (not self.unit_thresholds, "model.unit_thresholds=false (a scalar threshold per layer admits only "
                                        "one factor for all of its units)"),
