@@ -31,11 +31,13 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
+from unroll_cli.errors import ConfigError
 from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.analytic import analytic_weight
 from unroll_cli.models.arguments import check_bool, fista_momentum
 from unroll_cli.models.operators import OPERATORS, check_operator, structured_copy, structured_map
 from unroll_cli.models.prox import soft_threshold, support_selection_threshold
+from unroll_cli.models.rescaling import HiddenUnits
 
 
 def lipschitz_constant(A: Tensor) -> float:
@@ -67,21 +69,24 @@ def _parameters_of(weight: nn.Parameter | nn.Module) -> list[nn.Parameter]:
     return [weight] if isinstance(weight, nn.Parameter) else list(weight.parameters())
 
 
-def _weight_maps(model: LISTA | LISTACP) -> dict[str, Tensor]:
-    """A dense model's ``W`` as ``{"W": W}`` (tied) or ``{"W.0": W_0, "W.1": W_1, ...}`` (untied), detached;
-    a structured one is refused (it has no dense matrix to compress)."""
+def _weight_maps(model: LISTA | LISTACP, name: str = "W", tied: bool | None = None) -> dict[str, Tensor]:
+    """A dense model's matrix ``name`` (``W``) as ``{"W": W}`` (tied) or ``{"W.0": W_0, "W.1": W_1, ...}``
+    (one per layer), detached; a structured one is refused (it has no dense matrix to compress)."""
     if model.operator != "dense":
         raise ValueError(f"the model's maps are already {model.operator}: only a dense model is compressed")
-    if model.tied:
-        return {"W": model.W.detach()}
-    return {f"W.{i}": w.detach() for i, w in enumerate(model.W)}
-
-
-def _structured_weights(maps: dict[str, Tensor], operator: str, tied: bool) -> nn.Module:
-    """The structured ``W`` of :meth:`LISTA.structured`: one layer (tied) or one per matrix ``W.i``."""
+    weight, tied = getattr(model, name), model.tied if tied is None else tied
     if tied:
-        return structured_map(maps["W"], operator)
-    return nn.ModuleList(structured_map(maps[f"W.{i}"], operator) for i in range(len(maps)))
+        return {name: weight.detach()}
+    return {f"{name}.{i}": w.detach() for i, w in enumerate(weight)}
+
+
+def _structured_weights(maps: dict[str, Tensor], operator: str, tied: bool, name: str = "W") -> nn.Module:
+    """The structured ``name`` (``W``) of :meth:`LISTA.structured`: one layer (tied) or one per matrix
+    ``W.i``."""
+    if tied:
+        return structured_map(maps[name], operator)
+    count = sum(key.startswith(f"{name}.") for key in maps)
+    return nn.ModuleList(structured_map(maps[f"{name}.{i}"], operator) for i in range(count))
 
 
 @register_schema("model", "classical")
@@ -104,13 +109,22 @@ class LearnedModelConfig(ClassicalModelConfig):
     ss_p_max: float = constrained(0.0, "a percentage in [0, 100]", lambda v: 0 <= v <= 100)
 
 
-@register_schema("model", "lista")
-class LISTAModelConfig(LearnedModelConfig):
-    """LISTA / LISTA-CP (and their support-selection variants): weights tied or per layer, dense
-    or structured (``operator``, see :mod:`unroll_cli.models.operators`)."""
+@register_schema("model", "lista_cp")
+class LISTACPModelConfig(LearnedModelConfig):
+    """LISTA-CP (and LISTA-CPSS): weights tied or per layer, dense or structured (``operator``, see
+    :mod:`unroll_cli.models.operators`)."""
 
     tied: bool = True
     operator: str = constrained("dense", "one of " + ", ".join(OPERATORS), lambda v: v in OPERATORS)
+
+
+@register_schema("model", "lista")
+class LISTAModelConfig(LISTACPModelConfig):
+    """LISTA (and LISTA-SS): LISTA-CP's keys, and ``B`` and the thresholds as LISTA's untied form
+    (Gregor & LeCun 2010; Chen et al. 2018) may have them."""
+
+    tied_b: bool = True  # one B for every layer (false: one B_t per layer)
+    unit_thresholds: bool = False  # one threshold per layer (true: a vector of n, one per unit)
 
 
 class UnrolledISTA(nn.Module):
@@ -144,11 +158,12 @@ class UnrolledISTA(nn.Module):
     @staticmethod
     def memory_estimate(config: dict, A: Tensor, train_batch: int, eval_batch: int) -> dict[str, int]:
         """Bytes a run needs (see :mod:`unroll_cli.memory`): an (n, max(m, n)) weight per layer
-        (one if tied) with its gradient and Adam's two moments (an upper bound for a structured
-        ``operator``); per layer a few (batch, m + n) tensors kept for the backward pass, and every
-        layer's estimate at evaluation."""
+        (one if tied), and an (n, m) ``B`` per layer unless it is shared (LISTA's ``tied_b``), with their
+        gradients and Adam's two moments (an upper bound for a structured ``operator``); per layer a few
+        (batch, m + n) tensors kept for the backward pass, and every layer's estimate at evaluation."""
         (m, n), layers = A.shape, int(config["layers"])
-        weights = (1 if config.get("tied", True) else layers) * n * max(m, n)
+        weights = ((1 if config.get("tied", True) else layers) * n * max(m, n)
+                   + (0 if config.get("tied_b", True) else layers) * n * m)
         activations = 4 * layers * train_batch * (m + n) + layers * eval_batch * n
         return {"model.layers": 4 * (4 * weights + activations)}
 
@@ -174,8 +189,9 @@ class UnrolledISTA(nn.Module):
         return []
 
     def thresholds(self) -> Tensor:
-        """Threshold applied in each layer, shape (layers,), detached."""
-        return torch.stack([torch.as_tensor(self._theta(t), dtype=self.A.dtype, device=self.A.device)
+        """Threshold applied in each layer, shape (layers,), detached: a layer with one threshold per unit
+        (LISTA's ``unit_thresholds``) gives their mean."""
+        return torch.stack([torch.as_tensor(self._theta(t), dtype=self.A.dtype, device=self.A.device).mean()
                             for t in range(self.layers)]).detach()
 
     def step_sizes(self) -> Tensor | None:
@@ -215,9 +231,10 @@ class UnrolledISTA(nn.Module):
         if isinstance(t, bool) or not isinstance(t, Integral) or not 0 <= t < self.layers:
             raise ValueError(f"t must be an integer in [0, {self.layers - 1}], got {t!r}")
 
-    def _threshold_parameters(self) -> nn.ParameterList:
-        theta = self.lam / self.L
-        return nn.ParameterList(nn.Parameter(torch.tensor(theta, dtype=self.A.dtype, device=self.A.device))
+    def _threshold_parameters(self, units: int | None = None) -> nn.ParameterList:
+        """``lam / L`` per layer: a scalar, or ``units`` of them (one per unit)."""
+        theta = torch.tensor(self.lam / self.L, dtype=self.A.dtype, device=self.A.device)
+        return nn.ParameterList(nn.Parameter(theta.clone() if units is None else theta.repeat(units))
                                 for _ in range(self.layers))
 
 
@@ -243,6 +260,15 @@ class CoupledUnrolledISTA(UnrolledISTA):
 
     def _coupling(self, t: int) -> tuple[Tensor, Tensor | float]:
         raise NotImplementedError
+
+    def rescaling_pairs(self) -> list[HiddenUnits]:
+        """None: the estimate enters the next layer as ``x - W_t^T A x``, through the identity and the
+        fixed ``A``, and ``D_{t+1} (I - W_t^T A) D_t^-1 = I - W'^T A`` with ``W'^T = D_{t+1} W_t^T`` (the
+        ``y`` term) forces ``D_t = D_{t+1} = I`` for a generic ``W_t^T A``."""
+        raise ConfigError(f"{type(self).__name__} has no rescaling symmetry: the coupled update x + W_t^T (y - A x) "
+                          "passes x through the identity and the fixed A, which no scaling of its units but the "
+                          "identity keeps (model=lista with model.tied=false model.tied_b=false "
+                          "model.unit_thresholds=true has one)")
 
 
 class ISTA(CoupledUnrolledISTA):
@@ -274,56 +300,96 @@ class FISTA(ISTA):
 
 
 class LISTA(UnrolledISTA):
-    """LISTA (Gregor & LeCun 2010): ``x <- eta_{theta_t}(W_t x + B y)``.
+    """LISTA (Gregor & LeCun 2010): ``x_{t+1} = eta_{theta_t}(W_{t-1} x_t + B_t y)``, ``x_0 = 0``.
 
-    ``B`` (n, m) is shared; ``W`` (n, n) is one tied matrix or, untied, one per
-    layer 1..T-1 (layer 0 sees ``x0 = 0``, where a ``W_0`` would have no effect and
-    no gradient).  Initialised from ISTA: ``B = A^T / L``, ``W = I - A^T A / L``,
-    ``theta_t = lam / L``.  Dense: ``B y`` is computed once per forward and fused into
-    the ``W x`` GEMM.  Structured (``operator``): ``W`` and ``B`` are butterfly or Monarch
-    layers started at the projections of these matrices.  With ``ss_p_per_layer > 0``
-    this is LISTA-SS (Chen et al. 2018).
+    ``B`` (n, m) is shared (``tied_b``, the default) or one ``B_t`` per layer 0..T-1; ``W`` (n, n) is
+    one tied matrix or, untied, one per layer 1..T-1 (layer 0 sees ``x0 = 0``, where a ``W`` would
+    have no effect and no gradient; ``W[t - 1]`` is layer t's); ``theta_t`` is a scalar or, with
+    ``unit_thresholds``, a vector of n. Initialised from ISTA: ``B = A^T / L``, ``W = I - A^T A / L``,
+    ``theta_t = lam / L``.  Dense: a shared ``B y`` is computed once per forward and fused into the
+    ``W x`` GEMM.  Structured (``operator``): ``W`` and ``B`` are butterfly or Monarch layers started
+    at the projections of these matrices.  With ``ss_p_per_layer > 0`` this is LISTA-SS (Chen et al. 2018).
+
+    Rescaling (:meth:`rescaling_pairs`): ``eta_{d theta}(d z) = d eta_theta(z)`` for ``d > 0``, so with
+    ``W``, ``B`` untied and thresholds per unit, ``W_{t-1} -> D_{t+1} W_{t-1} D_t^-1``,
+    ``B_t -> D_{t+1} B_t``, ``theta_t -> D_{t+1} theta_t`` (``D_T = I``) keeps the last estimate ``x_T``
+    exactly, while each earlier estimate ``x_t`` becomes ``D_t x_t``.
     """
 
     def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True,
-                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0, operator: str = "dense"):
+                 ss_p_per_layer: float = 0.0, ss_p_max: float = 0.0, operator: str = "dense",
+                 tied_b: bool = True, unit_thresholds: bool = False):
         super().__init__(A, layers, lam, ss_p_per_layer, ss_p_max)
         self.tied = check_bool("tied", tied)
+        self.tied_b = check_bool("tied_b", tied_b)
+        self.unit_thresholds = check_bool("unit_thresholds", unit_thresholds)
         self.operator = check_operator(operator)
         A64 = self.A.double()
         B = (A64.t() / self.L).to(self.A.dtype)
         W = (torch.eye(A64.shape[1], dtype=torch.float64, device=A64.device)
              - A64.t() @ A64 / self.L).to(self.A.dtype)
-        self.B = _learned_map(B, operator)
+        self.B = _learned_map(B, operator) if tied_b else _learned_maps(B, operator, self.layers)
         self.W = _learned_map(W, operator) if tied else _learned_maps(W, operator, self.layers - 1)
-        self.theta = self._threshold_parameters()
+        self.theta = self._threshold_parameters(self.A.shape[1] if unit_thresholds else None)
 
     def _prepare(self, y):
-        return y @ self.B.t() if self.operator == "dense" else self.B(y)
+        return self._map(self.B, y) if self.tied_b else y
 
-    def _affine(self, t, v, By):
+    def _affine(self, t, v, cache):
+        By = cache if self.tied_b else self._map(self.B[t], cache)
         if v is None:
             return By
         W = self.W if self.tied else self.W[t - 1]
         return torch.addmm(By, v, W.t()) if self.operator == "dense" else By + W(v)
 
+    def _map(self, weight: Tensor | nn.Module, x: Tensor) -> Tensor:
+        """``x`` (rows) through a learned map: ``x @ weight^T`` (dense) or ``weight(x)``."""
+        return x @ weight.t() if self.operator == "dense" else weight(x)
+
     def layer_parameters(self, t):
         self._check_layer(t)
+        if self.tied_b:
+            own_b = _parameters_of(self.B) if t == 0 else []
+        else:
+            own_b = _parameters_of(self.B[t])
         if t == 0:
-            return _parameters_of(self.B) + (_parameters_of(self.W) if self.tied else []) + [self.theta[0]]
-        return ([] if self.tied else _parameters_of(self.W[t - 1])) + [self.theta[t]]
+            return own_b + (_parameters_of(self.W) if self.tied else []) + [self.theta[0]]
+        return ([] if self.tied else _parameters_of(self.W[t - 1])) + own_b + [self.theta[t]]
 
     def dense_maps(self) -> dict[str, Tensor]:
         """The trained matrices as the ``(out, in)`` maps :meth:`structured` replaces, by the name of
-        their layer there: ``W`` (tied) or ``W.0``, ``W.1``, ... (n x n), then ``B`` (n x m)."""
-        return {**_weight_maps(self), "B": self.B.detach()}
+        their layer there: ``W`` (tied) or ``W.0``, ``W.1``, ... (n x n), then ``B`` (shared) or ``B.0``,
+        ``B.1``, ... (n x m)."""
+        return {**_weight_maps(self), **_weight_maps(self, "B", self.tied_b)}
 
     def structured(self, operator: str) -> LISTA:
         """This trained model with ``operator``: ``W`` and ``B`` structured layers at the projections
         of the trained matrices, the thresholds as trained."""
-        weights = _weight_maps(self)
-        return structured_copy(self, operator, W=_structured_weights(weights, operator, self.tied),
-                               B=structured_map(self.B.detach(), operator))
+        maps = self.dense_maps()
+        return structured_copy(self, operator, W=_structured_weights(maps, operator, self.tied),
+                               B=_structured_weights(maps, operator, self.tied_b, "B"))
+
+    def rescaling_pairs(self) -> list[HiddenUnits]:
+        """The units of the estimates ``x_1 .. x_{T-1}`` (layer t's output, t = 0..T-2): the rows of
+        ``W[t - 1]`` and ``B_t`` and the entries of ``theta_t`` (scaled as biases) in, the columns of
+        ``W[t]`` out. Only untied ``W`` and ``B``, per-unit thresholds, no support selection and dense maps
+        have a per-unit symmetry; any other parametrisation is refused saying why."""
+        reasons = [reason for broken, reason in (
+            (self.tied, "model.tied=true (one W for all layers: D_{t+1} W D_t^-1 = W with D_T = I forces every D_t = I)"),
+            (self.tied_b, "model.tied_b=true (one B for all layers: D_t B = B forces D_t = I)"),
+            (not self.unit_thresholds, "model.unit_thresholds=false (a scalar threshold per layer admits only "
+                                       "one factor for all of its units)"),
+            (any(self.ss_percents), "model.ss_p_per_layer>0 (support selection ranks the units by magnitude, "
+                                    "which a per-unit scaling reorders)"),
+            (self.operator != "dense", f"model.operator={self.operator} (a structured map has no rows and "
+                                       "columns to scale)")) if broken]
+        if reasons:
+            raise ConfigError("LISTA has no per-unit rescaling symmetry with " + "; ".join(reasons)
+                              + ": model.tied=false model.tied_b=false model.unit_thresholds=true (dense, "
+                              "without support selection) has it")
+        return [HiddenUnits(incoming=((self.B[t], 0),) + (((self.W[t - 1], 0),) if t > 0 else ()),
+                            outgoing=((self.W[t], 1),), biases=((self.theta[t], 0),))
+                for t in range(self.layers - 1)]
 
 
 class LISTACP(CoupledUnrolledISTA):

@@ -19,13 +19,16 @@ simultaneous``, a Jacobi sweep without the guarantee); and the biases are scaled
 authors' choice and changes the function of a network with biases. ``order: simultaneous
 rescale_bias: false`` is one ``ENorm(..., 'linear', c).step()`` of the authors' code on a bias-free
 fully connected network (their FC path leaves the momentum buffers alone; their FC command has no
-momentum).
+momentum). A rescaling keeps the model's output only (an unrolled model's earlier estimates are
+scaled with their units): a trainer that also fits the model truncated to its first layers
+(``trains_truncated``, ``trainer=layerwise``) is refused.
 """
 from __future__ import annotations
 
 from numbers import Real
 
 import torch
+from hydra.utils import get_class
 
 from unroll_cli.errors import ConfigError
 from unroll_cli.models.rescaling import HiddenUnits, along, rescaling_pairs, scale_units, unit_norms
@@ -90,6 +93,10 @@ class ENorm(Callback):
         if target != "torch.optim.SGD":
             raise ConfigError(f"ENorm rescales the weights and SGD's momentum buffers with them; optim._target_="
                               f"{target} keeps a state that is not scale-covariant: use optim=sgd")
+        if getattr(get_class(cfg.trainer._target_), "trains_truncated", False):
+            raise ConfigError(f"trainer._target_={cfg.trainer._target_} fits the model truncated to its first layers, "
+                              "whose last estimates a rescaling of the hidden units changes (it keeps only the full "
+                              "model's output): use trainer=default")
         if not self.balanced(model):
             raise ConfigError(f"{type(model).__name__} has one hidden layer, whose units feed the output layer and "
                               "are not balanced: ENorm would do nothing (give the model two hidden layers or more)")

@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 
 class LayerwiseTrainer(Trainer):
+    trains_truncated = True
+
     @classmethod
     def check_model(cls, model: torch.nn.Module, name: str) -> None:
         """The schedule needs the model's per-layer parameter groups (``layer_parameters(t)``, ``layers``)."""

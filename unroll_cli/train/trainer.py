@@ -41,6 +41,10 @@ class NonFiniteLossError(TrainingFailure):
 class Trainer:
     """Fits ``model`` on ``task`` for ``settings.max_epochs`` epochs (the ``trainer`` config)."""
 
+    #: whether the model is also fitted truncated to its first layers, on their own last estimate (a
+    #: callback that keeps only the full model's output, ENorm, refuses such a trainer)
+    trains_truncated = False
+
     def __init__(self, settings: DictConfig, model: torch.nn.Module, task, optim_cfg: DictConfig,
                  sched_cfg: DictConfig, recorder: RunRecorder, resume_state: dict[str, Any] | None = None,
                  callbacks: Callbacks | None = None, config: dict | None = None):
