@@ -1,46 +1,17 @@
-"""What the convolutional dictionary models share: the dictionary's two operators and split-stride
-shift averaging.
-
-Operators of filters ``W`` (K, C, k, k) at ``stride``: the analysis ``D^T x = conv2d(x, W, stride)``
-and the synthesis ``D z = conv_transpose2d(z, W, stride)`` sized to an image, its exact adjoint. Both
-run as one matrix product with the image's k x k patches (``unfold``) or into them (``fold``): on the
-CPU at PUDLE's sizes ``conv_transpose2d`` takes about 4x as long as the product and fold, and a
-training step with conv2d / conv_transpose2d 2x as long (``scripts/bench_denoise.py``).
-
-Split-stride averaging (CRsAE and DenSaE, btolooshams/densae ``src/model.py`` ``split_image``; pads
-from ``src/utils.py`` ``calc_pad_sizes``): a strided code sees each pixel through windows at one
-phase only; coding the ``stride^2`` shifted copies of the image and averaging their reconstructions
-removes that dependence. Each image is reflect-padded by ``s`` on the left and top and by ``s + r``
-on the right and bottom (``r`` the least that makes ``side + s + r - k`` a multiple of ``s``), then
-shifted by (i, j) for i, j in 0..s-1 (pads ``s - j`` left, ``s + r + j`` right, likewise rows); each
-copy's reconstruction is cut to the image's pixels and the copies are averaged. Stride 1 codes the
-image itself, unpadded (the authors' choice).
+"""Split-stride averaging for strided convolutional models (CRsAE, DenSaE: btolooshams/densae
+``src/model.py`` ``split_image``, pads from ``src/utils.py`` ``calc_pad_sizes``): a strided code sees
+each pixel through windows at one phase only; coding the ``stride^2`` shifted copies of the image and
+averaging their reconstructions removes that dependence. Each image is reflect-padded by ``s`` on the
+left and top and by ``s + r`` on the right and bottom (``r`` the least that makes ``side + s + r - k``
+a multiple of ``s``), then shifted by (i, j) for i, j in 0..s-1 (pads ``s - j`` left, ``s + r + j``
+right, likewise rows); each copy's reconstruction is cut to the image's pixels and the copies are
+averaged. Stride 1 codes the image itself, unpadded (the authors' choice).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-
-
-def batched(matrix: Tensor, stack: Tensor) -> Tensor:
-    """``matrix @ stack[i]`` for every i, as one ``bmm`` on the expanded matrix: ``matrix @ stack``
-    would copy the stack into a (N rows, ...) layout first (about 1.3x slower on the CPU)."""
-    return torch.bmm(matrix.expand(len(stack), -1, -1), stack)
-
-
-def analysis(x: Tensor, weight: Tensor, stride: int) -> Tensor:
-    """``conv2d(x, weight, stride=stride)``: (N, K, rows, cols) codes of (N, C, H, W) images."""
-    k = weight.shape[-1]
-    rows, cols = ((side - k) // stride + 1 for side in x.shape[-2:])
-    patches = F.unfold(x, k, stride=stride)  # (N, C k k, rows * cols)
-    return batched(weight.flatten(1), patches).view(x.shape[0], -1, rows, cols)
-
-
-def synthesis(z: Tensor, weight: Tensor, stride: int, size: tuple[int, int]) -> Tensor:
-    """The adjoint of :func:`analysis` for images of ``size`` (H, W): (N, C, H, W)."""
-    patches = batched(weight.flatten(1).T, z.flatten(2))  # (N, C k k, rows * cols)
-    return F.fold(patches, size, weight.shape[-1], stride=stride)
 
 
 def shift_pads(height: int, width: int, kernel: int, stride: int) -> tuple[int, int, int, int]:
