@@ -134,6 +134,26 @@ def test_the_components_are_the_dense_and_sparse_parts_of_the_estimate():
     assert set(model.dictionaries()) == {"A", "B"} and model.dictionaries()["A"].shape == (2, 1, 4, 4)
 
 
+def test_full_size_filters_at_stride_1_are_dense_dictionaries():
+    """The paper's MNIST set-up (28x28 filters at stride 1, no shifts) is FISTA with the matrices whose
+    columns are the flattened filters: here 6x6 images, one-sided, against a loop with matrices."""
+    model = float64_model(split="3A8B", kernel_size=6, stride=1, two_sided=False, lam=0.05)
+    y = torch.rand(4, 1, 6, 6, dtype=torch.float64)
+    A, B, Y = model.A.detach().flatten(1).T, model.B.detach().flatten(1).T, y.flatten(1).T  # (36, 3), (36, 8)
+    x_old = x_tmp = torch.zeros(3, 4, dtype=torch.float64)
+    u_old = u_tmp = torch.zeros(8, 4, dtype=torch.float64)
+    t_old = 1.0
+    for _ in range(6):
+        r = Y - (1.5 * A @ x_tmp + B @ u_tmp)
+        x_new, u_new = x_tmp + A.T @ r / 8, torch.relu(u_tmp + B.T @ r / 8 - 0.05 / 8)
+        t_new = (1 + math.sqrt(1 + 4 * t_old ** 2)) / 2
+        x_tmp, u_tmp = x_new + (t_old - 1) / t_new * (x_new - x_old), u_new + (t_old - 1) / t_new * (u_new - u_old)
+        x_old, u_old, t_old = x_new, u_new, t_new
+    with torch.no_grad():
+        torch.testing.assert_close(model(y)[-1].flatten(1).T, A @ x_new + B @ u_new, rtol=0, atol=1e-10)
+    assert (u_new == 0).any() and (u_new > 0).any()
+
+
 # ----------------------------------------------------------------------------- shift averaging
 def test_pads_are_the_authors():
     for h, w in ((14, 14), (17, 31), (128, 128), (321, 481)):
