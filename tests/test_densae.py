@@ -166,7 +166,7 @@ def test_shift_averaging_is_a_loop_over_the_shifted_copies():
     each copy squared times its shift's number + 1, so that an order or a crop error shows) is the
     mean over the shifts of each cut to the image."""
     y = torch.rand(2, 3, 16, 23, dtype=torch.float64)
-    copies, valid = split_shifts(y, 7, 5)
+    copies, windows = split_shifts(y, 7, 5)
     left, right, top, bottom = authors_pads(16, 23, 7, 5)
     weights = torch.arange(1, 26, dtype=torch.float64).repeat(2).view(-1, 1, 1, 1)
     expected = []
@@ -178,7 +178,7 @@ def test_shift_averaging_is_a_loop_over_the_shifted_copies():
                 assert torch.equal(copies[25 * n + 5 * i + j], padded)
                 crops.append((padded ** 2 * (5 * i + j + 1))[:, top - i:top - i + 16, left - j:left - j + 23])
         expected.append(torch.stack(crops).mean(dim=0))
-    torch.testing.assert_close(average_shifts(copies ** 2 * weights, valid), torch.stack(expected),
+    torch.testing.assert_close(average_shifts(copies ** 2 * weights, windows), torch.stack(expected),
                                rtol=0, atol=1e-12)
     same, none = split_shifts(y, 7, 1)  # stride 1: the image itself
     assert same is y and none is None and average_shifts(y, None) is y

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from unroll_cli.models.arguments import check_bool, check_int, check_number, fista_momentum
 from unroll_cli.models.autoencoders import unit_atoms
-from unroll_cli.models.shifts import average_shifts, shift_fits, split_shifts
 from unroll_cli.models.prox import nonneg_soft_threshold, soft_threshold
+from unroll_cli.models.shifts import Windows, average_shifts, shift_fits, split_shifts
 from unroll_cli.schema import constrained, register_schema
 
 SPLIT = re.compile(r"(\d+)A(\d+)B")
@@ -120,14 +120,14 @@ class DenSaE(nn.Module):
         bound = self.lam * self.step if self.b is None else self.b
         return soft_threshold(u, bound) if self.two_sided else nonneg_soft_threshold(u, bound)
 
-    def _encode(self, y: Tensor, depth: int) -> tuple[list[Tensor], Tensor, Tensor, Tensor | None]:
+    def _encode(self, y: Tensor, depth: int) -> tuple[list[Tensor], Tensor, Tensor, Windows | None]:
         """Each layer's ``A x_t + B u_t`` averaged over the shifts; the last layer's ``A x`` and ``B u``
-        on the shifted copies, and their mask. ``A x~``, ``B u~`` at the extrapolated points by linearity."""
-        copies, valid = split_shifts(y, self.kernel_size, self.stride)
+        on the shifted copies, and where the copies hold the image. ``A x~``, ``B u~`` at the
+        extrapolated points by linearity."""
+        copies, windows = split_shifts(y, self.kernel_size, self.stride)
         dense = len(self.A)
         weight = torch.cat([self.A, self.B])
-        x = u = x_prev = u_prev = Ax_prev = Bu_prev = 0
-        x_extra = u_extra = 0
+        x_prev = u_prev = Ax_prev = Bu_prev = x_extra = u_extra = 0
         residual, outputs = copies, []
         for t in range(depth):
             gradient = F.conv2d(residual, weight, stride=self.stride) * self.step
@@ -135,13 +135,13 @@ class DenSaE(nn.Module):
             u = self._shrink(u_extra + gradient[:, dense:])
             Ax = F.conv_transpose2d(x, self.A, stride=self.stride) if dense else copies.new_zeros(())
             Bu = F.conv_transpose2d(u, self.B, stride=self.stride)
-            outputs.append(average_shifts(Ax + Bu, valid))
+            outputs.append(average_shifts(Ax + Bu, windows))
             m = self.momentum[t]
             x_extra, u_extra = x + m * (x - x_prev), u + m * (u - u_prev)
             Ax_extra, Bu_extra = Ax + m * (Ax - Ax_prev), Bu + m * (Bu - Bu_prev)
             residual = copies - ((1 + 1 / self.rho) * Ax_extra + Bu_extra)
             x_prev, u_prev, Ax_prev, Bu_prev = x, u, Ax, Bu
-        return outputs, Ax, Bu, valid
+        return outputs, Ax, Bu, windows
 
     def forward(self, y: Tensor, depth: int | None = None) -> list[Tensor]:
         """Reconstructions ``A x_t + B u_t`` after layers 1..depth (default all ``layers``), each like y."""
@@ -158,8 +158,8 @@ class DenSaE(nn.Module):
         if not len(self.A):
             return {}
         self._check_input(y)
-        _, Ax, Bu, valid = self._encode(y, self.layers)
-        return {"A x": average_shifts(Ax, valid), "B u": average_shifts(Bu, valid)}
+        _, Ax, Bu, windows = self._encode(y, self.layers)
+        return {"A x": average_shifts(Ax, windows), "B u": average_shifts(Bu, windows)}
 
     def _check_input(self, y: Tensor) -> None:
         if y.dim() != 4 or y.shape[1] != self.in_channels:

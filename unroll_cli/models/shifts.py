@@ -9,6 +9,8 @@ averaged. Stride 1 codes the image itself, unpadded (the authors' choice).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -36,26 +38,34 @@ def shift_fits(height: int, width: int, kernel: int, stride: int) -> str | None:
     return None
 
 
-def split_shifts(y: Tensor, kernel: int, stride: int) -> tuple[Tensor, Tensor | None]:
+@dataclass(frozen=True)
+class Windows:
+    """Where each shifted copy holds the image: the top-left corner of the image in each copy, in the
+    copies' order, and the image's (H, W)."""
+
+    corners: tuple[tuple[int, int], ...]
+    size: tuple[int, int]
+
+
+def split_shifts(y: Tensor, kernel: int, stride: int) -> tuple[Tensor, Windows | None]:
     """The shifted reflect-padded copies of (N, C, H, W) images, (N s^2, C, H', W'), shift (i, j) of
-    image n at ``n s^2 + i s + j``, and the boolean mask (1, s^2, 1, H', W') of each copy's pixels that
-    are the image's (for :func:`average_shifts`); stride 1: the images themselves and no mask."""
+    image n at ``n s^2 + i s + j``, and where each holds the image (for :func:`average_shifts`);
+    stride 1: the images themselves and no windows."""
     if stride == 1:
         return y, None
     left, right, top, bottom = shift_pads(*y.shape[-2:], kernel, stride)
     shifts = [(i, j) for i in range(stride) for j in range(stride)]
-    pads = [(left - j, right + j, top - i, bottom + i) for i, j in shifts]
-    copies = torch.stack([F.pad(y, pad, mode="reflect") for pad in pads], dim=1)
-    ones = y.new_ones((1, 1, *y.shape[-2:]), dtype=torch.bool)
-    valid = torch.stack([F.pad(ones, pad, value=False) for pad in pads], dim=1)
-    return copies.flatten(0, 1), valid
+    copies = torch.stack([F.pad(y, (left - j, right + j, top - i, bottom + i), mode="reflect")
+                          for i, j in shifts], dim=1)
+    windows = Windows(tuple((top - i, left - j) for i, j in shifts), tuple(y.shape[-2:]))
+    return copies.flatten(0, 1), windows
 
 
-def average_shifts(images: Tensor, valid: Tensor | None) -> Tensor:
+def average_shifts(images: Tensor, windows: Windows | None) -> Tensor:
     """The mean over the shifts of :func:`split_shifts` of (N s^2, C, H', W') reconstructions, each cut
-    to the image's pixels: (N, C, H, W)."""
-    if valid is None:
+    to the image's pixels: (N, C, H, W). Slices, not a mask: no device synchronisation."""
+    if windows is None:
         return images
-    height, width = int(valid[0, 0, 0].any(1).sum()), int(valid[0, 0, 0].any(0).sum())
-    stacked = images.unflatten(0, (-1, valid.shape[1]))
-    return stacked.masked_select(valid).view(*stacked.shape[:3], height, width).mean(dim=1)
+    (h, w), stacked = windows.size, images.unflatten(0, (-1, len(windows.corners)))
+    return torch.stack([stacked[:, n, :, r:r + h, c:c + w] for n, (r, c) in enumerate(windows.corners)],
+                       dim=1).mean(dim=1)
