@@ -33,7 +33,8 @@ def lookup(key, mapping: dict):
     for k, value in mapping.items():
         if k == key or (_is_number(k) and _is_number(key) and float(k) == float(key)):
             return value
-    raise ValueError(f"{key!r} is not one of the values it is given for ({', '.join(map(str, mapping))}); set the key's value")
+    given = ", ".join(map(str, mapping))
+    raise ValueError(f"{key!r} is not one of the values it is given for ({given}); set the key's value")
 
 
 def _is_number(value) -> bool:

@@ -362,7 +362,7 @@ class DenoisingTask:
                 parts = split(noisy[None, None])
                 if not parts:
                     return {}
-                rows.append([(f"noisy: {self.test_names[i]}", noisy)] + [
+                rows.append([(f"input: {self.test_names[i]}", noisy)] + [
                     (f"{name} [{part.min():.2f}, {part.max():.2f}]", figures.unit_range(part[0])[0])
                     for name, part in parts.items()])
         finally:
