@@ -219,6 +219,11 @@ def test_a_tiny_run_writes_its_metrics_atoms_and_components(images, tmp_path, on
     for name, count in (("A", 2), ("B", 6)) if model == "densae" else (("", 6),):
         assert np.load(run_dir / f"dictionary{'_' + name if name else ''}.npy").shape == (count, 1, 7, 7)
     assert json.loads((run_dir / "tables.json").read_text())["layers.csv"] == ["layer"]
+    trained = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)["model"]
+    if model == "cscnet_tied_ls":  # its thresholds are trained: they moved from 0.01
+        assert trained["b"].shape == (1, 6, 1, 1) and (trained["b"] - 0.01).abs().min() > 0
+    else:
+        assert "b" not in trained and trained["A"].shape == (2, 1, 7, 7)
 
 
 # ----------------------------------------------------------------------------- the experiment
