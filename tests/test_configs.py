@@ -134,6 +134,7 @@ def test_every_trainer_config_validates_and_names_a_trainer(trainer):
 
 # sizes the tiny files allow; the metrics a task reports do not depend on them
 FITS = {"tolooshams2022_denoise_cpu_short": ["data.n_train=null", "data.n_test=null"],
+        "tasissa2024_densae_denoise_cpu_short": ["data.n_train=null", "data.n_test=null"],
         "ml_ista_optuna": ["data.val_size=10"]}  # still a validation split: the monitor stays val/*
 
 

@@ -340,11 +340,36 @@ class DenoisingTask:
 
     def figures_of(self, model: torch.nn.Module, model_name: str, title: str, layers: pd.DataFrame,
                    panels: list) -> dict:
-        """PSNR per layer, noisy / denoised / clean test images (the run draws the dictionary)."""
+        """PSNR per layer, noisy / denoised / clean test images, and the model's components of them
+        (the run draws the dictionary)."""
         plots = {"psnr_per_layer.png": figures.per_layer_figure(layers, "layer", "PSNR (dB)", title)}
         if panels:
             plots["denoised.png"] = figures.image_rows_figure(panels, title)
-        return plots
+        return {**plots, **self.components_figure(model, title)}
+
+    @torch.no_grad()
+    def components_figure(self, model: torch.nn.Module, title: str) -> dict:
+        """``components.png`` for a model that declares ``components(y)``, the named parts its estimate
+        of images y is the sum of (DenSaE's ``A x`` and ``B u``): the first ``n_figures`` noisy test
+        images at the headline sigma, each beside its parts, every panel scaled to its own range."""
+        split = getattr(model, "components", None)
+        if not callable(split) or not self.n_figures:
+            return {}
+        was_training = model.training
+        model.eval()
+        try:
+            rows = []
+            for i, noisy in enumerate(self.test_noisy[self.headline_sigma][:self.n_figures]):
+                parts = split(noisy[None, None])
+                if not parts:
+                    return {}
+                rows.append([(f"input: {self.test_names[i]}", noisy)] + [
+                    (f"{name} [{part.min():.2f}, {part.max():.2f}]", figures.unit_range(part[0])[0])
+                    for name, part in parts.items()])
+        finally:
+            model.train(was_training)
+        names = " and ".join(parts)
+        return {"components.png": figures.image_rows_figure(rows, f"{title}: {names}, each scaled to its range")}
 
     def conventions(self) -> str:
         """How the numbers were computed, for results.md."""
