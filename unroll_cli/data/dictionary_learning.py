@@ -35,17 +35,17 @@ def unit_columns(matrix: torch.Tensor) -> torch.Tensor:
 
 def true_dictionary(m: int, p: int, gen: torch.Generator) -> torch.Tensor:
     """D*: m x p, N(0, 1/m) entries, unit-norm columns."""
-    return unit_columns(torch.randn(m, p, generator=gen) / m ** 0.5)
+    return unit_columns(torch.randn(m, p, generator=gen, dtype=torch.float32) / m ** 0.5)
 
 
 def initial_dictionary(D: torch.Tensor, noise: float, gen: torch.Generator) -> torch.Tensor:
     """D* + noise * N(0, 1), columns renormalised."""
-    return unit_columns(D + noise * torch.randn(D.shape, generator=gen))
+    return unit_columns(D + noise * torch.randn(D.shape, generator=gen, dtype=D.dtype))
 
 
 def random_supports(count: int, size: int, picks: int, gen: torch.Generator) -> torch.Tensor:
     """(count, picks) indices, each row ``picks`` distinct entries of range(size), uniformly."""
-    return torch.rand(count, size, generator=gen).argsort(dim=1)[:, :picks]
+    return torch.rand(count, size, generator=gen, dtype=torch.float32).argsort(dim=1)[:, :picks]
 
 
 def sample_codes(count: int, p: int, s: int, code: str, gen: torch.Generator, c_min: float = 1.0,
@@ -60,8 +60,8 @@ def sample_codes(count: int, p: int, s: int, code: str, gen: torch.Generator, c_
     width = support.shape[1]
     if code == "subgaussian":
         signs = torch.randint(0, 2, (count, width), generator=gen) * 2 - 1
-        values = (z_mean + z_std * torch.randn(count, width, generator=gen)) * signs
+        values = (z_mean + z_std * torch.randn(count, width, generator=gen, dtype=torch.float32)) * signs
     else:
-        magnitudes = torch.rand(count, width, generator=gen) * (c_max - c_min) + c_min
+        magnitudes = torch.rand(count, width, generator=gen, dtype=torch.float32) * (c_max - c_min) + c_min
         values = magnitudes * (torch.randint(0, 2, (count, 1), generator=gen) * 2 - 1)
-    return torch.zeros(count, p).scatter_(1, support, values.float())
+    return torch.zeros(count, p, dtype=torch.float32).scatter_(1, support, values.float())

@@ -186,6 +186,9 @@ class TiedAutoencoder(nn.Module):
         self.conv = check_bool("conv", conv)
         self.in_channels = check_int("in_channels", in_channels, 1)
         images = self._check_images(init_images)
+        if self.conv and init_dictionary is not None:
+            raise ValueError("conv=true, but the task gives a dense initial dictionary (a matrix of "
+                             f"{tuple(init_dictionary.shape)}): set conv=false")
         if self.conv:
             self.stride = check_int("stride", stride, 1)
             k = check_int("kernel_size", kernel_size, 1)
@@ -275,9 +278,6 @@ class TiedAutoencoder(nn.Module):
     def _given_dictionary(self, dictionary: Tensor, shape: tuple[int, ...]) -> Tensor:
         """The task's initial dense dictionary (d, atoms) (e.g. ``data=synthetic_dl``'s D* plus noise),
         checked against the model's shape."""
-        if self.conv:
-            raise ValueError("conv=true, but the task gives a dense initial dictionary (a matrix of "
-                             f"{tuple(dictionary.shape)}): set conv=false")
         if tuple(dictionary.shape) != shape:
             raise ValueError(f"atoms={shape[1]}, but the task's initial dictionary is {dictionary.shape[0]}x"
                              f"{dictionary.shape[1]} (its columns are the atoms): set atoms={dictionary.shape[1]}")
