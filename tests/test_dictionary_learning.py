@@ -191,3 +191,21 @@ def test_a_convolutional_model_is_refused_naming_the_key(tmp_path):
                       f"hydra.run.dir={tmp_path / 'run'}"], cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode == 2 and "conv=false" in output and "Traceback" not in output, output
+
+
+def test_the_threshold_decay_follows_the_authors_schedule():
+    """beta as the authors' training loop lowers it (``if (ctr + 1) % 100 == 0: net.beta -= 0.005``
+    before step ctr), step by step; the count is in the state dict (an exact resume), and a model without
+    the schedule keeps the state dict it had."""
+    task = make_task()
+    model = make_model(task, threshold_decay=1.0, threshold_decay_drop=0.005, threshold_decay_every=100)
+    beta = 1.0
+    for ctr in range(450):
+        if (ctr + 1) % 100 == 0:
+            beta -= 0.005
+        assert model.decay() == pytest.approx(beta, abs=1e-12)
+        model.after_step()
+    resumed = make_model(task, threshold_decay=1.0, threshold_decay_drop=0.005, threshold_decay_every=100)
+    resumed.load_state_dict(model.state_dict())
+    assert resumed.decay() == pytest.approx(0.98, abs=1e-12)
+    assert list(make_model(task).state_dict()) == ["weight"]

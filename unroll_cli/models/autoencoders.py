@@ -98,6 +98,10 @@ class TiedAutoencoderConfig:
     check_step: bool = True  # refuse step * ||D||^2 >= 2 (ISTA's convergence condition) at the start
     # beta: layer t's threshold is lam * step * beta^(t-1) (the authors' AEdecay); 1: the same at every layer
     threshold_decay: float = constrained(1.0, "a number in (0, 1]", lambda v: 0 < v <= 1)
+    # beta lowered by this much every threshold_decay_every optimizer steps (the authors' AEdecay
+    # training: 0.005 every 100 steps); 0: fixed
+    threshold_decay_drop: float = constrained(0.0, "a number >= 0", lambda v: v >= 0)
+    threshold_decay_every: int = _at_least(100, 1)
 
 
 @register_schema("model", "sparse_ae")
@@ -170,6 +174,7 @@ class TiedAutoencoder(nn.Module):
                  normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,
                  stride: int = 4, atoms: int = 500, input_dim: int | None = None, init: str = "random",
                  dictionary_path: str | None = None, check_step: bool = True, threshold_decay: float = 1.0,
+                 threshold_decay_drop: float = 0.0, threshold_decay_every: int = 100,
                  init_images: Tensor | None = None, input_sizes: dict[str, tuple[int, int]] | None = None,
                  init_dictionary: Tensor | None = None):
         super().__init__()
@@ -181,6 +186,10 @@ class TiedAutoencoder(nn.Module):
         self.threshold_decay = check_number("threshold_decay", threshold_decay, True)
         if self.threshold_decay > 1:
             raise ValueError(f"threshold_decay must be in (0, 1], got {threshold_decay!r}")
+        self.decay_drop = check_number("threshold_decay_drop", threshold_decay_drop, False)
+        self.decay_every = check_int("threshold_decay_every", threshold_decay_every, 1)
+        if self.decay_drop:  # the optimizer steps taken, in the state dict for an exact resume
+            self.register_buffer("decay_steps", torch.zeros((), dtype=torch.long))
         self.two_sided = check_bool("two_sided", two_sided)
         self.normalize = check_bool("normalize", normalize)
         self.conv = check_bool("conv", conv)
@@ -372,12 +381,12 @@ class TiedAutoencoder(nn.Module):
         momentum = self.momentum
         if momentum is not None and depth > len(momentum):  # more steps than the model has (encode)
             momentum = fista_momentum(depth)
-        b = self.lam * self.step
+        b, beta = self.lam * self.step, self.decay()
         z = self._shrink(self.step * self._analysis(x), b)
         outputs = [self._synthesis(z, x)]
         v, Dv = z, outputs[0]
         for t in range(1, depth):
-            z_next = self._shrink(v - self.step * self._analysis(Dv - x), b * self.threshold_decay ** t)
+            z_next = self._shrink(v - self.step * self._analysis(Dv - x), b * beta ** t)
             outputs.append(self._synthesis(z_next, x))
             v, Dv = z_next, outputs[-1]
             if momentum is not None:
@@ -385,6 +394,15 @@ class TiedAutoencoder(nn.Module):
                 v, Dv = v + m * (z_next - z), Dv + m * (Dv - outputs[-2])
             z = z_next
         return z, outputs
+
+    def decay(self) -> float:
+        """beta, the factor of each layer's threshold over the previous one's: ``threshold_decay``, less
+        ``threshold_decay_drop`` for every ``threshold_decay_every`` optimizer steps the next step
+        completes (the authors' AEdecay: beta 1 lowered by 0.005 before steps 100, 200, ...), at least 0."""
+        if not self.decay_drop:
+            return self.threshold_decay
+        lowered = (int(self.decay_steps) + 1) // self.decay_every
+        return max(self.threshold_decay - self.decay_drop * lowered, 0.0)
 
     @torch.no_grad()
     def encode(self, x: Tensor, steps: int | None = None) -> Tensor:
@@ -438,7 +456,10 @@ class TiedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Unit-norm atoms after every optimizer step (``normalize``, PUDLE's recipe)."""
+        """Unit-norm atoms after every optimizer step (``normalize``, PUDLE's recipe); the count of steps
+        of the threshold decay's schedule."""
+        if self.decay_drop:
+            self.decay_steps += 1
         if self.normalize:
             self.weight.copy_(unit_atoms(self.weight, self.conv))
 
