@@ -396,9 +396,10 @@ class TiedAutoencoder(nn.Module):
         return z, outputs
 
     def decay(self) -> float:
-        """beta, the factor of each layer's threshold over the previous one's: ``threshold_decay``, less
-        ``threshold_decay_drop`` for every ``threshold_decay_every`` optimizer steps the next step
-        completes (the authors' AEdecay: beta 1 lowered by 0.005 before steps 100, 200, ...), at least 0."""
+        """beta, the factor of each layer's threshold over the previous one's, for the next optimizer
+        step: ``threshold_decay`` lowered by ``threshold_decay_drop`` from step ``threshold_decay_every``
+        on, again from step 2 x ``threshold_decay_every`` on, ... (the authors' AEdecay: beta 1 lowered
+        by 0.005 before steps 100, 200, ...), at least 0."""
         if not self.decay_drop:
             return self.threshold_decay
         lowered = (int(self.decay_steps) + 1) // self.decay_every
