@@ -235,8 +235,8 @@ class SyntheticDictionaryLearning:
                 published = Published(paper.metric, metrics.pop(f"published/{paper.metric}"), paper.source,
                                       f"{self.setting()}, {self.variant(paper, model_name)}")
             if curve:
-                tables["dictionary_curve.csv"] = Table(self.curve(curve, history), ["epoch"],
-                                                       "Dictionary error at the published curve's epochs")
+                tables["dictionary_curve.csv"] = Table(self.curve(curve, history, paper.metric), ["epoch"],
+                                                       f"{paper.metric} at the published curve's epochs")
         plots = {"reconstruction_per_layer.png": figures.per_layer_figure(layers, "layer", "mean ||D z_t - x||", title)}
         notes = [f"Data: x = D* z*, D* {self.m}x{self.D_true.shape[1]}, {self.law['code']} codes; the initial "
                  f"dictionary D* + {self.dict_init:g} N(0, 1), unit columns. dictionary/error = ||D - D*||_F with "
@@ -248,12 +248,12 @@ class SyntheticDictionaryLearning:
         return Report(title, metrics, tables, plots, notes=notes, published=published)
 
     @staticmethod
-    def curve(published: dict, history: list[dict]) -> pd.DataFrame:
-        """This run's ``dictionary/error`` at the published curve's epochs it reached, beside the curve."""
-        run = {row["epoch"]: row[DICTIONARY] for row in history}
+    def curve(published: dict, history: list[dict], metric: str) -> pd.DataFrame:
+        """This run's ``metric`` at the published curve's epochs it reached, beside the curve."""
+        run = {row["epoch"]: row[metric] for row in history if metric in row}
         epochs = [int(e) for e in published if int(e) in run]
-        return pd.DataFrame({"epoch": epochs, DICTIONARY: [run[e] for e in epochs],
-                             f"published/{DICTIONARY}": [float(published[e]) for e in epochs]})
+        return pd.DataFrame({"epoch": epochs, metric: [run[e] for e in epochs],
+                             f"published/{metric}": [float(published[e]) for e in epochs]})
 
     @staticmethod
     def variant(paper: DictConfig, model_name: str) -> str:
