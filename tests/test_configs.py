@@ -28,7 +28,9 @@ CONF = Path(__file__).parents[1] / "unroll_cli" / "conf"
 SMALL = {"synthetic_sc": lambda root: ["data.m=20", "data.n=40", "data.n_val=16", "data.n_test=16"],
          "bsd_denoise": lambda root: [f"data.train_dir={root / 'gray/train'}", f"data.test_dir={root / 'gray/test'}",
                                       "data.crop=16"],
-         "transform": lambda root: ["data.N=8"]}
+         "transform": lambda root: ["data.N=8"],
+         "synthetic_dl": lambda root: ["data.m=10", "data.p=20", "data.s=3", "data.n=40", "data.n_val=16",
+                                       "data.n_test=16", "data.batch_size=20", "data.lasso_steps=5"]}
 IMAGE_FILES = lambda root: [f"data.root={root}", "data.download=false"]  # noqa: E731
 
 
@@ -103,6 +105,10 @@ def test_every_data_config_builds_its_task(data, image_root, monkeypatch, one_th
         assert sorted(map(bytes, clean.astype(np.uint8))) == sorted(map(bytes, written.reshape(len(written), -1)))
     elif data == "bsd_denoise":
         assert sum(len(batch[1]) for batch in epoch) == written
+    elif data == "synthetic_dl":  # each batch's x is D* times its codes, the training set once over
+        for x, z in epoch:
+            torch.testing.assert_close(x.flatten(1).double(), z.double() @ task.D_true.double().T, rtol=1e-5, atol=1e-5)
+        assert sum(len(batch[1]) for batch in epoch) == cfg.data.n
     elif task.kind == "sparse_coding":  # noiseless by default: each batch's y is A times its codes
         for y, x in epoch[:3]:
             torch.testing.assert_close(y.double(), x.double() @ task.A.double().T, rtol=1e-5, atol=1e-5)

@@ -197,6 +197,7 @@ class PaperConfig:
     acc: Optional[Dict[str, Any]] = None  # setting -> model -> accuracy (%)
     psnr: Optional[Dict[str, Any]] = None  # setting -> variant -> PSNR (dB)
     rmse: Optional[Dict[str, Any]] = None  # transform -> N -> RMSE of the learned matrix
+    targets: Optional[Dict[str, Any]] = None  # setting -> variant -> {metric: value} (synthetic dictionary learning)
     variant: Optional[str] = None  # this run's key among a setting's values (null: the model's name)
     references: Optional[Dict[str, Any]] = None  # further reference values (the authors' logs): name -> {source, tables as above}
     note: Optional[str] = None  # said in results.md (e.g. a shortened recipe)

@@ -25,7 +25,13 @@ Gradient of the dictionary (``grad``: PUDLE's estimators g_dec, g_ae-lasso and g
 ``src/train_dl_choose_gd.py`` computes them): ``g_dec`` detaches ``z_T`` before the decoder in
 training (only ``D z_T`` gives ``D`` a gradient, ``(D z_T - x) z_T^T``); ``g_ae_lasso`` and ``g_ae_ls``
 backpropagate through the unrolled encoder, with and without the penalty in the loss
-(:meth:`TiedAutoencoder.loss_penalty`).
+(:meth:`TiedAutoencoder.loss_penalty`). ``noodl`` is the update of NOODL (Rambhatla, Li & Haupt, ICLR
+2019) as the authors' ``src/train_dl_compare_baselines.py`` runs it: ``z_T`` detached, and the
+reconstruction's gradient taken through ``D sign(z_T)`` (its value stays ``D z_T``), so that the
+loss's gradient is ``(D z_T - x) sign(z_T)^T``; with plain SGD (``optim=sgd``, momentum 0) a step is
+NOODL's ``D <- D - lr mean_batch[(D z - x) sign(z)^T]``. ``threshold_decay`` (beta) multiplies the
+threshold by beta at each layer after the first (the authors' ``AEdecay``): layer t's is
+``lam * step * beta^(t-1)``.
 """
 from __future__ import annotations
 
@@ -46,7 +52,7 @@ from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.arguments import check_bool, check_choice, check_int, check_number, fista_momentum
 from unroll_cli.models.prox import group_soft_threshold, hard_threshold, nonneg_soft_threshold, soft_threshold
 
-GRADS = ("g_dec", "g_ae_lasso", "g_ae_ls")
+GRADS = ("g_dec", "g_ae_lasso", "g_ae_ls", "noodl")
 EVAL_SIDE = 512  # without the task's input sizes, images are assumed at most this many pixels on a side (memory)
 log = logging.getLogger(__name__)
 
@@ -90,6 +96,12 @@ class TiedAutoencoderConfig:
     init: str = _choice("random", "random", "data")
     dictionary_path: Optional[str] = None  # a .npy dictionary to evaluate or fine-tune (overrides init)
     check_step: bool = True  # refuse step * ||D||^2 >= 2 (ISTA's convergence condition) at the start
+    # beta: layer t's threshold is lam * step * beta^(t-1) (the authors' AEdecay); 1: the same at every layer
+    threshold_decay: float = constrained(1.0, "a number in (0, 1]", lambda v: 0 < v <= 1)
+    # beta lowered by this much every threshold_decay_every optimizer steps (the authors' AEdecay
+    # training: 0.005 every 100 steps); 0: fixed
+    threshold_decay_drop: float = constrained(0.0, "a number >= 0", lambda v: v >= 0)
+    threshold_decay_every: int = _at_least(100, 1)
 
 
 @register_schema("model", "sparse_ae")
@@ -161,19 +173,31 @@ class TiedAutoencoder(nn.Module):
                  encoder: str = "ista", grad: str = "g_ae_ls", two_sided: bool = True,
                  normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,
                  stride: int = 4, atoms: int = 500, input_dim: int | None = None, init: str = "random",
-                 dictionary_path: str | None = None, check_step: bool = True,
-                 init_images: Tensor | None = None, input_sizes: dict[str, tuple[int, int]] | None = None):
+                 dictionary_path: str | None = None, check_step: bool = True, threshold_decay: float = 1.0,
+                 threshold_decay_drop: float = 0.0, threshold_decay_every: int = 100,
+                 init_images: Tensor | None = None, input_sizes: dict[str, tuple[int, int]] | None = None,
+                 init_dictionary: Tensor | None = None):
         super().__init__()
         self.layers = check_int("layers", layers, 1)
         self.lam, self.step = check_number("lam", lam, False), check_number("step", step, True)
         fista = check_choice("encoder", encoder, ("ista", "fista")) == "fista"
         self.momentum = fista_momentum(self.layers) if fista else None
         self.grad = check_choice("grad", grad, GRADS)
+        self.threshold_decay = check_number("threshold_decay", threshold_decay, True)
+        if self.threshold_decay > 1:
+            raise ValueError(f"threshold_decay must be in (0, 1], got {threshold_decay!r}")
+        self.decay_drop = check_number("threshold_decay_drop", threshold_decay_drop, False)
+        self.decay_every = check_int("threshold_decay_every", threshold_decay_every, 1)
+        if self.decay_drop:  # the optimizer steps taken, in the state dict for an exact resume
+            self.register_buffer("decay_steps", torch.zeros((), dtype=torch.long))
         self.two_sided = check_bool("two_sided", two_sided)
         self.normalize = check_bool("normalize", normalize)
         self.conv = check_bool("conv", conv)
         self.in_channels = check_int("in_channels", in_channels, 1)
         images = self._check_images(init_images)
+        if self.conv and init_dictionary is not None:
+            raise ValueError("conv=true, but the task gives a dense initial dictionary (a matrix of "
+                             f"{tuple(init_dictionary.shape)}): set conv=false")
         if self.conv:
             self.stride = check_int("stride", stride, 1)
             k = check_int("kernel_size", kernel_size, 1)
@@ -186,6 +210,8 @@ class TiedAutoencoder(nn.Module):
         if dictionary_path is not None:
             saved = None if self.conv else (shape[1], *self.image_shape)
             weight = load_dictionary(dictionary_path, shape, saved)
+        elif init_dictionary is not None:
+            weight = self._given_dictionary(init_dictionary, shape)
         else:
             weight = self._initial_atoms(shape, check_choice("init", init, ("random", "data")), images)
         self.weight = nn.Parameter(weight)
@@ -258,6 +284,14 @@ class TiedAutoencoder(nn.Module):
                              f"{self.in_channels}; got input_dim={input_dim!r}")
         return self.in_channels, input_dim // self.in_channels, 1
 
+    def _given_dictionary(self, dictionary: Tensor, shape: tuple[int, ...]) -> Tensor:
+        """The task's initial dense dictionary (d, atoms) (e.g. ``data=synthetic_dl``'s D* plus noise),
+        checked against the model's shape."""
+        if tuple(dictionary.shape) != shape:
+            raise ValueError(f"atoms={shape[1]}, but the task's initial dictionary is {dictionary.shape[0]}x"
+                             f"{dictionary.shape[1]} (its columns are the atoms): set atoms={dictionary.shape[1]}")
+        return dictionary.detach().to("cpu", torch.get_default_dtype()).clone()
+
     def _initial_atoms(self, shape: tuple[int, ...], init: str, images: Tensor | None) -> Tensor:
         """Unit-norm atoms: Gaussian (conv filters then divided by the channels, as PUDLE's ``CAE``), or
         from the data: random patches (conv), or random flattened images (dense, as the silhouettes code)."""
@@ -315,7 +349,8 @@ class TiedAutoencoder(nn.Module):
             return F.fold(patches, like.shape[-2:], self.weight.shape[-1], stride=self.stride)
         return (z @ self.weight.T).view_as(like)
 
-    def _shrink(self, z: Tensor) -> Tensor:
+    def _shrink(self, z: Tensor, b: float) -> Tensor:
+        """The threshold step with threshold ``b``."""
         raise NotImplementedError
 
     def _penalty(self, z: Tensor) -> Tensor:
@@ -328,35 +363,77 @@ class TiedAutoencoder(nn.Module):
         if isinstance(depth, bool) or not isinstance(depth, Integral) or not 1 <= depth <= self.layers:
             raise ValueError(f"depth must be an integer in [1, {self.layers}], got {depth!r}")
         self._check_input(x)
-        g_dec = self.training and self.grad == "g_dec"
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not g_dec):
+        decoder_only = self.training and self.grad in ("g_dec", "noodl")
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
             z, outputs = self._encode(x, depth)
-        if g_dec:  # z_T is a constant: only the decoder gives D a gradient
+        if decoder_only and self.grad == "g_dec":  # z_T is a constant: only the decoder gives D a gradient
             outputs[-1] = self._synthesis(z, x)
-        self._code = None if self.grad == "g_ae_ls" else z
+        elif decoder_only:  # NOODL: the value D z_T, the gradient through D sign(z_T)
+            through_sign = self._synthesis(torch.sign(z), x)
+            outputs[-1] = outputs[-1] + (through_sign - through_sign.detach())
+        self._code = None if self.grad in ("g_ae_ls", "noodl") else z
         return outputs
 
     def _encode(self, x: Tensor, depth: int) -> tuple[Tensor, list[Tensor]]:
         """``z_depth`` and ``D z_t`` for t = 1..depth: ISTA steps ``z <- S(v - alpha D^T (D v - x))`` at
-        ``v = z`` or, for FISTA, at ``v = z_t + m_t (z_t - z_{t-1})`` (``D v`` by linearity)."""
-        z = self._shrink(self.step * self._analysis(x))
+        ``v = z`` or, for FISTA, at ``v = z_t + m_t (z_t - z_{t-1})`` (``D v`` by linearity); layer t's
+        threshold is ``lam * step * threshold_decay^(t-1)``."""
+        momentum = self.momentum
+        if momentum is not None and depth > len(momentum):  # more steps than the model has (encode)
+            momentum = fista_momentum(depth)
+        b, beta = self.lam * self.step, self.decay()
+        z = self._shrink(self.step * self._analysis(x), b)
         outputs = [self._synthesis(z, x)]
         v, Dv = z, outputs[0]
         for t in range(1, depth):
-            z_next = self._shrink(v - self.step * self._analysis(Dv - x))
+            z_next = self._shrink(v - self.step * self._analysis(Dv - x), b * beta ** t)
             outputs.append(self._synthesis(z_next, x))
             v, Dv = z_next, outputs[-1]
-            if self.momentum is not None:
-                m = self.momentum[t]
+            if momentum is not None:
+                m = momentum[t]
                 v, Dv = v + m * (z_next - z), Dv + m * (Dv - outputs[-2])
             z = z_next
         return z, outputs
 
+    def decay(self) -> float:
+        """beta, the factor of each layer's threshold over the previous one's, for the next optimizer
+        step: ``threshold_decay`` lowered by ``threshold_decay_drop`` from step ``threshold_decay_every``
+        on, again from step 2 x ``threshold_decay_every`` on, ... (the authors' AEdecay: beta 1 lowered
+        by 0.005 before steps 100, 200, ...), at least 0."""
+        if not self.decay_drop:
+            return self.threshold_decay
+        lowered = (int(self.decay_steps) + 1) // self.decay_every
+        return max(self.threshold_decay - self.decay_drop * lowered, 0.0)
+
     @torch.no_grad()
-    def encode(self, x: Tensor) -> Tensor:
-        """``z_T``, the code after all ``layers`` steps (for the representer view)."""
+    def encode(self, x: Tensor, steps: int | None = None) -> Tensor:
+        """``z_T``, the code after all ``layers`` steps (for the representer view), or after ``steps``
+        steps of the same network, more or fewer than its layers (the lasso solution of a dictionary
+        learning task's gradient study: the network unrolled 1000 times)."""
         self._check_input(x)
-        return self._encode(x, self.layers)[0]
+        return self._encode(x, self.layers if steps is None else check_int("steps", steps, 1))[0]
+
+    def dictionary_gradient(self, x: Tensor, code: Tensor | None = None) -> Tensor:
+        """The gradient with respect to the dictionary of ``0.5 ||x - D z||^2`` summed over the input and
+        averaged over the batch (PUDLE's ``SparseLoss``): at a given ``code`` (a constant: ``(D z - x)
+        z^T / N`` for a dense dictionary, the decoder's gradient at the true code or at the lasso
+        solution), or without one the gradient a training step on ``x`` follows: ``z_T`` of the model's
+        ``layers`` steps in its gradient mode ``grad``, with its penalty (:meth:`loss_penalty`). The
+        model's ``.grad`` fields are left as they are."""
+        self._check_input(x)
+        was_training = self.training
+        try:
+            with torch.enable_grad():
+                if code is None:
+                    self.train()
+                    estimate = self(x)[-1]
+                    penalty = self.loss_penalty()
+                else:
+                    estimate, penalty = self._synthesis(code.detach(), x), 0.0
+                loss = 0.5 * (estimate - x).pow(2).flatten(1).sum(dim=1).mean() + penalty
+                return torch.autograd.grad(loss, self.weight)[0]
+        finally:
+            self.train(was_training)
 
     def _check_input(self, x: Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != self.in_channels:
@@ -380,7 +457,10 @@ class TiedAutoencoder(nn.Module):
 
     @torch.no_grad()
     def after_step(self) -> None:
-        """Unit-norm atoms after every optimizer step (``normalize``, PUDLE's recipe)."""
+        """Unit-norm atoms after every optimizer step (``normalize``, PUDLE's recipe); the count of steps
+        of the threshold decay's schedule."""
+        if self.decay_drop:
+            self.decay_steps += 1
         if self.normalize:
             self.weight.copy_(unit_atoms(self.weight, self.conv))
 
@@ -393,7 +473,8 @@ class TiedAutoencoder(nn.Module):
     @staticmethod
     def memory_estimate(config: dict, in_channels: int, train_batch: int, eval_batch: int,
                         init_images: Tensor | None = None,
-                        input_sizes: dict[str, tuple[int, int]] | None = None) -> dict[str, int]:
+                        input_sizes: dict[str, tuple[int, int]] | None = None,
+                        init_dictionary: Tensor | None = None) -> dict[str, int]:
         """Bytes a run needs (see :mod:`unroll_cli.memory`): the dictionary with its gradient and Adam's
         moments; per layer about three codes and two images kept for the backward pass; at evaluation
         every layer's image and a few codes, for the largest of the task's inputs (without them, images
@@ -424,8 +505,7 @@ class SparseAutoencoder(TiedAutoencoder):
         super().__init__(in_channels, **options)
         self.threshold = check_choice("threshold", threshold, ("soft", "hard"))
 
-    def _shrink(self, z: Tensor) -> Tensor:
-        b = self.lam * self.step
+    def _shrink(self, z: Tensor, b: float) -> Tensor:
         if self.threshold == "hard":
             return hard_threshold(z if self.two_sided else torch.relu(z), b)
         return soft_threshold(z, b) if self.two_sided else nonneg_soft_threshold(z, b)
@@ -450,8 +530,8 @@ class GroupSparseAutoencoder(TiedAutoencoder):
             raise ValueError(f"group_size={group_size} must divide the {entries} "
                              f"{'filters' if self.conv else 'atoms'}")
 
-    def _shrink(self, z: Tensor) -> Tensor:
-        return group_soft_threshold(z, self.lam * self.step, self.group_size, 1, one_sided=not self.two_sided)
+    def _shrink(self, z: Tensor, b: float) -> Tensor:
+        return group_soft_threshold(z, b, self.group_size, 1, one_sided=not self.two_sided)
 
     def _penalty(self, z: Tensor) -> Tensor:
         """``sum_g ||z_g||_2`` summed over the batch (the group-lasso penalty)."""
