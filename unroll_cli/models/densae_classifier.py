@@ -113,7 +113,7 @@ class DenSaEClassifier(nn.Module):
             coding = self.encoder.code(y, t)
             features = torch.cat([coding.x.reshape(len(y), -1), coding.u.reshape(len(y), -1)], dim=1)
             estimate = coding.outputs[-1]
-        self.reconstruction = (y.float() - estimate.float()).pow(2).flatten(1).sum(dim=1).mean()
+        self.reconstruction = (y - estimate).pow(2).flatten(1).sum(dim=1).mean()
         return F.log_softmax(self.linear(F.normalize(features, dim=1)), dim=1)
 
     def joint_loss(self, task_loss: Tensor) -> Tensor:
