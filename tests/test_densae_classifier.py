@@ -154,6 +154,23 @@ def test_a_tiny_disjoint_run_from_a_run_directory_reports_test_accuracy(mnist_ro
     assert (run_dir / "figures" / "atoms.png").is_file()
 
 
+def test_the_autoencoder_then_the_classifier_on_its_frozen_codes(mnist_root, tmp_path, one_thread):
+    """The paper's disjoint steps: beta 0 trains the autoencoder alone (here with unit-norm filters), then
+    a run reads its dictionary_A.npy and dictionary_B.npy and keeps them."""
+    ae, disjoint = tmp_path / "ae", tmp_path / "disjoint"
+    result = run_cli(mnist_args(mnist_root, "model.split=2A6B", "model.beta=0", "model.normalize=true",
+                                f"hydra.run.dir={ae}"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    A = np.load(ae / "dictionary_A.npy")
+    assert A.shape == (2, 1, 28, 28) and np.allclose(np.linalg.norm(A.reshape(2, -1), axis=1), 1, atol=1e-6)
+    result = run_cli(mnist_args(mnist_root, "model.split=2A6B", f"model.encoder_run={ae}", "model.train_encoder=false",
+                                "model.beta=1", f"hydra.run.dir={disjoint}"), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert read_metrics(disjoint)["metrics"]["test/acc"] >= 0
+    for name in ("A", "B"):
+        assert np.array_equal(np.load(disjoint / f"dictionary_{name}.npy"), np.load(ae / f"dictionary_{name}.npy"))
+
+
 @pytest.mark.parametrize("extra, named", [
     (["model.beta=1.5"], ["model.beta", "[0, 1]"]),
     (["model.beta=-0.1"], ["model.beta", "[0, 1]"]),

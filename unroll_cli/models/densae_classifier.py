@@ -63,8 +63,10 @@ class DenSaEClassifier(nn.Module):
     """DenSaE's encoder, the l2-normalised codes ``[x_T; u_T]``, a linear layer (module docstring)."""
 
     def __init__(self, in_channels: int, num_classes: int, image_size: int, beta: float = 0.5,
-                 encoder_run: str | None = None, train_encoder: bool = True, arch: str | None = None,
-                 **encoder: object):
+                 encoder_run: str | None = None, train_encoder: bool = True, split: str = "5A395B",
+                 lam: float = 0.5, step: float = 0.02, rho: float = 1e16, kernel_size: int = 28, stride: int = 1,
+                 two_sided: bool = False, arch: str | None = None, **encoder: object):
+        """``encoder``: DenSaE's other keys (layers, normalize, learn_threshold, threshold_init)."""
         super().__init__()  # arch: the convolutional families' architecture, which this model ignores
         self.beta = check_number("beta", beta, False)
         if self.beta > 1:
@@ -74,7 +76,9 @@ class DenSaEClassifier(nn.Module):
             raise ValueError(f"model.beta={beta} with model.train_encoder=false: the reconstruction term has no "
                              "gradient with a frozen encoder; the disjoint mode is model.beta=1")
         side = check_int("image_size", image_size, 1)
-        self.encoder = DenSaE(in_channels, input_sizes={"each image of the data": (side, side)}, **encoder)
+        self.encoder = DenSaE(in_channels, split=split, lam=lam, step=step, rho=rho, kernel_size=kernel_size,
+                              stride=stride, two_sided=two_sided,
+                              input_sizes={"each image of the data": (side, side)}, **encoder)
         if encoder_run is not None:
             self._read_encoder(Path(encoder_run))
         self.encoder.requires_grad_(self.train_encoder)
