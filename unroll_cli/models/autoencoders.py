@@ -133,25 +133,27 @@ def unit_atoms(weight: Tensor, conv: bool) -> Tensor:
     return weight / norm.clamp_min(torch.finfo(weight.dtype).tiny)
 
 
-def load_dictionary(path: str, shape: tuple[int, ...], saved_shape: tuple[int, ...] | None = None) -> Tensor:
+def load_dictionary(path: str | Path, shape: tuple[int, ...], saved_shape: tuple[int, ...] | None = None,
+                    key: str = "model.dictionary_path") -> Tensor:
     """The dictionary in the .npy file ``path`` (read with ``allow_pickle=False``), of ``shape``; an
-    array of ``saved_shape`` (a dense model's ``dictionary.npy``, atoms first) is transposed to it."""
+    array of ``saved_shape`` (a dense model's ``dictionary.npy``, atoms first) is transposed to it.
+    ``key``: the config key the messages name."""
     file = Path(path)
     if not file.is_file():
-        raise FileNotFoundError(f"model.dictionary_path: no file at {file}")
+        raise FileNotFoundError(f"{key}: no file at {file}")
     try:
         array = np.load(file, allow_pickle=False)
     except Exception as error:  # numpy raises many kinds on malformed files
-        raise ValueError(f"model.dictionary_path: {file} is not a readable .npy file "
+        raise ValueError(f"{key}: {file} is not a readable .npy file "
                          f"({type(error).__name__}: {error}); save the dictionary with numpy.save") from None
     if saved_shape is not None and array.shape == saved_shape:
         array = array.reshape(saved_shape[0], -1).T
     if array.shape != shape:
         also = f" (or {saved_shape}, a run's dictionary.npy)" if saved_shape else ""
-        raise ValueError(f"model.dictionary_path: {file} holds an array of shape {array.shape}, but the "
+        raise ValueError(f"{key}: {file} holds an array of shape {array.shape}, but the "
                          f"config needs {shape}{also}")
     if array.dtype.kind not in "biuf" or not np.isfinite(array).all():
-        raise ValueError(f"model.dictionary_path: {file} must hold finite real numbers, got {array.dtype}")
+        raise ValueError(f"{key}: {file} must hold finite real numbers, got {array.dtype}")
     return torch.as_tensor(np.ascontiguousarray(array), dtype=torch.get_default_dtype())
 
 

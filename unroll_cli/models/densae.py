@@ -26,6 +26,7 @@ backward passes, than the products with the patches that ``sparse_ae`` uses (``u
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from numbers import Integral
 
 import torch
@@ -69,6 +70,20 @@ class DenSaEConfig:
     normalize: bool = False  # unit-norm filters after every optimizer step (the paper's denoising: off)
     learn_threshold: bool = False  # CSCNet-LS: a learned threshold per sparse filter
     threshold_init: float = 0.01  # its initial value (the threshold itself, not lam * step)
+
+
+@dataclass
+class Coding:
+    """What ``depth`` steps of the encoder give for images y: each layer's ``A x_t + B u_t`` averaged
+    over the shifts, the last codes ``x`` (N s^2, dense, h', w') and ``u`` (N s^2, sparse, h', w') and
+    their syntheses ``A x``, ``B u`` on the shifted copies, and where the copies hold the image."""
+
+    outputs: list[Tensor]
+    x: Tensor
+    u: Tensor
+    Ax: Tensor
+    Bu: Tensor
+    windows: Windows | None
 
 
 class DenSaE(nn.Module):
@@ -120,10 +135,8 @@ class DenSaE(nn.Module):
         bound = self.lam * self.step if self.b is None else self.b
         return soft_threshold(u, bound) if self.two_sided else nonneg_soft_threshold(u, bound)
 
-    def _encode(self, y: Tensor, depth: int) -> tuple[list[Tensor], Tensor, Tensor, Windows | None]:
-        """Each layer's ``A x_t + B u_t`` averaged over the shifts; the last layer's ``A x`` and ``B u``
-        on the shifted copies, and where the copies hold the image. ``A x~``, ``B u~`` at the
-        extrapolated points by linearity."""
+    def _encode(self, y: Tensor, depth: int) -> Coding:
+        """The :class:`Coding` of ``depth`` steps; ``A x~``, ``B u~`` at the extrapolated points by linearity."""
         copies, windows = split_shifts(y, self.kernel_size, self.stride)
         dense = len(self.A)
         weight = torch.cat([self.A, self.B])
@@ -141,15 +154,20 @@ class DenSaE(nn.Module):
             Ax_extra, Bu_extra = Ax + m * (Ax - Ax_prev), Bu + m * (Bu - Bu_prev)
             residual = copies - ((1 + 1 / self.rho) * Ax_extra + Bu_extra)
             x_prev, u_prev, Ax_prev, Bu_prev = x, u, Ax, Bu
-        return outputs, Ax, Bu, windows
+        return Coding(outputs, x, u, Ax, Bu, windows)
 
-    def forward(self, y: Tensor, depth: int | None = None) -> list[Tensor]:
-        """Reconstructions ``A x_t + B u_t`` after layers 1..depth (default all ``layers``), each like y."""
+    def code(self, y: Tensor, depth: int | None = None) -> Coding:
+        """The :class:`Coding` of images y after layers 1..depth (default all ``layers``), for a model
+        built on the codes (``model=densae_classifier``)."""
         depth = self.layers if depth is None else depth
         if isinstance(depth, bool) or not isinstance(depth, Integral) or not 1 <= depth <= self.layers:
             raise ValueError(f"depth must be an integer in [1, {self.layers}], got {depth!r}")
         self._check_input(y)
-        return self._encode(y, depth)[0]
+        return self._encode(y, depth)
+
+    def forward(self, y: Tensor, depth: int | None = None) -> list[Tensor]:
+        """Reconstructions ``A x_t + B u_t`` after layers 1..depth (default all ``layers``), each like y."""
+        return self.code(y, depth).outputs
 
     @torch.no_grad()
     def components(self, y: Tensor) -> dict[str, Tensor]:
@@ -157,9 +175,8 @@ class DenSaE(nn.Module):
         for the denoising task's ``components.png``; none for CSCNet (no A)."""
         if not len(self.A):
             return {}
-        self._check_input(y)
-        _, Ax, Bu, windows = self._encode(y, self.layers)
-        return {"A x": average_shifts(Ax, windows), "B u": average_shifts(Bu, windows)}
+        coding = self.code(y)
+        return {"A x": average_shifts(coding.Ax, coding.windows), "B u": average_shifts(coding.Bu, coding.windows)}
 
     def _check_input(self, y: Tensor) -> None:
         if y.dim() != 4 or y.shape[1] != self.in_channels:

@@ -178,8 +178,12 @@ class ImageClassification:
             yield self.augment(self.train_images[idx]), self.train_labels[idx]
 
     def loss(self, outputs: torch.Tensor, batch: Batch, model: torch.nn.Module | None = None) -> torch.Tensor:
-        """Negative log-likelihood of the labels; ``outputs`` are log-probabilities."""
-        return F.nll_loss(outputs.float(), batch[1])
+        """Negative log-likelihood of the labels (``outputs`` are log-probabilities); a model with
+        ``joint_loss`` makes the training loss of it and its own term of the same forward (DenSaE's
+        classifier: ``(1 - beta) * reconstruction + beta * NLL``)."""
+        nll = F.nll_loss(outputs.float(), batch[1])
+        joint = getattr(model, "joint_loss", None)
+        return nll if joint is None else joint(nll)
 
     def state_dict(self) -> dict:
         return {"gen": self.gen.get_state()}
