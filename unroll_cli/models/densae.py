@@ -69,7 +69,8 @@ class DenSaEConfig:
     two_sided: bool = True
     normalize: bool = False  # unit-norm filters after every optimizer step (the paper's denoising: off)
     learn_threshold: bool = False  # CSCNet-LS: a learned threshold per sparse filter
-    threshold_init: float = 0.01  # its initial value (the threshold itself, not lam * step)
+    # its initial value (the threshold itself, not lam * step)
+    threshold_init: float = constrained(0.01, "a number >= 0", lambda v: v >= 0)
 
 
 @dataclass

@@ -20,6 +20,7 @@ dictionary, as the authors' curves end.
 """
 from __future__ import annotations
 
+import math
 from typing import Iterator, Optional
 
 import pandas as pd
@@ -52,7 +53,7 @@ class SyntheticDictionaryLearningConfig:
     code: str = constrained("uniform", "uniform, subgaussian or group_sparse", lambda v: v in CODES)
     c_min: float = constrained(1.0, "a number >= 0", non_negative)  # uniform / group_sparse magnitudes
     c_max: float = constrained(2.0, "a number >= 0 (at least data.c_min)", non_negative)
-    z_mean: float = 5.0  # subgaussian: N(z_mean, z_std) times a random sign
+    z_mean: float = constrained(5.0, "a finite number", math.isfinite)  # subgaussian: N(z_mean, z_std) x a sign
     z_std: float = constrained(1.0, "a number >= 0", non_negative)
     group_size: int = constrained(5, "an integer > 0 dividing data.p", positive)  # group_sparse
     active_groups: int = constrained(1, "an integer > 0", positive)
