@@ -110,6 +110,20 @@ def wait_for_history(run_dir: Path, rows: int, proc: subprocess.Popen, hang_guar
         time.sleep(0.05)
 
 
+def random_image_folders(root: Path, folders: dict[str, dict[str, tuple[int, int]]]) -> Path:
+    """Under ``root``, one folder per key of ``folders`` holding its gray PNG files of random pixels in
+    1..255, {file name: (height, width)}; returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for folder, files in folders.items():
+        (root / folder).mkdir()
+        for name, shape in files.items():
+            Image.fromarray(rng.integers(1, 256, shape, dtype=np.uint8)).save(root / folder / name)
+    return root
+
+
 def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from conftest import compose_cfg, read_metrics, run_cli
+from conftest import compose_cfg, random_image_folders, read_metrics, run_cli
 from test_sizes import refused
 from unroll_cli.models.densae import DenSaE
 from unroll_cli.models.shifts import average_shifts, shift_pads, split_shifts
@@ -30,12 +29,7 @@ LAM = {15: 0.085, 25: 0.16, 50: 0.36, 75: 0.56}  # the paper's lam per sigma (bt
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    root, rng = tmp_path_factory.mktemp("densae"), np.random.default_rng(0)
-    for folder, files in FOLDERS.items():
-        (root / folder).mkdir()
-        for name, shape in files.items():
-            Image.fromarray(rng.integers(1, 256, shape, dtype=np.uint8)).save(root / folder / name)
-    return root
+    return random_image_folders(tmp_path_factory.mktemp("densae"), FOLDERS)
 
 
 def bsd(images: Path, model: str = "densae", test: str = "test") -> list[str]:

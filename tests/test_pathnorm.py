@@ -118,17 +118,23 @@ def test_a_run_with_enorm_and_the_path_norm_writes_them(tmp_path):
     assert metrics["test/acc"] > 20.0  # chance is 10 %
 
 
-def test_unroll_eval_measures_the_path_norm_of_a_finished_run(tmp_path, capsys):
-    """A run trained without the diagnostic is measured afterwards, from the weights it reported."""
+def measured_afterwards(tmp_path, capsys) -> tuple[dict, dict]:
+    """``unroll-eval RUN +diagnostics=pathnorm`` of the run in tmp_path/run: its metrics, and the model's
+    tensors in the run's last checkpoint."""
     from unroll_cli.reevaluate import main as eval_main
 
-    assert mlp_run(tmp_path, "optim=sgd", "optim.lr=0.05").returncode == 0
     run_dir = tmp_path / "run"
     assert eval_main([str(run_dir), "+diagnostics=pathnorm", f"hydra.run.dir={tmp_path / 'eval'}"]) == 0, \
         capsys.readouterr().err
     metrics = json.loads((tmp_path / "eval/metrics.json").read_text())["metrics"]
+    return metrics, torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+
+
+def test_unroll_eval_measures_the_path_norm_of_a_finished_run(tmp_path, capsys):
+    """A run trained without the diagnostic is measured afterwards, from the weights it reported."""
+    assert mlp_run(tmp_path, "optim=sgd", "optim.lr=0.05").returncode == 0
     # the run monitors test/acc (no validation split): it reports its last weights
-    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    metrics, state = measured_afterwards(tmp_path, capsys)
     for q in QS:
         assert metrics[f"pathnorm/l{q}"] == pytest.approx(numpy_path_norm(state, q, 4), rel=1e-9)
 
@@ -330,18 +336,13 @@ def numpy_conv_path_norm(state: dict, q: float) -> float:
 
 
 def test_unroll_eval_measures_the_path_norm_of_a_finished_cnn_run(tmp_path, capsys):
-    from unroll_cli.reevaluate import main as eval_main
-
     write_learnable_mnist(tmp_path / "data/MNIST/raw", np.random.default_rng(0), 100, 50)
     result = run_cli(["model=cnn", "data=mnist", f"data.root={tmp_path / 'data'}", "data.download=false",
                       "data.batch_size=50", "optim=sgd", "optim.lr=0.05", "trainer.max_epochs=1",
                       "trainer.progress=false", "tensorboard=false", f"hydra.run.dir={tmp_path / 'run'}"],
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    run_dir = tmp_path / "run"
-    assert eval_main([str(run_dir), "+diagnostics=pathnorm", f"hydra.run.dir={tmp_path / 'eval'}"]) == 0, \
-        capsys.readouterr().err
-    metrics = json.loads((tmp_path / "eval/metrics.json").read_text())["metrics"]
-    state = torch.load(run_dir / "checkpoints/last.pt", weights_only=True)["model"]
+    # the run monitors test/acc (no validation split): it reports its last weights
+    metrics, state = measured_afterwards(tmp_path, capsys)
     for q in QS:
         assert metrics[f"pathnorm/l{q}"] == pytest.approx(numpy_conv_path_norm(state, q), rel=1e-9)

@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
-from conftest import read_metrics, run_cli
+from conftest import random_image_folders, read_metrics, run_cli
 from test_classification_run import write_learnable_mnist
 from unroll_cli.models.autoencoders import SparseAutoencoder
 
@@ -30,12 +29,7 @@ SMALL = ["model.layers=2", "model.filters=4", "model.kernel_size=5", "model.stri
 
 @pytest.fixture(scope="module")
 def images(tmp_path_factory) -> Path:
-    root, rng = tmp_path_factory.mktemp("sizes"), np.random.default_rng(0)
-    for folder, files in FOLDERS.items():
-        (root / folder).mkdir()
-        for name, shape in files.items():
-            Image.fromarray(rng.integers(1, 256, shape, dtype=np.uint8)).save(root / folder / name)
-    return root
+    return random_image_folders(tmp_path_factory.mktemp("sizes"), FOLDERS)
 
 
 def bsd(images: Path, train: str = "train", test: str = "test") -> list[str]:
