@@ -1,6 +1,7 @@
 """+callbacks=enorm (unroll_cli/train/enorm.py): Equi-normalization's cycle on model=mlp, in float64."""
 from __future__ import annotations
 
+import copy
 import numpy as np
 import pytest
 import torch
@@ -21,7 +22,7 @@ def cost(model, c: float) -> float:
 
 
 def balanced(model):
-    return ENorm.balanced(model)
+    return ENorm().balanced(model)
 
 
 def test_cycles_keep_the_function_with_the_biases_scaled():
@@ -119,6 +120,24 @@ def test_a_model_it_cannot_balance_is_refused(tiny_cfg):
         ENorm().check(MLISTA(unfoldings=2), None, cfg)
     with pytest.raises(ConfigError, match="one hidden layer"):
         ENorm().check(small_mlp(depth=1), None, cfg)
+    with pytest.raises(ConfigError, match="model.batch_norm=true.*does not preserve the function"):
+        ENorm().check(small_mlp(depth=4, batch_norm=True), None, cfg)  # the exact mode keeps the function
+    ENorm(rescale_bias=False).check(small_mlp(depth=4, batch_norm=True), None, cfg)  # the authors' mode
+
+
+def test_the_authors_mode_balances_the_weights_between_batch_normalisations_as_their_code():
+    """Their FC net: bias-free linear maps, each hidden one followed by batch normalisation, which their
+    ENorm leaves alone (skipped by name); one cycle on the weights as the written-out loop."""
+    model = small_mlp(bias=False, batch_norm=True, depth=5, width=6, seed=2)
+    norms = [copy.deepcopy(norm.state_dict()) for norm in model.norms]
+    weights = [lin.weight.detach().numpy().copy() for lin in model.linears]
+    for _ in range(3):
+        weights = authors_cycle(weights, 1.2)
+        enorm_cycle(ENorm(rescale_bias=False).balanced(model), c=1.2, biases=False, order="simultaneous")
+    for lin, expected in zip(model.linears, weights):
+        np.testing.assert_allclose(lin.weight.detach().numpy(), expected, rtol=1e-13, atol=0)
+    for norm, before in zip(model.norms, norms):
+        assert all(torch.equal(value, before[key]) for key, value in norm.state_dict().items())
 
 
 @pytest.mark.parametrize("value", ["c=0", "every=0", "rescale_bias=1", "order=jacobi"])

@@ -123,14 +123,14 @@ def test_enorm_cycles_keep_the_last_estimate_and_never_increase_the_cost(c):
     before = model(y)[-1]
     costs = [cost(model, c)]
     for _ in range(30):
-        for units in ENorm.balanced(model):
+        for units in ENorm().balanced(model):
             enorm_cycle([units], c)
             costs.append(cost(model, c))
     after = model(y)[-1]
     assert (after - before).abs().max() <= 1e-12 * before.abs().max()
     assert all(later <= earlier * (1 + 1e-14) for earlier, later in zip(costs, costs[1:]))
     assert costs[-1] < 0.99 * costs[0]
-    assert len(ENorm.balanced(model)) == 3  # x_1, x_2, x_3; x_4 feeds the output layer
+    assert len(ENorm().balanced(model)) == 3  # x_1, x_2, x_3; x_4 feeds the output layer
 
 
 KEYS = ("model.tied=true", "model.tied_b=true", "model.unit_thresholds=false")

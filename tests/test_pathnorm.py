@@ -70,7 +70,7 @@ def test_the_path_norm_is_invariant_under_rescaling_and_enorm():
     before = {q: path_norm(model.feedforward_layers(), q) for q in QS}
     rescale(model, random_scales(model, seed=4))
     for _ in range(10):
-        enorm_cycle(ENorm.balanced(model), 1.2)
+        enorm_cycle(ENorm().balanced(model), 1.2)
     for q in QS:
         assert path_norm(model.feedforward_layers(), q) == pytest.approx(before[q], rel=1e-12)
 

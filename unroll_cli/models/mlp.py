@@ -20,7 +20,6 @@ import torch.nn.functional as F
 from omegaconf import MISSING, ListConfig
 from torch import Tensor, nn
 
-from unroll_cli.errors import ConfigError
 from unroll_cli.models.arguments import check_bool, check_int
 from unroll_cli.models.feedforward import Affine, FeedForward, fold_batch_norm
 from unroll_cli.models.rescaling import HiddenUnits
@@ -95,12 +94,12 @@ class MLP(nn.Module):
     def rescaling_pairs(self) -> list[HiddenUnits]:
         """Each hidden layer's units: the rows of the linear map into it (and its bias) and the columns
         of the one out of it. With batch normalisation between the layers a unit's scaling is not
-        function-preserving (the normalisation undoes the incoming one), so there is none."""
-        if self.batch_norm:
-            raise ConfigError("model.batch_norm=true: batch normalisation after a layer undoes the scaling of its "
-                              "incoming weights, so rescaling a unit does not preserve the function")
+        function-preserving (the normalisation undoes the incoming one): the units say so (``breaks``),
+        and only ENorm's authors' mode balances them (the weights alone, as their code)."""
+        breaks = ("model.batch_norm=true: batch normalisation after a layer undoes the scaling of its incoming "
+                  "weights") if self.batch_norm else None
         return [HiddenUnits(incoming=((inner.weight, 0),), outgoing=((outer.weight, 1),),
-                            biases=() if inner.bias is None else ((inner.bias, 0),))
+                            biases=() if inner.bias is None else ((inner.bias, 0),), breaks=breaks)
                 for inner, outer in zip(self.linears[:-1], self.linears[1:])]
 
     def feedforward_layers(self) -> FeedForward:

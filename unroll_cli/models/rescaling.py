@@ -5,8 +5,11 @@ and its outgoing weights by ``1 / d`` leaves the network's function unchanged (N
 Stock et al., ICLR 2019). A model that has this symmetry declares it with ``rescaling_pairs()``: its
 consecutive (incoming, outgoing) parameter groups, one :class:`HiddenUnits` per layer of hidden
 units, each parameter with the axis that indexes the units; nothing here knows a model family. A
-model without the declaration is refused by name; a model whose layers break the symmetry (batch
-normalisation between them) raises :class:`~unroll_cli.errors.ConfigError` itself, saying why.
+model without the declaration is refused by name. A model whose layers break the symmetry says why
+in its units (``breaks``: batch normalisation between them undoes the incoming scaling); they are
+refused where the function must be kept, and balanced as weights alone by ENorm's authors' mode
+(``rescale_bias: false``); a model with no such pairs at all raises
+:class:`~unroll_cli.errors.ConfigError` itself, saying why.
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class HiddenUnits:
     incoming: tuple[Slice, ...]
     outgoing: tuple[Slice, ...]
     biases: tuple[Slice, ...] = ()
+    breaks: str | None = None  # why scaling these units changes the network's function (None: it does not)
 
     @property
     def size(self) -> int:
@@ -36,13 +40,18 @@ class HiddenUnits:
         return tensor.shape[axis]
 
 
-def rescaling_pairs(model: nn.Module) -> list[HiddenUnits]:
-    """The model's declared hidden layers, in order from the input; refused for a model without them."""
+def rescaling_pairs(model: nn.Module, exact: bool = True) -> list[HiddenUnits]:
+    """The model's declared hidden layers, in order from the input; refused for a model without them, and,
+    when the scalings must keep the function (``exact``), for one whose layers say they break it."""
     declare = getattr(model, "rescaling_pairs", None)
     if not callable(declare):
         raise ConfigError(f"{type(model).__name__} declares no rescaling symmetry (rescaling_pairs()): "
                           "only a model that declares its hidden units can be rescaled")
-    return declare()
+    pairs = declare()
+    broken = next((units.breaks for units in pairs if units.breaks), None)
+    if exact and broken:
+        raise ConfigError(f"{broken}, so rescaling a unit does not preserve the function")
+    return pairs
 
 
 def along(d: Tensor, tensor: Tensor, axis: int) -> Tensor:

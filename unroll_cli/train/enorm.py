@@ -16,7 +16,8 @@ authors' loop reads every layer's incoming norms before the previous layer's ste
 that all the factors of a cycle come from the weights as the cycle found them (``order:
 simultaneous``, a Jacobi sweep without the guarantee); and the biases are scaled with their units
 (``rescale_bias: true``), which keeps the network's function exact; ``rescale_bias: false`` is the
-authors' choice and changes the function of a network with biases. ``order: simultaneous
+authors' choice, the weights alone (biases and batch normalisations left alone, a model with batch
+normalisation between its layers accepted), and changes the function of a network with either. ``order: simultaneous
 rescale_bias: false`` is one ``ENorm(..., 'linear', c).step()`` of the authors' code on a bias-free
 fully connected network (their FC path leaves the momentum buffers alone; their FC command has no
 momentum). A rescaling keeps the model's output only (an unrolled model's earlier estimates are
@@ -83,10 +84,11 @@ class ENorm(Callback):
         self.c, self.every, self.rescale_bias, self.order = float(c), every, rescale_bias, order
         self.pairs: list[HiddenUnits] = []
 
-    @staticmethod
-    def balanced(model: torch.nn.Module) -> list[HiddenUnits]:
-        """The declared hidden layers but the last (whose units feed the output layer)."""
-        return rescaling_pairs(model)[:-1]
+    def balanced(self, model: torch.nn.Module) -> list[HiddenUnits]:
+        """The declared hidden layers but the last (whose units feed the output layer); with
+        ``rescale_bias: false`` (the authors' mode) also those whose scaling changes the function (batch
+        normalisation between the layers: the weights alone are balanced, as their code)."""
+        return rescaling_pairs(model, exact=self.rescale_bias)[:-1]
 
     def check(self, model, task, cfg) -> None:
         target = cfg.optim._target_
