@@ -64,8 +64,9 @@ class DatasetDenoising(DenoisingTask):
     for every run seed) and ``n_train`` keeps a fixed random subset of the rest; ``n_test`` keeps the
     first test images. ``center`` subtracts the mean of the training images kept (after ``n_train``
     and ``val_size``) from every image, as the silhouettes code subtracts its training mean; the images
-    then leave [0, 1], so it needs ``clamp`` false and a numeric ``psnr_peak``. The representer view uses ``representer_images`` training images, the same
-    number of each class (a fixed random choice), and ridge ``representer_rho``.
+    then leave [0, 1], so it needs ``clamp`` false and a numeric ``psnr_peak``. The representer view
+    uses ``representer_images`` training images, the same number of each class (a fixed random
+    choice), and ridge ``representer_rho``.
     """
 
     def __init__(self, name: str = "mnist", root: str = "./data", download: bool = True,
