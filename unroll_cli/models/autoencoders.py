@@ -85,7 +85,7 @@ class TiedAutoencoderConfig:
     encoder: str = _choice("ista", "ista", "fista")
     grad: str = _choice("g_ae_ls", *GRADS)
     two_sided: bool = True
-    normalize: bool = True  # unit-norm atoms at init and after every optimizer step
+    normalize: bool = True  # unit-norm atoms after every optimizer step (and at init: init_norm)
     conv: bool = True
     filters: int = _at_least(64, 1)
     kernel_size: int = _at_least(9, 1)
@@ -94,6 +94,9 @@ class TiedAutoencoderConfig:
     # dense: d = C*H*W of the input; null takes it from the task's training images
     input_dim: Optional[int] = constrained(None, "null or an integer >= 1", lambda v: v is None or v >= 1)
     init: str = _choice("random", "random", "data")
+    # dense only: unit (every atom unit-norm) | spectral (the atoms together divided by the matrix's
+    # spectral norm, ||D||_2 = 1, as the silhouettes code's W / ||W||_2); unit-norm after the first step
+    init_norm: str = _choice("unit", "unit", "spectral")
     dictionary_path: Optional[str] = None  # a .npy dictionary to evaluate or fine-tune (overrides init)
     check_step: bool = True  # refuse step * ||D||^2 >= 2 (ISTA's convergence condition) at the start
     # beta: layer t's threshold is lam * step * beta^(t-1) (the authors' AEdecay); 1: the same at every layer
@@ -175,7 +178,8 @@ class TiedAutoencoder(nn.Module):
                  encoder: str = "ista", grad: str = "g_ae_ls", two_sided: bool = True,
                  normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,
                  stride: int = 4, atoms: int = 500, input_dim: int | None = None, init: str = "random",
-                 dictionary_path: str | None = None, check_step: bool = True, threshold_decay: float = 1.0,
+                 init_norm: str = "unit", dictionary_path: str | None = None, check_step: bool = True,
+                 threshold_decay: float = 1.0,
                  threshold_decay_drop: float = 0.0, threshold_decay_every: int = 100,
                  init_images: Tensor | None = None, input_sizes: dict[str, tuple[int, int]] | None = None,
                  init_dictionary: Tensor | None = None):
@@ -197,6 +201,10 @@ class TiedAutoencoder(nn.Module):
         self.conv = check_bool("conv", conv)
         self.in_channels = check_int("in_channels", in_channels, 1)
         images = self._check_images(init_images)
+        self.init_norm = check_choice("init_norm", init_norm, ("unit", "spectral"))
+        if self.conv and self.init_norm == "spectral":
+            raise ValueError("model.init_norm=spectral divides a dense dictionary by its spectral norm: set "
+                             "model.conv=false or model.init_norm=unit")
         if self.conv and init_dictionary is not None:
             raise ValueError("conv=true, but the task gives a dense initial dictionary (a matrix of "
                              f"{tuple(init_dictionary.shape)}): set conv=false")
@@ -296,9 +304,11 @@ class TiedAutoencoder(nn.Module):
 
     def _initial_atoms(self, shape: tuple[int, ...], init: str, images: Tensor | None) -> Tensor:
         """Unit-norm atoms: Gaussian (conv filters then divided by the channels, as PUDLE's ``CAE``), or
-        from the data: random patches (conv), or random flattened images (dense, as the silhouettes code)."""
+        from the data: random patches (conv), or random flattened images (dense, as the silhouettes code);
+        dense with ``init_norm=spectral``, the Gaussian or image atoms divided together by the matrix's
+        spectral norm instead (the silhouettes code's ``W / ||W||_2``)."""
         if init == "random":
-            atoms = unit_atoms(torch.randn(shape), self.conv)
+            atoms = self._scaled(torch.randn(shape))
             return atoms / self.in_channels if self.conv else atoms
         if images is None:
             raise ValueError("init=data needs the task's training images (init_images)")
@@ -307,7 +317,13 @@ class TiedAutoencoder(nn.Module):
         if len(images) < shape[1]:
             raise ValueError(f"model.init=data: model.atoms={shape[1]} needs at least that many training "
                              f"images, the task gave {len(images)}; lower model.atoms or use model.init=random")
-        return unit_atoms(images[torch.randperm(len(images))[:shape[1]]].flatten(1).T, False)
+        return self._scaled(images[torch.randperm(len(images))[:shape[1]]].flatten(1).T)
+
+    def _scaled(self, atoms: Tensor) -> Tensor:
+        """``atoms`` scaled as ``init_norm`` says: each to unit norm, or all by the spectral norm."""
+        if self.init_norm == "spectral":
+            return atoms / torch.linalg.matrix_norm(atoms, ord=2)
+        return unit_atoms(atoms, self.conv)
 
     @torch.no_grad()
     def _check_step(self, images: Tensor | None, dictionary_path: str | None = None) -> None:

@@ -46,6 +46,7 @@ class DatasetDenoisingConfig(DenoisingOptions):
     download: bool = evaluation_only(True)
     classes: Optional[List[int]] = constrained(None, "null (all) or distinct labels in 0..9", valid_classes)
     sigma: float = constrained(0.0, "a noise std >= 0 on the 0-255 scale", lambda v: v >= 0)
+    center: bool = False  # subtract the mean training image from every image (the silhouettes code)
     test_sigmas: List[float] = constrained([0.0], TEST_SIGMAS, valid_test_sigmas, changeable=True)
     batch_size: int = constrained(32, "an integer > 0", positive)
     eval_batch_size: int = constrained(1000, "an integer > 0", positive, evaluation=True)
@@ -61,8 +62,11 @@ class DatasetDenoising(DenoisingTask):
 
     ``val_size`` holds out a fixed random subset of the training images (seed ``SPLIT_SEED``, the same
     for every run seed) and ``n_train`` keeps a fixed random subset of the rest; ``n_test`` keeps the
-    first test images. The representer view uses ``representer_images`` training images, the same
-    number of each class (a fixed random choice), and ridge ``representer_rho``.
+    first test images. ``center`` subtracts the mean of the training images kept (after ``n_train``
+    and ``val_size``) from every image, as the silhouettes code subtracts its training mean; the images
+    then leave [0, 1], so it needs ``clamp`` false and a numeric ``psnr_peak``. The representer view
+    uses ``representer_images`` training images, the same number of each class (a fixed random
+    choice), and ridge ``representer_rho``.
     """
 
     def __init__(self, name: str = "mnist", root: str = "./data", download: bool = True,
@@ -70,9 +74,13 @@ class DatasetDenoising(DenoisingTask):
                  test_seed: int = 0, batch_size: int = 32, eval_batch_size: int = 1000, n_train: int | None = None,
                  n_test: int | None = None, val_size: int = 0, psnr_peak: str | float = "max", clamp: bool = True,
                  n_figures: int = 3, representer_images: int = 6000, representer_rho: float = 1e-3,
-                 representer_atoms: int = 8, representer_top: int = 6, seed: int = 0,
+                 representer_atoms: int = 8, representer_top: int = 6, center: bool = False, seed: int = 0,
                  device: str | torch.device = "cpu", trainer: DictConfig | None = None,
                  loss_reduction: str = "sum"):
+        if center and (clamp or psnr_peak == "max"):
+            key = "data.clamp=true" if clamp else "data.psnr_peak=max"
+            raise ValueError(f"data.center=true gives images outside [0, 1], but {key} assumes them: set "
+                             "data.clamp=false and data.psnr_peak to a number (1.0: the PSNR is -10 log10 MSE)")
         super().__init__(sigma, test_sigmas, test_seed, batch_size, val_size, psnr_peak, clamp, n_figures,
                          seed, device, loss_reduction)
         if name not in GRAY_DATASETS:
@@ -84,8 +92,11 @@ class DatasetDenoising(DenoisingTask):
         train_x, train_y, test_x, test_y = self._kept(*load_dataset(name, root, download))
         self.data_source = f"{name} from {dataset_folder(name, root)}"
         train, val = self._split(len(train_x), n_train, val_size)
-        scaled = lambda images: (images.to(self.device).float() / 255.0)  # noqa: E731
-        self.train_images, self.train_labels = scaled(train_x[train]), train_y[train]
+        self.train_images, self.train_labels = train_x[train].to(self.device).float() / 255.0, train_y[train]
+        self.center = bool(center)
+        self.mean_image = self.train_images.mean(dim=0) if center else torch.zeros_like(self.train_images[0])
+        self.train_images -= self.mean_image
+        scaled = lambda images: (images.to(self.device).float() / 255.0 - self.mean_image)  # noqa: E731
         if n_test is not None and n_test > len(test_x):
             raise ValueError(f"data.n_test={n_test}: {name} holds {len(test_x)} test images of these classes")
         test_x = test_x[:n_test]
@@ -198,7 +209,8 @@ class DatasetDenoising(DenoisingTask):
 
     def data_conventions(self) -> str:
         classes = "all classes" if self.classes is None else f"classes {self.classes}"
-        return (f"Images: {self.name} ({classes}), uint8 / 255. Training: whole images, batches of "
+        centered = ", minus the mean training image" if self.center else ""
+        return (f"Images: {self.name} ({classes}), uint8 / 255{centered}. Training: whole images, batches of "
                 f"{self.batch_size} in a fresh random order every epoch.")
 
     def setting(self) -> str:
