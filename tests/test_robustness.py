@@ -124,6 +124,33 @@ def test_a_convolutional_code_groups_channels_at_each_position():
     assert jaccard(active_groups(code, 2), active_groups(other, 2)).tolist() == pytest.approx([1 / 3])
 
 
+@pytest.mark.parametrize("group_size", [None, 2])
+def test_the_diagnostics_jaccard_equals_python_sets_of_the_codes_groups(group_size, one_thread):
+    """The sweep's Jaccard against sets of (sample's) non-zero groups of the clean and worst codes,
+    the worst inputs found again by the same PGD and seed; a plain model's own groups are its atoms."""
+    task = dl_task(sigma=0.1)
+    model = dl_model(task)
+    diagnostic = Robustness([0.3], steps=4, seed=5, group_size=group_size)
+    diagnostic.bind(task)
+    assert diagnostic.refuse(model) is None
+    got = diagnostic.measure(model)["jaccard_eps0.3"]
+    (x, target), = task.test_pairs()
+    worst = pgd(model, x, target, 0.3, 4, 0.25, torch.Generator().manual_seed(5))
+    size = group_size or 1
+    codes = [model.encode(v).tolist() for v in (x, worst)]
+    groups = lambda code: {i // size for i, v in enumerate(code) if v != 0}  # noqa: E731
+    expected = [sets_jaccard(groups(c), groups(p))
+                for c, p in zip(*codes)]
+    assert got == pytest.approx(np.mean(expected), abs=1e-6) and min(expected) < 1
+
+
+def test_groups_that_do_not_divide_the_code_are_refused():
+    task = dl_task()
+    diagnostic = Robustness([0.1], group_size=3)
+    diagnostic.bind(task)
+    assert "group_size=3 does not divide its 8 code entries" in diagnostic.refuse(dl_model(task))
+
+
 # ----------------------------------------------------------------------------- through the CLI
 def test_eps_zero_and_the_training_sigma_give_the_ordinary_test_metrics(tmp_path, one_thread):
     result = run_cli([*SYNTHETIC, "model=group_sparse_ae", "model.group_size=2", "data.sigma=0.1",
@@ -161,6 +188,7 @@ def test_the_test_nmse_equals_a_hand_computation_on_the_clean_signals(one_thread
     ("diagnostics.robustness.epsilons=[-0.1]", "epsilons"),
     ("diagnostics.robustness.steps=0", "steps"),
     ("diagnostics.robustness.step_size=0", "step_size"),
+    ("diagnostics.robustness.group_size=3", "group_size=3"),
     ("data.test_sigmas=[-1]", "data.test_sigmas"),
     ("data.sigma=-0.5", "data.sigma"),
 ])

@@ -12,7 +12,9 @@ Metrics, for each eps: the task's own (``robustness/nmse_db_eps0.05`` on ``data=
 ``robustness/psnr_eps0.05`` on image denoising) and ``robustness/jaccard_eps0.05``, the mean over
 samples of ``|A ∩ A'| / |A ∪ A'|`` between the active sets of the clean and perturbed codes
 (``encode(x)``): the groups of ``group_size`` consecutive code entries (conv: channels at each
-position) with a non-zero entry; 1 when both are empty.
+position) with a non-zero entry; 1 when both are empty. The groups are the model's own
+(``model.group_size``: a plain sparse model's are single atoms) unless the key ``group_size`` sets
+others, e.g. the data's groups for both models of a comparison (the same unit for both).
 
 What it takes: of the task, ``test_pairs()`` (batches of test inputs and clean targets) and
 ``reconstruction_scores(estimate, target)`` (its metrics of one batch, which the diagnostic averages
@@ -86,7 +88,7 @@ def pgd(model: torch.nn.Module, x: Tensor, target: Tensor, eps: float, steps: in
 
 class Robustness(Diagnostic):
     def __init__(self, epsilons=(0.01, 0.05, 0.1), steps: int = 10, step_size: float = 0.25, seed: int = 0,
-                 per_epoch: bool = False):
+                 group_size: int | None = None, per_epoch: bool = False):
         super().__init__(per_epoch)
         epsilons = list(epsilons) if not isinstance(epsilons, (str, Real)) else epsilons
         if not isinstance(epsilons, list) or not epsilons or any(
@@ -95,12 +97,16 @@ class Robustness(Diagnostic):
         if len({f"{v:g}" for v in epsilons}) != len(epsilons):
             raise ValueError(f"epsilons must be distinct as the metric names print them (jaccard_eps0.05), "
                              f"got {epsilons!r}")
-        for key, value, low in (("steps", steps, 1), ("seed", seed, 0)):
+        integers = [("steps", steps, 1), ("seed", seed, 0)]
+        if group_size is not None:
+            integers.append(("group_size", group_size, 1))
+        for key, value, low in integers:
             if isinstance(value, bool) or not isinstance(value, Integral) or value < low:
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
         if isinstance(step_size, bool) or not isinstance(step_size, Real) or not step_size > 0:
             raise ValueError(f"step_size must be a number > 0 (a fraction of the ball's radius), got {step_size!r}")
         self.epsilons, self.steps, self.step_size, self.seed = [float(v) for v in epsilons], steps, float(step_size), seed
+        self.group_size = group_size
 
     def refuse(self, model) -> str | None:
         lacking = [f"{name} ({use})" for name, use in MODEL_MEMBERS.items() if not hasattr(model, name)]
@@ -109,7 +115,15 @@ class Robustness(Diagnostic):
         if self.task is not None and not all(callable(getattr(self.task, m, None)) for m in TASK_MEMBERS):
             return (f"its data ({type(self.task).__name__}) gives no test pairs and metric "
                     f"({', '.join(TASK_MEMBERS)}) to perturb")
+        if self.group_size is not None and self.task is not None:
+            entries = model.encode(self.task.test_pairs()[0][0][:1]).shape[1]
+            if entries % self.group_size:
+                return f"diagnostics.robustness.group_size={self.group_size} does not divide its {entries} code entries"
         return None
+
+    def groups(self, model) -> int:
+        """The code entries of a group of the active sets: the key ``group_size`` or the model's."""
+        return model.group_size if self.group_size is None else self.group_size
 
     def measure(self, model) -> dict[str, float]:
         was_training = model.training
@@ -131,7 +145,7 @@ class Robustness(Diagnostic):
                 with torch.no_grad():
                     for name, value in self.task.reconstruction_scores(model(worst)[-1], target).items():
                         sums[name] = sums.get(name, 0.0) + value * len(x)
-                    clean, perturbed = (active_groups(model.encode(v), model.group_size) for v in (x, worst))
+                    clean, perturbed = (active_groups(model.encode(v), self.groups(model)) for v in (x, worst))
                 agreement += jaccard(clean, perturbed).sum().item()
                 samples += len(x)
             for name, total in sums.items():
