@@ -12,11 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import read_metrics, run_cli
+from conftest import compose_cfg, read_metrics, run_cli
 from unroll_cli.evaluate.robustness import Robustness, active_groups, jaccard, pgd, project
 from unroll_cli.models.autoencoders import GroupSparseAutoencoder, SparseAutoencoder
 from unroll_cli.tasks.denoising import ImageDenoising
 from unroll_cli.tasks.dictionary_learning import SyntheticDictionaryLearning
+from unroll_cli.validation import validate
 
 GROUP_LAW = dict(code="group_sparse", c_min=1.0, c_max=2.0, z_mean=0.0, z_std=1.0, group_size=2,
                  active_groups=2)
@@ -233,3 +234,16 @@ def test_eps_zero_gives_the_mean_test_psnr_on_images(tmp_path, one_thread):
             psnrs.append(20 * math.log10(reference.max()) - 10 * math.log10(((reference - estimate) ** 2).mean()))
     assert metrics["psnr_eps0"] == pytest.approx(np.mean(psnrs), abs=1e-6)
     assert metrics["jaccard_eps0"] == 1.0 and metrics["psnr_eps0.1"] < metrics["psnr_eps0"]
+
+
+# ----------------------------------------------------------------------------- the experiment
+def test_the_experiment_compares_the_true_group_size_with_single_atoms_at_equal_atoms():
+    group, plain = (compose_cfg(["+experiment=theodosis2023_robustness", f"model={name}"])
+                    for name in ("group_sparse_ae", "sparse_ae"))
+    for cfg in (group, plain):
+        validate(cfg)
+        assert cfg.data.code == "group_sparse" and cfg.model.atoms == cfg.data.p and cfg.data.sigma > 0
+        assert cfg.data.sigma in cfg.data.test_sigmas and "robustness" in cfg.diagnostics
+    assert group.model.group_size == group.data.group_size > 1 and "group_size" not in plain.model
+    shared = ("layers", "lam", "step", "encoder", "grad", "two_sided", "normalize")
+    assert all(group.model[key] == plain.model[key] for key in shared)

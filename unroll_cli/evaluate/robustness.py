@@ -105,8 +105,8 @@ class Robustness(Diagnostic):
                 raise ValueError(f"{key} must be an integer >= {low}, got {value!r}")
         if isinstance(step_size, bool) or not isinstance(step_size, Real) or not step_size > 0:
             raise ValueError(f"step_size must be a number > 0 (a fraction of the ball's radius), got {step_size!r}")
-        self.epsilons, self.steps, self.step_size, self.seed = [float(v) for v in epsilons], steps, float(step_size), seed
-        self.group_size = group_size
+        self.epsilons, self.steps, self.step_size = [float(v) for v in epsilons], steps, float(step_size)
+        self.seed, self.group_size = seed, group_size
 
     def refuse(self, model) -> str | None:
         lacking = [f"{name} ({use})" for name, use in MODEL_MEMBERS.items() if not hasattr(model, name)]
