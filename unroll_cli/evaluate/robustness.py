@@ -87,6 +87,8 @@ def pgd(model: torch.nn.Module, x: Tensor, target: Tensor, eps: float, steps: in
 
 
 class Robustness(Diagnostic):
+    """The eps sweep of :func:`pgd` on the task's test pairs: its metric and the codes' Jaccard per eps."""
+
     def __init__(self, epsilons=(0.01, 0.05, 0.1), steps: int = 10, step_size: float = 0.25, seed: int = 0,
                  group_size: int | None = None, per_epoch: bool = False):
         super().__init__(per_epoch)
