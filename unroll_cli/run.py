@@ -240,7 +240,7 @@ def run_validated(cfg: DictConfig, run_dir: str | Path, overrides: list[str] | N
     check_model_protocol(task, model, cfg.model.name)
     check_callbacks(extensions["callbacks"], model, task, cfg)
     diagnostics = extensions["diagnostics"]
-    check_diagnostics(diagnostics, model, cfg.model.name)
+    check_diagnostics(diagnostics, model, cfg.model.name, task)
     per_epoch = {"diagnostics.per_epoch": PerValidation(diagnostics)} if any(d.per_epoch for d in diagnostics.values()) \
         else {}
     callbacks = Callbacks.for_model(model, {**extensions["callbacks"], **(callbacks or {}), **per_epoch})

@@ -3,8 +3,10 @@
 A diagnostic is a class named by a ``_target_`` under the ``diagnostics`` config node
 (``+diagnostics=NAME`` selects ``conf/diagnostics/NAME.yaml``). The run flow, for each one:
 
-- ``refuse(model)`` after the model is built, before any training: a reason why it does not apply
-  to this model (a run with it is refused, naming ``diagnostics.NAME``), or None;
+- ``bind(task)`` then ``refuse(model)`` after the model is built, before any training: the run's task
+  (what a diagnostic that measures on the task's data uses of it, e.g. ``+diagnostics=robustness``),
+  then a reason why it does not apply to this model and task (a run with it is refused, naming
+  ``diagnostics.NAME``), or None;
 - ``measure(model)`` after training: flat metrics, written to ``metrics.json`` as ``NAME/key``, and
   with ``per_epoch=true`` also after every validation as columns of ``history.csv``;
 - ``tables(model)`` and ``figures(model)``: what it draws or tabulates of the trained model
@@ -31,6 +33,11 @@ class Diagnostic:
         if not isinstance(per_epoch, bool):
             raise ValueError(f"per_epoch must be true or false, got {per_epoch!r}")
         self.per_epoch = per_epoch
+        self.task = None
+
+    def bind(self, task) -> None:
+        """The run's task, before :meth:`refuse`."""
+        self.task = task
 
     def refuse(self, model: torch.nn.Module) -> str | None:
         return None
@@ -45,9 +52,11 @@ class Diagnostic:
         return {}
 
 
-def check_diagnostics(diagnostics: dict[str, Diagnostic], model: torch.nn.Module, model_name: str) -> None:
-    """Refuse, before training, a diagnostic that does not apply to the model."""
+def check_diagnostics(diagnostics: dict[str, Diagnostic], model: torch.nn.Module, model_name: str,
+                      task=None) -> None:
+    """Give each diagnostic the run's ``task``; refuse, before training, one that does not apply to the model."""
     for name, diagnostic in diagnostics.items():
+        diagnostic.bind(task)
         reason = diagnostic.refuse(model)
         if reason:
             raise ConfigError(f"diagnostics.{name} does not apply to model={model_name}: {reason}")

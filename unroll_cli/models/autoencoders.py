@@ -174,6 +174,10 @@ class TiedAutoencoder(nn.Module):
     """The encoder, decoder, gradient modes and dictionary of both autoencoders (module docstring);
     subclasses supply the threshold ``_shrink`` and the penalty ``_penalty`` of the code."""
 
+    # code entries per group of the threshold (consecutive atoms; conv: channels at each position): the
+    # unit of the code's active set (+diagnostics=robustness); 1: each entry alone
+    group_size = 1
+
     def __init__(self, in_channels: int, layers: int = 15, lam: float = 0.12, step: float = 0.1,
                  encoder: str = "ista", grad: str = "g_ae_ls", two_sided: bool = True,
                  normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,

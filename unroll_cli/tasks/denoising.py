@@ -261,6 +261,17 @@ class DenoisingTask:
         scores, _ = self._scores(model, *self.val_set, depth)
         return {self.monitor: scores[:, -1].mean().item()}
 
+    def test_pairs(self) -> list[Batch]:
+        """The test images with their noise at the headline sigma and their clean versions, (b, 1, H, W)
+        batches of one size (for ``+diagnostics=robustness``)."""
+        noisy = self.test_noisy[self.headline_sigma]
+        return [(torch.stack(noisy[part]).unsqueeze(1), torch.stack(self.test_clean[part]).unsqueeze(1))
+                for part in self._chunks(self.test_clean)]
+
+    def reconstruction_scores(self, estimate: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """``psnr``: the mean PSNR (dB) of the estimates against the clean images (test/psnr's convention)."""
+        return {"psnr": psnr_db(estimate.float(), target, self.peak, self.clamp).mean().item()}
+
     def evaluate(self, model: torch.nn.Module) -> tuple[pd.DataFrame, pd.DataFrame, list]:
         """Every test image at every test sigma: one row per image and sigma (input and final PSNR),
         the mean PSNR per layer and sigma (layer 0 = the noisy input), and the figure's panels of the

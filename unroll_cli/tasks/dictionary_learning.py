@@ -10,18 +10,31 @@ The model gets the task's initial dictionary D* + dict_init N(0, 1) (columns ren
 
 After every epoch: ``dictionary/error``, ``||D - D*||_F`` with unit columns after pairing the atoms up
 to order and sign (:mod:`unroll_cli.evaluate.dictionary`), ``dictionary/relative_error`` (over
-``||D*||_F``), and the mean ``||z_T - z*||_2`` over the validation and the test codes. With
+``||D*||_F``), the mean ``||z_T - z*||_2`` over the validation and the test codes, and the test
+reconstruction's NMSE against the clean x, ``test/nmse_db`` (pooled: ``10 log10(sum ||D z_T - x||^2 /
+sum ||x||^2)``). With
 ``gradient_study`` also, on the first ``batch_size`` training samples (the authors' full batch): the
 model's own gradient g_T (its mode, :meth:`TiedAutoencoder.dictionary_gradient`) against g_hat, the
 decoder gradient at z_hat, the code of the same network unrolled ``lasso_steps`` times (the lasso
 solution), and against g*, the decoder gradient ``(D z* - x) z*^T / N`` at the true codes; and
 ``||z_T - z_hat||_2``. The monitored metric is ``dictionary/error``; the run reports its last
 dictionary, as the authors' curves end.
+
+Noise (``sigma``): the model sees y = x + sigma N(0, 1) (the training set's noise fixed by the run's
+seed, fresh noise online; the validation and test sets' fixed by their seeds and sigma alone) and
+learns to reconstruct y, as the generative model of Theodosis et al. (arXiv 2102.07003); the test
+metrics score its reconstruction against the clean x. ``test_sigmas`` evaluates the trained model at
+other noise levels too: ``test/nmse_db_s{sigma}`` and ``test/code_error_s{sigma}`` for each, the noise
+of a level the same whatever the training sigma, so that the training sigma's equal ``test/nmse_db``
+and ``test/code_error``.
+
+For ``+diagnostics=robustness`` (:mod:`unroll_cli.evaluate.robustness`) the task gives its test pairs
+(the inputs at sigma, the clean x) and its metric (``nmse_db``).
 """
 from __future__ import annotations
 
 import math
-from typing import Iterator, Optional
+from typing import Iterator, List, Optional
 
 import pandas as pd
 import torch
@@ -29,6 +42,7 @@ from omegaconf import DictConfig
 
 from unroll_cli.data.dictionary_learning import CODES, initial_dictionary, sample_codes, seeded, true_dictionary
 from unroll_cli.evaluate.dictionary import matched_distance
+from unroll_cli.evaluate.metrics import nmse_db
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
@@ -40,6 +54,19 @@ DICTIONARY, RELATIVE = "dictionary/error", "dictionary/relative_error"
 GRADIENT_METRICS = ("gradient/g_hat_error", "gradient/g_star_error", "gradient/g_hat_g_star",
                     "gradient/z_hat_error")
 non_negative = lambda v: v >= 0  # noqa: E731
+NMSE = "test/nmse_db"
+TEST_SIGMAS = ("a list of noise stds >= 0 on x, distinct as the metric names print them "
+               "(test/nmse_db_s0.1)")
+
+
+def valid_test_sigmas(values: list) -> bool:
+    """``data.test_sigmas``: each level has its own metrics, named with ``{sigma:g}``."""
+    return min(values, default=0) >= 0 and len({f"{s:g}" for s in values}) == len(values)
+
+
+def sigma_metrics(sigma: float) -> tuple[str, str]:
+    """The test NMSE's and code error's names at test noise ``sigma``: test/nmse_db_s0.1, ..."""
+    return f"{NMSE}_s{sigma:g}", f"test/code_error_s{sigma:g}"
 
 
 @register_schema("data", "synthetic_dl")
@@ -63,6 +90,8 @@ class SyntheticDictionaryLearningConfig:
     n_test: int = constrained(1000, "an integer > 0", positive, evaluation=True)
     batch_size: int = constrained(10000, "an integer > 0 (at most data.n)", positive)
     dict_init: float = constrained(0.1, "a number >= 0", non_negative)  # D* + dict_init N(0, 1)
+    sigma: float = constrained(0.0, "a noise std >= 0 on x", non_negative)  # y = x + sigma N(0, 1)
+    test_sigmas: List[float] = constrained([], TEST_SIGMAS, valid_test_sigmas, changeable=True)
     dictionary_seed: int = constrained(0, *SEED_RANGE)
     val_seed: int = constrained(1, *SEED_RANGE)
     test_seed: int = constrained(2, *SEED_RANGE, evaluation=True)
@@ -97,25 +126,30 @@ class SyntheticDictionaryLearning:
     def __init__(self, m: int, p: int, s: int, code: str, c_min: float, c_max: float, z_mean: float,
                  z_std: float, group_size: int, active_groups: int, n: int, online: bool, n_val: int,
                  n_test: int, batch_size: int, dict_init: float, dictionary_seed: int, val_seed: int,
-                 test_seed: int, gradient_study: bool = False, lasso_steps: int = 1000, seed: int = 0,
+                 test_seed: int, sigma: float = 0.0, test_sigmas: tuple[float, ...] = (),
+                 gradient_study: bool = False, lasso_steps: int = 1000, seed: int = 0,
                  device: str | torch.device = "cpu", trainer: Optional[DictConfig] = None):
         check_sizes(p, s, code, c_min, c_max, group_size, active_groups, n, batch_size, online)
         self.law = dict(p=p, s=s, code=code, c_min=c_min, c_max=c_max, z_mean=z_mean, z_std=z_std,
                         group_size=group_size, active_groups=active_groups)
         self.m, self.s, self.dict_init, self.online = m, s, dict_init, online
         self.batch_size, self.gradient_study, self.lasso_steps = batch_size, gradient_study, lasso_steps
+        self.sigma, self.test_sigmas = float(sigma), [float(s) for s in test_sigmas]
         self.device = torch.device(device)
         self.D_true = true_dictionary(m, p, torch.Generator().manual_seed(dictionary_seed)).to(self.device)
         self.D_init = initial_dictionary(self.D_true.cpu(), dict_init, seeded(seed, 1))
+        # the clean (x, z*) pairs; the inputs y at each noise level
         self.val = self._fixed_set(n_val, torch.Generator().manual_seed(val_seed))
         self.test = self._fixed_set(n_test, torch.Generator().manual_seed(test_seed))
+        self.val_input = self._fixed_noise(self.val[0], self.sigma, val_seed)
+        self.test_inputs = {s: self._fixed_noise(self.test[0], s, test_seed) for s in [self.sigma, *self.test_sigmas]}
         self.gen = torch.Generator().manual_seed(seed)
         if online:
             self.train_set = None
             self.steps_per_epoch = online_epoch(trainer)
-            self.gradient_batch = self._fixed_set(batch_size, seeded(seed, 3))
+            self.gradient_batch = self._noisy_set(self._fixed_set(batch_size, seeded(seed, 3)), seeded(seed, 5))
         else:
-            self.train_set = self._fixed_set(n, seeded(seed, 2))
+            self.train_set = self._noisy_set(self._fixed_set(n, seeded(seed, 2)), seeded(seed, 4))
             self.steps_per_epoch = n // batch_size
             self.gradient_batch = tuple(t[:batch_size] for t in self.train_set)
         self.eval_batch_size = max(n_val, n_test, batch_size if gradient_study else 0)
@@ -124,15 +158,17 @@ class SyntheticDictionaryLearning:
             self.model_protocol["dictionary_gradient"] = "data.gradient_study"
         self.data_source = (f"D* drawn by data.dictionary_seed={dictionary_seed}, its initial estimate and the "
                             f"training codes by seed={seed}{' (online)' if online else ''}, validation codes by "
-                            f"data.val_seed={val_seed}, test codes by data.test_seed={test_seed}")
+                            f"data.val_seed={val_seed}, test codes by data.test_seed={test_seed}"
+                            + (f"; noise std data.sigma={sigma:g} on x" if sigma else ""))
 
     @staticmethod
     def memory_estimate(data: DictConfig, trainer: DictConfig) -> dict[str, int]:
         """Bytes the task holds (:mod:`unroll_cli.memory`): D* and its estimate, the fixed sets' (x, z*)
         pairs and their drawing's temporaries (a random key per code entry)."""
         width = 4 * (data.m + 3 * data.p)
-        estimate = {"data.p": 8 * data.m * data.p, "data.n_val": data.n_val * width,
-                    "data.n_test": data.n_test * width, "data.batch_size": 2 * data.batch_size * width}
+        estimate = {"data.p": 8 * data.m * data.p, "data.n_val": data.n_val * (width + 4 * data.m),
+                    "data.n_test": data.n_test * width, "data.batch_size": 2 * data.batch_size * width,
+                    "data.test_sigmas": (len(data.test_sigmas) + 1) * data.n_test * 4 * data.m}
         if not data.online:
             estimate["data.n"] = data.n * width
         return estimate
@@ -144,6 +180,23 @@ class SyntheticDictionaryLearning:
 
     def _signals(self, x: torch.Tensor) -> torch.Tensor:
         return x.view(len(x), 1, self.m, 1)
+
+    def _noise(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """``sigma N(0, 1)`` shaped like ``x``, drawn on the CPU by ``gen``."""
+        return self.sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
+
+    def _noisy_set(self, pairs: Batch, gen: torch.Generator) -> Batch:
+        """The pairs (y, z*), y = x + sigma N(0, 1) drawn by ``gen`` (x itself at sigma 0)."""
+        x, z = pairs
+        return (x + self._noise(x, gen) if self.sigma else x), z
+
+    @staticmethod
+    def _fixed_noise(x: torch.Tensor, sigma: float, seed: int) -> torch.Tensor:
+        """``x + sigma N(0, 1)``, the noise drawn by (seed, sigma) alone: the same at a level in every run."""
+        if sigma == 0:
+            return x
+        gen = seeded(seed, round(sigma * 1e6))
+        return x + sigma * torch.randn(x.shape, generator=gen, dtype=x.dtype).to(x.device)
 
     # ------------------------------------------------------------------ training
     def model_kwargs(self) -> dict:
@@ -160,7 +213,8 @@ class SyntheticDictionaryLearning:
         for i in range(self.steps_per_epoch):
             if self.online:
                 z = sample_codes(self.batch_size, gen=self.gen, **self.law).to(self.device)
-                yield self._signals(z @ self.D_true.T), z
+                x = self._signals(z @ self.D_true.T)
+                yield (x + self._noise(x, self.gen) if self.sigma else x), z
             else:
                 idx = order[i * self.batch_size:(i + 1) * self.batch_size].to(self.device)
                 yield self.train_set[0][idx], self.train_set[1][idx]
@@ -184,18 +238,26 @@ class SyntheticDictionaryLearning:
         return atoms.reshape(len(atoms), -1).T
 
     @torch.no_grad()
-    def code_error(self, model: torch.nn.Module, split: Batch, depth: int | None = None) -> float:
-        """The mean ``||z_T - z*||_2`` over ``split``."""
-        x, z = split
-        return (model.encode(x, depth).reshape(len(x), -1) - z).norm(dim=1).mean().item()
+    def code_error(self, model: torch.nn.Module, inputs: torch.Tensor, z: torch.Tensor,
+                   depth: int | None = None) -> float:
+        """The mean ``||z_T - z*||_2`` of the codes of ``inputs`` against their true codes ``z``."""
+        return (model.encode(inputs, depth).reshape(len(z), -1) - z).norm(dim=1).mean().item()
+
+    @torch.no_grad()
+    def test_scores(self, model: torch.nn.Module, sigma: float, depth: int | None = None) -> tuple[float, float]:
+        """The test reconstruction's NMSE (dB) against the clean x and the code error, at noise ``sigma``."""
+        inputs = self.test_inputs[sigma]
+        nmse = self.reconstruction_scores(model(inputs, depth)[-1], self.test[0])["nmse_db"]
+        return nmse, self.code_error(model, inputs, self.test[1], depth)
 
     def validate(self, model: torch.nn.Module, depth: int | None = None) -> dict[str, float]:
-        """The dictionary's distance to D*, the codes' errors (validation and test codes) and, with
-        ``gradient_study``, the gradients' errors."""
+        """The dictionary's distance to D*, the codes' errors (validation and test codes), the test NMSE
+        and, with ``gradient_study``, the gradients' errors; inputs at the training sigma."""
         error = matched_distance(self.learned(model), self.D_true)
+        nmse, test_codes = self.test_scores(model, self.sigma, depth)
         metrics = {DICTIONARY: error, RELATIVE: error / self.D_true.shape[1] ** 0.5,
-                   "val/code_error": self.code_error(model, self.val, depth),
-                   "test/code_error": self.code_error(model, self.test, depth)}
+                   "val/code_error": self.code_error(model, self.val_input, self.val[1], depth),
+                   "test/code_error": test_codes, NMSE: nmse}
         if self.gradient_study:
             metrics.update(self.gradients(model))
         return metrics
@@ -213,9 +275,11 @@ class SyntheticDictionaryLearning:
 
     @torch.no_grad()
     def per_layer(self, model: torch.nn.Module) -> pd.DataFrame:
-        """The mean reconstruction error ``||D z_t - x||_2`` over the test signals after every layer."""
+        """The mean reconstruction error ``||D z_t - x||_2`` against the clean test signals after every
+        layer (inputs at the training sigma)."""
         x = self.test[0]
-        errors = [(estimate - x).flatten(1).norm(dim=1).mean().item() for estimate in model(x)]
+        errors = [(estimate - x).flatten(1).norm(dim=1).mean().item()
+                  for estimate in model(self.test_inputs[self.sigma])]
         return pd.DataFrame({"layer": range(1, len(errors) + 1), "test/reconstruction_error": errors})
 
     def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
@@ -226,6 +290,13 @@ class SyntheticDictionaryLearning:
         layers = self.per_layer(model)
         title = f"{model_title(model_name, model)}, dictionary learning {self.setting()}"
         tables = {"layers.csv": Table(layers, ["layer"], "Reconstruction error per layer (test signals)")}
+        if self.test_sigmas:
+            sigmas = self.per_sigma(model)
+            tables["sigmas.csv"] = Table(sigmas, ["sigma"], f"Test NMSE and code error per test noise "
+                                                            f"(trained at sigma {self.sigma:g})")
+            for row in sigmas.itertuples():
+                names = sigma_metrics(row.sigma)
+                metrics[names[0]], metrics[names[1]] = row.nmse_db, row.code_error
         published = None
         targets = self.published(paper, model_name)
         if targets:
@@ -239,7 +310,8 @@ class SyntheticDictionaryLearning:
                 tables["dictionary_curve.csv"] = Table(self.curve(curve, history, paper.metric), ["epoch"],
                                                        f"{paper.metric} at the published curve's epochs")
         plots = {"reconstruction_per_layer.png": figures.per_layer_figure(layers, "layer", "mean ||D z_t - x||", title)}
-        notes = [f"Data: x = D* z*, D* {self.m}x{self.D_true.shape[1]}, {self.law['code']} codes; the initial "
+        notes = [f"Data: x = D* z*{' + noise' if self.sigma else ''}, D* {self.m}x{self.D_true.shape[1]}, "
+                 f"{self.law['code']} codes{f', noise std {self.sigma:g}' if self.sigma else ''}; the initial "
                  f"dictionary D* + {self.dict_init:g} N(0, 1), unit columns. dictionary/error = ||D - D*||_F with "
                  "unit columns, atoms paired up to order and sign (Hungarian method on |D*^T D|); relative: "
                  "over ||D*||_F."]
@@ -247,6 +319,21 @@ class SyntheticDictionaryLearning:
             notes.append(f"Gradients on the first {len(self.gradient_batch[0])} training samples; g_hat and z_hat "
                          f"from the same network unrolled {self.lasso_steps} times, g* the decoder gradient at z*.")
         return Report(title, metrics, tables, plots, notes=notes, published=published)
+
+    def per_sigma(self, model: torch.nn.Module) -> pd.DataFrame:
+        """Per test sigma: the test NMSE (dB) against the clean x and the mean code error."""
+        rows = [(s, *self.test_scores(model, s)) for s in self.test_sigmas]
+        return pd.DataFrame(rows, columns=["sigma", "nmse_db", "code_error"])
+
+    # ------------------------------------------------------------------ for diagnostics
+    def test_pairs(self) -> list[Batch]:
+        """The test inputs at the training sigma with their clean targets, in batches the model takes."""
+        return [(self.test_inputs[self.sigma], self.test[0])]
+
+    @staticmethod
+    def reconstruction_scores(estimate: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+        """``nmse_db``: the pooled NMSE (dB) of the estimates against the clean signals."""
+        return {"nmse_db": nmse_db(estimate.flatten(1), target.flatten(1))}
 
     @staticmethod
     def curve(published: dict, history: list[dict], metric: str) -> pd.DataFrame:
@@ -272,7 +359,8 @@ class SyntheticDictionaryLearning:
         return f"m{self.m}_p{self.D_true.shape[1]}_s{self.s}_init{self.dict_init:g}"
 
     def metric_names(self) -> list[str]:
-        names = [DICTIONARY, RELATIVE, "val/code_error", "test/code_error"]
+        names = [DICTIONARY, RELATIVE, "val/code_error", "test/code_error", NMSE]
+        names += [name for s in self.test_sigmas for name in sigma_metrics(s)]
         return names + list(GRADIENT_METRICS) * self.gradient_study
 
     def artifacts(self) -> dict:

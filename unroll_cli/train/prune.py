@@ -36,7 +36,7 @@ import torch
 from hydra.utils import instantiate
 
 from unroll_cli.errors import ConfigError
-from unroll_cli.evaluate.diagnostics import measure_all
+from unroll_cli.evaluate.diagnostics import check_diagnostics, measure_all
 from unroll_cli.train.callbacks import Callback
 
 SCOPES = ("global", "layer")
@@ -112,6 +112,7 @@ class IterativeMagnitudePruning(Callback):
                               f"({epochs} epochs of {task.steps_per_epoch} steps)")
         self.names, self.model_name, self.paper = names, cfg.model.name, cfg.paper
         self.diagnostics = {name: instantiate(node, _recursive_=False) for name, node in cfg.diagnostics.items()}
+        check_diagnostics(self.diagnostics, model, cfg.model.name, task)
 
     # ------------------------------------------------------------------ training
     def on_fit_start(self, trainer) -> None:
