@@ -337,6 +337,28 @@ def test_an_error_in_an_import_after_ctrl_c_reads_as_the_interrupt(tmp_path, mon
     assert result.returncode == 130 and result.stderr == "unroll-train: interrupted\n"
 
 
+def test_ctrl_c_during_the_start_up_imports_is_held_until_they_are_done(monkeypatch):
+    """A KeyboardInterrupt raised inside torch's import can abort the process from its C++ code: the
+    start-up only remembers the signal, and raises once its block is done."""
+    from unroll_cli import interrupts
+
+    monkeypatch.setattr(interrupts, "_interrupted", False)
+    with interrupts.held():  # no signal: nothing raised
+        pass
+    previous = signal.getsignal(signal.SIGINT)
+    finished = False
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.held():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)  # the handler has run: it raised nothing here
+                finished = True
+        assert finished and interrupts.interrupted()
+        assert signal.getsignal(signal.SIGINT) is interrupts._on_sigint  # raising again afterwards
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def test_ctrl_c_during_start_up_is_one_line_and_writes_nothing(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])}
     proc = subprocess.Popen([sys.executable, "-m", "unroll_cli.cli", *FAST, f"hydra.run.dir={tmp_path / 'run'}"],

@@ -27,15 +27,16 @@ def train_main() -> None:
     """``unroll-train``: check the command line (:mod:`unroll_cli.command_line`), then run Hydra."""
     interrupts.install()
     try:
-        from unroll_cli.command_line import check_command_line
-        from unroll_cli.errors import ConfigError
+        with interrupts.held():  # the imports and the command line's check
+            from unroll_cli.command_line import check_command_line
+            from unroll_cli.errors import ConfigError
 
-        try:
-            check_command_line(sys.argv[1:])
-        except ConfigError as error:
-            print(f"unroll-train: {error}", file=sys.stderr)
-            sys.exit(2)
-        from unroll_cli.app import train_job
+            try:
+                check_command_line(sys.argv[1:])
+            except ConfigError as error:
+                print(f"unroll-train: {error}", file=sys.stderr)
+                sys.exit(2)
+            from unroll_cli.app import train_job
 
         train_job()
     except KeyboardInterrupt:
