@@ -147,6 +147,7 @@ def test_a_sweep_search_space_cannot_name_code_either(tmp_path):
     assert read_metrics(sweep / "0")["status"] == "failed"  # the trial is recorded with its error
 
 
+@pytest.mark.slow
 def test_trusted_packages_in_a_config_file_allow_the_users_own_classes(tmp_path):
     """A user's optimizer class runs when a config file of theirs trusts its package, and only then."""
     (tmp_path / "my_optim.py").write_text(
@@ -212,6 +213,7 @@ def test_a_run_directory_holding_another_run_is_refused_and_left_as_it_was(tmp_p
     assert snapshot(run_dir) == before  # metrics.json, .hydra/, checkpoints: the earlier run's, intact
 
 
+@pytest.mark.slow
 def test_a_second_process_on_a_busy_run_directory_is_refused_naming_the_first(tmp_path):
     run_dir = tmp_path / "run"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).parents[1]), **ONE_THREAD}
@@ -445,6 +447,7 @@ def test_killed_at_a_random_moment_the_pair_stays_consistent_and_resume_is_exact
 
 
 # ----------------------------------------------------------------------------- a user's own model
+@pytest.mark.slow
 def test_a_users_own_model_from_their_own_folders(tmp_path):
     """docs/adding_a_model.md's example, as a user types it: a module and a YAML file in their own folders."""
     (tmp_path / "my_models.py").write_text(

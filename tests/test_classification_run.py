@@ -37,6 +37,7 @@ def tiny_ml_ista_run(tmp_path, unfoldings: int, epochs: int):
     return run_dir
 
 
+@pytest.mark.slow
 def test_tiny_ml_ista_run_learns_and_reports_per_unfolding_accuracy(tmp_path):
     run_dir = tiny_ml_ista_run(tmp_path, unfoldings=2, epochs=4)
     record = read_metrics(run_dir)

@@ -93,6 +93,7 @@ def test_multirun_writes_one_directory_per_job(tmp_path):
     assert all(read_metrics(job)["status"] == "completed" for job in jobs)
 
 
+@pytest.mark.slow
 def test_runs_started_together_never_share_a_directory(tmp_path):
     args = [sys.executable, "-m", "unroll_cli.cli", *TINY, "model=ista"]
     env = {"PYTHONPATH": str(Path(__file__).parents[1]), "PATH": "/usr/bin:/bin"}

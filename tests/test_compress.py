@@ -167,6 +167,7 @@ def test_bad_input_is_one_line_and_exit_code_2(tmp_path, lista_run, tilista_run)
     assert not (tilista_run / "compressed_monarch" / "compress.json").exists()
 
 
+@pytest.mark.slow
 def test_ml_ista_classifier_is_compressed_with_accuracy_before_and_after(tmp_path):
     run_dir = tiny_ml_ista_run(tmp_path, unfoldings=1, epochs=1)
     run = read_metrics(run_dir)

@@ -124,6 +124,7 @@ def test_the_representer_view_says_why_it_does_not_apply():
 
 
 # ----------------------------------------------------------------------------- a whole run
+@pytest.mark.slow
 def test_tolooshams2022_mnist_run_learns_and_draws_the_representer_view(tmp_path):
     write_learnable_mnist(tmp_path / "data/MNIST/raw", np.random.default_rng(0), n_train=400, n_test=60)
     common = ["+experiment=tolooshams2022_mnist", f"data.root={tmp_path / 'data'}", "data.download=false",

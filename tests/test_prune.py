@@ -205,6 +205,7 @@ KILL_ARGS = [*FAST, "model=lista", "+callbacks=prune", "callbacks.prune.rounds=3
              "trainer.max_epochs=3", "trainer.steps_per_epoch=25"]
 
 
+@pytest.mark.slow
 def test_killed_at_random_moments_a_pruning_run_resumes_exactly(tmp_path):
     done = run_cli([*KILL_ARGS, f"hydra.run.dir={tmp_path / 'straight'}"], cwd=tmp_path, env=ONE_THREAD)
     assert done.returncode == 0, done.stderr

@@ -51,6 +51,7 @@ def sweep_records(sweep) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("*/metrics.json")}
 
 
+@pytest.mark.slow
 def test_optuna_sweep_finds_the_best_run_resumes_and_prunes(tmp_path, capsys):
     sweep = tmp_path / "sweep"
     args = ["-m", "hparams_search=lista_cpss_optuna", *FAST, f"hydra.sweep.dir={sweep}"]
@@ -105,7 +106,7 @@ def test_a_failing_trial_fails_the_sweep_but_not_the_study(tmp_path):
     assert [t.state for t in study.trials] == [TrialState.FAIL] * 2
 
 
-@pytest.mark.parametrize("launcher", ["joblib", "submitit_local"])
+@pytest.mark.parametrize("launcher", ["joblib", pytest.param("submitit_local", marks=pytest.mark.slow)])
 def test_launchers_run_every_job_in_its_own_directory(tmp_path, launcher):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", *FAST, "model=ista,lista", f"hydra/launcher={launcher}",
@@ -128,6 +129,7 @@ def test_slurm_gpu_launcher_config_composes(tmp_path):
     assert launcher["max_num_timeout"] >= 1  # requeued at the time limit, resumed from its checkpoint
 
 
+@pytest.mark.slow
 def test_an_interrupted_job_resumes_when_run_again(tmp_path):
     from test_cli import interrupt_after_history
 
