@@ -245,31 +245,24 @@ def test_the_yaml_composes_validates_and_builds_the_task(folders):
 
 
 # ----------------------------------------------------------------------------- training and report
-def test_loss_is_half_the_summed_squared_error_plus_the_models_penalty(folders):
-    task = make_task(folders, n_figures=0)
+@pytest.mark.parametrize("reduction, divisor, per_position", [("sum", 2, False), ("pixel_mean", 18, True)])
+def test_loss_is_half_the_squared_error_per_image_or_per_pixel_plus_the_models_penalty(folders, reduction, divisor,
+                                                                                       per_position):
+    """data.loss_reduction=sum: 0.5 x the squared error summed over the pixels, mean over the 2 images;
+    pixel_mean (PUDLE's SparseLoss on images): 0.5 x the mean over all 2 x 3 x 3 squared errors, the
+    model's penalty asked per code position."""
+    task = make_task(folders, n_figures=0, loss_reduction=reduction)
     clean = torch.rand(2, 1, 3, 3)
     estimate = clean + torch.arange(18.0).view(2, 1, 3, 3) / 100
-    expected = 0.5 * sum((v / 100) ** 2 for v in range(18)) / 2
+    expected = 0.5 * sum((v / 100) ** 2 for v in range(18)) / divisor
     model = Identity()
     assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected, rel=1e-5)
-    model.loss_penalty = lambda per_position: torch.tensor(3.0 + per_position)
-    assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected + 3, rel=1e-5)
+    model.loss_penalty = lambda per_position: torch.tensor(3.0 + per_position)  # 4 when asked per position
+    assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected + 3 + per_position,
+                                                                                    rel=1e-5)
     model.loss_penalty = lambda per_position: None
     assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected, rel=1e-5)
-
-
-def test_pixel_mean_loss_is_half_the_mean_squared_error_over_pixels_and_images(folders):
-    """data.loss_reduction=pixel_mean (PUDLE's SparseLoss on images): 0.5 * the mean over all 2 x 3 x 3
-    squared errors, and the model's penalty asked per code position."""
-    task = make_task(folders, n_figures=0, loss_reduction="pixel_mean")
-    clean = torch.rand(2, 1, 3, 3)
-    estimate = clean + torch.arange(18.0).view(2, 1, 3, 3) / 100
-    expected = 0.5 * sum((v / 100) ** 2 for v in range(18)) / 18
-    model = Identity()
-    assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected, rel=1e-5)
-    model.loss_penalty = lambda per_position: torch.tensor(3.0 + per_position)
-    assert task.loss([estimate], (estimate, clean), model).item() == pytest.approx(expected + 4, rel=1e-5)
-    assert "data.loss_reduction=pixel_mean" in task.conventions()
+    assert f"data.loss_reduction={reduction}" in task.conventions()
 
 
 def test_training_and_report_with_a_stand_in_model(folders, tmp_path, one_thread):
