@@ -5,6 +5,7 @@ mode's dictionaries after training steps, a tiny CLI run from a run directory's 
 refusals. Tiny MNIST files in the real format (test_classification_run.write_learnable_mnist)."""
 from __future__ import annotations
 
+import copy
 import math
 from pathlib import Path
 
@@ -99,6 +100,23 @@ def test_the_training_loss_is_the_weighted_reconstruction_and_cross_entropy(mnis
     assert abs(reconstruction - cross_entropy) > 0.1  # a swapped weight would show
 
 
+def test_the_test_metrics_hold_the_mean_reconstruction_error_of_the_test_images(mnist_root):
+    """The classification task's test metrics of this model add its reconstruction error: the mean over
+    the test images of sum (y - A x - B u)^2, here against the written-out FISTA in float64 over the
+    task's preprocessed test images, in eval batches smaller than the set (a weighting error shows)."""
+    task = tiny_task(mnist_root)
+    task.eval_batch_size = 7
+    torch.manual_seed(0)
+    model = DenSaEClassifier(1, 10, 28, split="2A3B", layers=T, lam=LAM, step=STEP, rho=RHO, kernel_size=28,
+                             stride=1, two_sided=False)
+    scores = task.evaluate(model)
+    images = task.preprocess(task.test_images).double()
+    _, estimate = written_out(copy.deepcopy(model).double(), images, T)
+    expected = (images - estimate).pow(2).flatten(1).sum(dim=1).mean().item()
+    assert math.isclose(scores["reconstruction"], expected, rel_tol=1e-5)
+    assert set(scores) == {"acc", "loss", "reconstruction"}
+
+
 def write_run(folder: Path, shapes: dict[str, tuple[int, ...]], seed: int = 2) -> dict[str, np.ndarray]:
     """A run directory's dictionary files (not unit-norm, so a renormalisation would change them)."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -150,6 +168,7 @@ def test_a_tiny_disjoint_run_from_a_run_directory_reports_test_accuracy(mnist_ro
     assert result.returncode == 0, result.stdout + result.stderr
     record = read_metrics(run_dir)
     assert record["status"] == "completed" and record["metrics"]["test/acc"] > 30
+    assert record["metrics"]["test/reconstruction"] > 0
     assert np.array_equal(np.load(run_dir / "dictionary.npy"), arrays["dictionary.npy"])
     assert (run_dir / "figures" / "atoms.png").is_file()
 

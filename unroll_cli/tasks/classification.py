@@ -194,12 +194,15 @@ class ImageClassification:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def _score(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               unfoldings: int | None = None) -> tuple[float, float]:
-        """(accuracy in %, mean NLL) over a held set, in eval mode and eval batches."""
+               unfoldings: int | None = None) -> dict[str, float]:
+        """Accuracy in % (``acc``) and mean NLL (``loss``) over a held set, in eval mode and eval batches;
+        with a model that also reconstructs its input (it leaves the batch's mean per-image squared error
+        in ``model.reconstruction``, as DenSaE's classifier), that error's mean too (``reconstruction``)."""
         was_training = model.training
         model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         nll = torch.zeros((), dtype=torch.float64, device=self.device)
+        reconstruction = None
         try:
             for start in range(0, len(images), self.eval_batch_size):
                 x = self.preprocess(images[start:start + self.eval_batch_size])
@@ -207,28 +210,34 @@ class ImageClassification:
                 out = model(x, unfoldings).float()
                 nll += F.nll_loss(out, y, reduction="sum").double()
                 correct += (out.argmax(dim=1) == y).sum()
+                error = getattr(model, "reconstruction", None)
+                if error is not None:
+                    reconstruction = (0 if reconstruction is None else reconstruction) + error.double() * len(x)
         finally:
             model.train(was_training)
         n = max(len(images), 1)
-        return 100.0 * correct.item() / n, nll.item() / n
+        scores = {"acc": 100.0 * correct.item() / n, "loss": nll.item() / n}
+        if reconstruction is not None:
+            scores["reconstruction"] = reconstruction.item() / n
+        return scores
 
     def validate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
         """The monitored accuracy (%) and mean loss: on the validation set, or the test set if val_size=0."""
         split = self.monitor.split("/")[0]
         images, labels = ((self.val_images, self.val_labels) if split == "val"
                           else (self.test_images, self.test_labels))
-        acc, loss = self._score(model, images, labels, unfoldings)
-        return {self.monitor: acc, f"{split}/loss": loss}
+        scores = self._score(model, images, labels, unfoldings)
+        return {self.monitor: scores["acc"], f"{split}/loss": scores["loss"]}
 
     def evaluate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
-        """Test accuracy (%) and mean loss, with ``unfoldings`` iterations (None = the model's default)."""
-        acc, loss = self._score(model, self.test_images, self.test_labels, unfoldings)
-        return {"acc": acc, "loss": loss}
+        """Test accuracy (%) and mean loss (and reconstruction error, see :meth:`_score`), with
+        ``unfoldings`` iterations (None = the model's default)."""
+        return self._score(model, self.test_images, self.test_labels, unfoldings)
 
     def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
         """Final, best and windowed-mean test accuracy; accuracy per number of unfoldings T' = 0..T."""
         final = self.evaluate(model)
-        metrics = {"test/acc": final["acc"], "test/loss": final["loss"]}
+        metrics = {f"test/{key}": value for key, value in final.items()}
         summary = accuracy_summary(history, self.monitor, final["acc"], self.acc_mean_epochs)
         if self.monitor.startswith("test/"):  # per-epoch test accuracy, the paper's protocol
             metrics.update({f"test/{k}": v for k, v in summary.items()})
