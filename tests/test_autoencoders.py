@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from conftest import compose_cfg
+from test_densae import authors_pads
 from unroll_cli.errors import ConfigError
 from unroll_cli.validation import validate
 from unroll_cli.models.autoencoders import GroupSparseAutoencoder, SparseAutoencoder
@@ -135,6 +136,34 @@ def test_conv_encoder_equals_the_dense_encoder_on_the_convolution_matrix(encoder
     expected, = torch.autograd.grad(0.5 * ((recs[-1] - x.flatten(1)) ** 2).sum() / 2, W)
     denoising_loss(outputs, (x, x), model).backward()
     torch.testing.assert_close(model.weight.grad, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_shifts_average_the_encoder_over_the_reflect_padded_shifted_copies():
+    """model.shifts, 11x13 images, 4x4 filters at stride 3: each layer's output, and the g_ae-ls gradient
+    through the whole unrolled encoder, are those of the mean over the 9 shifted copies (the authors'
+    pads, test_densae.authors_pads) of ISTA on each copy's convolution matrix, cut to the image."""
+    model = SparseAutoencoder(1, filters=3, kernel_size=4, stride=3, shifts=True, layers=4, lam=0.3, step=0.2)
+    x = torch.randn(2, 1, 11, 13)
+    W = model.weight.detach().clone().requires_grad_()
+    left, right, top, bottom = authors_pads(11, 13, 4, 3)
+    copies = []
+    for i in range(3):
+        for j in range(3):
+            padded = F.pad(x, (left - j, right + j, top - i, bottom + i), mode="reflect")
+            recs = unrolled(conv_matrix(W, 3, *padded.shape[-2:]), padded.flatten(1), 0.2, 0.3 * 0.2, 4)[1]
+            copies.append(recs.unflatten(2, padded.shape[1:])[..., top - i:top - i + 11, left - j:left - j + 13])
+    expected = torch.stack(copies).mean(dim=0)
+    outputs = model(x)
+    torch.testing.assert_close(torch.stack(outputs), expected, rtol=1e-12, atol=1e-13)
+    expected_grad, = torch.autograd.grad(0.5 * ((expected[-1] - x) ** 2).sum() / 2, W)
+    denoising_loss(outputs, (x, x), model).backward()
+    torch.testing.assert_close(model.weight.grad, expected_grad, rtol=1e-10, atol=1e-12)
+    unshifted = SparseAutoencoder(1, filters=3, kernel_size=4, stride=3, layers=4, lam=0.3, step=0.2)
+    with torch.no_grad():
+        unshifted.weight.copy_(W)
+        assert (unshifted(x)[-1] - outputs[-1]).abs().max() > 1e-2  # the option changes the estimate
+    with pytest.raises(ValueError, match="model.shifts=true .* model.conv=true"):
+        dense(shifts=True)
 
 
 @pytest.mark.parametrize("grad", ["g_dec", "g_ae_lasso", "g_ae_ls"])
@@ -383,3 +412,13 @@ def test_bad_values_are_refused_before_training(override, key):
     with pytest.raises(ConfigError, match=key):
         validate(cfg)
         build_model(cfg.model, denoising_task(torch.rand(8, 1, 40, 40)), cfg)
+
+
+def test_shifts_reach_the_model_from_the_config_and_inputs_too_small_for_the_pads_are_refused():
+    cfg = compose_cfg(["model=sparse_ae", "model.shifts=true"])
+    validate(cfg)
+    assert build_model(cfg.model, denoising_task(torch.rand(8, 1, 40, 40)), cfg).shifts
+    small = denoising_task(torch.rand(8, 1, 10, 10))
+    small.model_kwargs = lambda: {"in_channels": 1, "input_sizes": {"data.crop": (10, 10)}}
+    with pytest.raises(ConfigError, match="model.shifts=true.*data.crop, 10x10 pixels, is too small for the stride"):
+        build_model(cfg.model, small, cfg)

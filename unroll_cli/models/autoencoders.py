@@ -19,7 +19,10 @@ stride)`` sized back to the input, its exact adjoint; ``W`` is (filters, C, k, k
 matrix product with the image's k x k patches (``unfold``) or into them (``fold``, the adjoint): on
 the CPU at PUDLE's sizes ``conv_transpose2d`` takes about 4x as long as the product and fold, and
 a training step with conv2d / conv_transpose2d 2x as long (``scripts/bench_denoise.py``). Dense: ``D`` is a
-(d, atoms) matrix on images flattened to ``d = C*H*W``.
+(d, atoms) matrix on images flattened to ``d = C*H*W``. ``shifts`` (conv, stride > 1): the encoder codes the
+``stride^2`` shifted reflect-padded copies of each image and each layer's output is the average of their
+reconstructions (:mod:`unroll_cli.models.shifts`, as CRsAE's and DenSaE's ``split_image``); off by default,
+as PUDLE's committed denoising checkpoints were trained.
 
 Gradient of the dictionary (``grad``: PUDLE's estimators g_dec, g_ae-lasso and g_ae-ls, as the authors'
 ``src/train_dl_choose_gd.py`` computes them): ``g_dec`` detaches ``z_T`` before the decoder in
@@ -51,6 +54,7 @@ from torch import Tensor, nn
 from unroll_cli.schema import constrained, register_schema
 from unroll_cli.models.arguments import check_bool, check_choice, check_int, check_number, fista_momentum
 from unroll_cli.models.prox import group_soft_threshold, hard_threshold, nonneg_soft_threshold, soft_threshold
+from unroll_cli.models.shifts import Windows, average_shifts, shift_fits, split_shifts
 
 GRADS = ("g_dec", "g_ae_lasso", "g_ae_ls", "noodl")
 EVAL_SIDE = 512  # without the task's input sizes, images are assumed at most this many pixels on a side (memory)
@@ -90,6 +94,9 @@ class TiedAutoencoderConfig:
     filters: int = _at_least(64, 1)
     kernel_size: int = _at_least(9, 1)
     stride: int = _at_least(4, 1)
+    # conv: code the stride^2 shifted reflect-padded copies of each image and average their
+    # reconstructions (models/shifts.py, as DenSaE); false: the image itself (PUDLE's checkpoints)
+    shifts: bool = False
     atoms: int = _at_least(500, 1)  # dense dictionary (conv false): its columns
     # dense: d = C*H*W of the input; null takes it from the task's training images
     input_dim: Optional[int] = constrained(None, "null or an integer >= 1", lambda v: v is None or v >= 1)
@@ -181,7 +188,8 @@ class TiedAutoencoder(nn.Module):
     def __init__(self, in_channels: int, layers: int = 15, lam: float = 0.12, step: float = 0.1,
                  encoder: str = "ista", grad: str = "g_ae_ls", two_sided: bool = True,
                  normalize: bool = True, conv: bool = True, filters: int = 64, kernel_size: int = 9,
-                 stride: int = 4, atoms: int = 500, input_dim: int | None = None, init: str = "random",
+                 stride: int = 4, shifts: bool = False, atoms: int = 500, input_dim: int | None = None,
+                 init: str = "random",
                  init_norm: str = "unit", dictionary_path: str | None = None, check_step: bool = True,
                  threshold_decay: float = 1.0,
                  threshold_decay_drop: float = 0.0, threshold_decay_every: int = 100,
@@ -212,6 +220,10 @@ class TiedAutoencoder(nn.Module):
         if self.conv and init_dictionary is not None:
             raise ValueError("conv=true, but the task gives a dense initial dictionary (a matrix of "
                              f"{tuple(init_dictionary.shape)}): set conv=false")
+        self.shifts = check_bool("shifts", shifts)
+        if self.shifts and not self.conv:
+            raise ValueError("model.shifts=true codes shifted copies of the images for a convolutional "
+                             "dictionary: set model.conv=true or model.shifts=false")
         if self.conv:
             self.stride = check_int("stride", stride, 1)
             k = check_int("kernel_size", kernel_size, 1)
@@ -258,9 +270,14 @@ class TiedAutoencoder(nn.Module):
                 raise ValueError(f"model.stride={self.stride} is larger than model.kernel_size={k}: the pixels "
                                  f"of {where}, {h}x{w}, between the filters' windows would never be "
                                  "reconstructed; choose a stride <= kernel_size")
+            if self.shifts:
+                reason = shift_fits(h, w, k, self.stride)
+                if reason:
+                    raise ValueError(f"model.shifts=true, model.kernel_size={k}, model.stride={self.stride}: "
+                                     f"{where}, {h}x{w} pixels, is {reason}")
         for where, (h, w) in sizes.items():
             left = [(h - k) % self.stride, (w - k) % self.stride]
-            if any(left):
+            if any(left) and not self.shifts:  # the shifted copies' pads reach every pixel
                 fits = [side - r for side, r in zip((h, w), left)]
                 log.warning("model.kernel_size=%d, model.stride=%d: the last %d rows and %d columns of %s, "
                             "%dx%d, are in no filter window, their estimate is 0 (a side of kernel_size + a "
@@ -385,16 +402,22 @@ class TiedAutoencoder(nn.Module):
         if isinstance(depth, bool) or not isinstance(depth, Integral) or not 1 <= depth <= self.layers:
             raise ValueError(f"depth must be an integer in [1, {self.layers}], got {depth!r}")
         self._check_input(x)
+        copies, windows = self._copies(x)
         decoder_only = self.training and self.grad in ("g_dec", "noodl")
         with torch.set_grad_enabled(torch.is_grad_enabled() and not decoder_only):
-            z, outputs = self._encode(x, depth)
+            z, outputs = self._encode(copies, depth)
         if decoder_only and self.grad == "g_dec":  # z_T is a constant: only the decoder gives D a gradient
-            outputs[-1] = self._synthesis(z, x)
+            outputs[-1] = self._synthesis(z, copies)
         elif decoder_only:  # NOODL: the value D z_T, the gradient through D sign(z_T)
-            through_sign = self._synthesis(torch.sign(z), x)
+            through_sign = self._synthesis(torch.sign(z), copies)
             outputs[-1] = outputs[-1] + (through_sign - through_sign.detach())
         self._code = None if self.grad in ("g_ae_ls", "noodl") else z
-        return outputs
+        return [average_shifts(output, windows) for output in outputs]
+
+    def _copies(self, x: Tensor) -> tuple[Tensor, Windows | None]:
+        """What the encoder codes: the shifted copies of the images and where they hold them
+        (``shifts``), or the images themselves and no windows."""
+        return split_shifts(x, self.weight.shape[-1], self.stride) if self.shifts else (x, None)
 
     def _encode(self, x: Tensor, depth: int) -> tuple[Tensor, list[Tensor]]:
         """``z_depth`` and ``D z_t`` for t = 1..depth: ISTA steps ``z <- S(v - alpha D^T (D v - x))`` at
@@ -431,9 +454,10 @@ class TiedAutoencoder(nn.Module):
     def encode(self, x: Tensor, steps: int | None = None) -> Tensor:
         """``z_T``, the code after all ``layers`` steps (for the representer view), or after ``steps``
         steps of the same network, more or fewer than its layers (the lasso solution of a dictionary
-        learning task's gradient study: the network unrolled 1000 times)."""
+        learning task's gradient study: the network unrolled 1000 times); with ``shifts``, the codes of
+        the shifted copies, image n's at ``n stride^2 .. (n + 1) stride^2 - 1``."""
         self._check_input(x)
-        return self._encode(x, self.layers if steps is None else check_int("steps", steps, 1))[0]
+        return self._encode(self._copies(x)[0], self.layers if steps is None else check_int("steps", steps, 1))[0]
 
     def dictionary_gradient(self, x: Tensor, code: Tensor | None = None) -> Tensor:
         """The gradient with respect to the dictionary of ``0.5 ||x - D z||^2`` summed over the input and
@@ -451,7 +475,8 @@ class TiedAutoencoder(nn.Module):
                     estimate = self(x)[-1]
                     penalty = self.loss_penalty()
                 else:
-                    estimate, penalty = self._synthesis(code.detach(), x), 0.0
+                    copies, windows = self._copies(x)
+                    estimate, penalty = average_shifts(self._synthesis(code.detach(), copies), windows), 0.0
                 loss = 0.5 * (estimate - x).pow(2).flatten(1).sum(dim=1).mean() + penalty
                 return torch.autograd.grad(loss, self.weight)[0]
         finally:
@@ -463,12 +488,16 @@ class TiedAutoencoder(nn.Module):
         if self.conv and min(x.shape[-2:]) < self.weight.shape[-1]:
             raise ValueError(f"images must be at least kernel_size={self.weight.shape[-1]} on a side, "
                              f"got {tuple(x.shape[-2:])}")
+        reason = self.shifts and shift_fits(*x.shape[-2:], self.weight.shape[-1], self.stride)
+        if reason:
+            raise ValueError(f"images of {tuple(x.shape[-2:])} pixels are {reason}")
         if not self.conv and x[0].numel() != self.weight.shape[0]:
             raise ValueError(f"x must hold C*H*W = {self.weight.shape[0]} values per image, "
                              f"got {tuple(x.shape)}")
 
     def loss_penalty(self, per_position: bool = False) -> Tensor:
-        """``lam`` times the code penalty of the last forward's ``z_T``, mean over the batch and, with
+        """``lam`` times the code penalty of the last forward's ``z_T``, mean over the batch (with
+        ``shifts``: over the shifted copies of its images) and, with
         ``per_position``, over the code's positions too (a convolutional code's H' x W'; a dense code
         has one), as the task's ``data.loss_reduction=pixel_mean``; for the lasso loss (``g_dec``: on
         the detached code, no gradient; ``g_ae_lasso``); zero for ``g_ae_ls``."""
@@ -501,13 +530,15 @@ class TiedAutoencoder(nn.Module):
         moments; per layer about three codes and two images kept for the backward pass; at evaluation
         every layer's image and a few codes, for the largest of the task's inputs (without them, images
         up to ``EVAL_SIDE`` pixels on a side). A convolutional code is ``filters / stride^2`` times the
-        pixels of the image."""
+        pixels of the image; with ``shifts`` the encoder's images and codes are ``stride^2`` times more."""
         pixels = init_images[0].numel() if init_images is not None else in_channels * EVAL_SIDE ** 2
         eval_pixels = (in_channels * max(h * w for h, w in input_sizes.values()) if input_sizes
                        else max(pixels, in_channels * EVAL_SIDE ** 2))
         if config["conv"]:
             filters, k, stride = config["filters"], config["kernel_size"], config["stride"]
             ratio = filters / (in_channels * stride ** 2)
+            if config.get("shifts"):
+                pixels, eval_pixels = pixels * stride ** 2, eval_pixels * stride ** 2
             weights, code, eval_code = filters * in_channels * k * k, ratio * pixels, ratio * eval_pixels
         else:
             pixels = eval_pixels = config["input_dim"] or pixels
