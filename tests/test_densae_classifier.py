@@ -174,20 +174,24 @@ def test_a_tiny_disjoint_run_from_a_run_directory_reports_test_accuracy(mnist_ro
 
 
 def test_the_autoencoder_then_the_classifier_on_its_frozen_codes(mnist_root, tmp_path, one_thread):
-    """The paper's disjoint steps: beta 0 trains the autoencoder alone (here with unit-norm filters), then
-    a run reads its dictionary_A.npy and dictionary_B.npy and keeps them."""
+    """The paper's disjoint steps: beta 0 trains the autoencoder alone (here with unit-norm filters and a
+    learned threshold per sparse filter, CSCNet-LS's), then a run reads its dictionary_A.npy,
+    dictionary_B.npy and thresholds.npy and keeps them."""
     ae, disjoint = tmp_path / "ae", tmp_path / "disjoint"
     result = run_cli(mnist_args(mnist_root, "model.split=2A6B", "model.beta=0", "model.normalize=true",
-                                f"hydra.run.dir={ae}"), cwd=tmp_path)
+                                "model.learn_threshold=true", "model.threshold_init=0", f"hydra.run.dir={ae}"),
+                     cwd=tmp_path)  # threshold 0: the sparse code is active on these faint images
     assert result.returncode == 0, result.stdout + result.stderr
     A = np.load(ae / "dictionary_A.npy")
     assert A.shape == (2, 1, 28, 28) and np.allclose(np.linalg.norm(A.reshape(2, -1), axis=1), 1, atol=1e-6)
+    thresholds = np.load(ae / "thresholds.npy")
+    assert thresholds.shape == (6,) and np.ptp(thresholds) > 0  # learned: no longer all threshold_init
     result = run_cli(mnist_args(mnist_root, "model.split=2A6B", f"model.encoder_run={ae}", "model.train_encoder=false",
-                                "model.beta=1", f"hydra.run.dir={disjoint}"), cwd=tmp_path)
+                                "model.learn_threshold=true", "model.beta=1", f"hydra.run.dir={disjoint}"), cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert read_metrics(disjoint)["metrics"]["test/acc"] >= 0
-    for name in ("A", "B"):
-        assert np.array_equal(np.load(disjoint / f"dictionary_{name}.npy"), np.load(ae / f"dictionary_{name}.npy"))
+    for name in ("dictionary_A", "dictionary_B", "thresholds"):
+        assert np.array_equal(np.load(disjoint / f"{name}.npy"), np.load(ae / f"{name}.npy"))
 
 
 @pytest.mark.parametrize("extra, named", [
@@ -202,7 +206,7 @@ def test_bad_values_are_refused_naming_the_key(mnist_root, tmp_path, extra, name
 
 @pytest.mark.parametrize("extra, named", [
     (["model.split=2A5B"], ["model.encoder_run", "dictionary_B.npy", "(6, 1, 28, 28)", "(5, 1, 28, 28)"]),
-    (["model.learn_threshold=true"], ["model.encoder_run", "model.learn_threshold"])])
+    (["model.split=2A6B", "model.learn_threshold=true"], ["model.encoder_run", "thresholds.npy"])])
 def test_a_run_directory_that_does_not_fit_is_refused(mnist_root, tmp_path, extra, named):
     write_run(tmp_path / "ae", {"dictionary_A.npy": (2, 1, 28, 28), "dictionary_B.npy": (6, 1, 28, 28)})
     refused(tmp_path, mnist_args(mnist_root, f"model.encoder_run={tmp_path / 'ae'}", *extra), *named)

@@ -194,6 +194,11 @@ class DenSaE(nn.Module):
             self.A.copy_(unit_atoms(self.A, True))
             self.B.copy_(unit_atoms(self.B, True))
 
+    def thresholds(self) -> Tensor | None:
+        """The learned threshold of each sparse filter (CSCNet-LS, ``learn_threshold``), detached, shape
+        (filters of B,): saved with the run as ``thresholds.npy``; None for the fixed ``lam * step``."""
+        return None if self.b is None else self.b.detach().flatten()
+
     def dictionaries(self) -> dict[str, Tensor]:
         """The filters of A (when there are any) and of B, detached (K, C, k, k)."""
         found = {"A": self.A.detach(), "B": self.B.detach()}

@@ -20,7 +20,7 @@ of ``A x_T + B u_T`` summed over the pixels, mean over the batch (their ``L2loss
 ``encoder_run`` is the directory of a finished run of DenSaE (``model=densae`` on ``data=mnist_denoise``,
 or this model, e.g. with ``beta: 0``): its ``dictionary_A.npy`` and ``dictionary_B.npy`` (``dictionary.npy``
 for a split without A), read as data (``allow_pickle=False``) and checked against the split and the
-filters' size. A learned threshold per filter (CSCNet-LS) is not among those files, so it is refused there.
+filters' size; with ``learn_threshold`` (CSCNet-LS) also its ``thresholds.npy``, one per sparse filter.
 """
 from __future__ import annotations
 
@@ -89,17 +89,17 @@ class DenSaEClassifier(nn.Module):
         self.reconstruction: Tensor | None = None  # rec of the last forward, for joint_loss
 
     def _read_encoder(self, run: Path) -> None:
-        """The dictionaries of a finished DenSaE run (module docstring)."""
-        if self.encoder.b is not None:
-            raise ValueError("model.encoder_run with model.learn_threshold=true: a run directory holds the "
-                             "dictionaries (.npy), not the learned thresholds; leave model.learn_threshold false")
+        """The dictionaries (and learned thresholds) of a finished DenSaE run (module docstring)."""
         if not run.is_dir():
             raise FileNotFoundError(f"model.encoder_run: no run directory at {run}")
         found = self.encoder.dictionaries()
-        for name, atoms in found.items():
-            file = run / (f"dictionary_{name}.npy" if len(found) > 1 else "dictionary.npy")
+        files = {name: (f"dictionary_{name}.npy" if len(found) > 1 else "dictionary.npy") for name in found}
+        if self.encoder.b is not None:
+            found["b"], files["b"] = self.encoder.thresholds(), "thresholds.npy"
+        for name, values in found.items():
             with torch.no_grad():
-                getattr(self.encoder, name).copy_(load_dictionary(file, tuple(atoms.shape), key="model.encoder_run"))
+                read = load_dictionary(run / files[name], tuple(values.shape), key="model.encoder_run")
+                getattr(self.encoder, name).copy_(read.view_as(getattr(self.encoder, name)))
 
     @property
     def unfoldings(self) -> int:
@@ -134,3 +134,7 @@ class DenSaEClassifier(nn.Module):
     def dictionaries(self) -> dict[str, Tensor]:
         """The encoder's A (when there is one) and B."""
         return self.encoder.dictionaries()
+
+    def thresholds(self) -> Tensor | None:
+        """The encoder's learned thresholds (``learn_threshold``), or None."""
+        return self.encoder.thresholds()

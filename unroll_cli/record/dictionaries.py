@@ -2,7 +2,9 @@
 ``dictionary.npy`` for a model with one, ``dictionary_<name>.npy`` for each of several (DenSaE's
 ``y = A x + B u``), and each stack of image-shaped atoms (K, C, h, w) drawn as
 ``figures/atoms.png`` (``atoms_<name>.png`` for several). A matrix dictionary (m, n) has its atoms
-as columns and is not drawn."""
+as columns and is not drawn. A model's ``thresholds()`` (the LISTA family's per layer, CSCNet-LS's
+learned per filter), when it has them, go to ``thresholds.npy``: with the dictionaries, what a run
+directory gives a model that starts from it (``model=densae_classifier model.encoder_run=RUN_DIR``)."""
 from __future__ import annotations
 
 import torch
@@ -20,3 +22,6 @@ def write_dictionaries(model: torch.nn.Module, recorder, model_name: str) -> Non
         if array.dim() == 4:
             title = f"{model_title(model_name, model)}: dictionary {name}"
             recorder.write_figure(f"atoms{suffix}.png", figures.atoms_figure(array, title))
+    thresholds = getattr(model, "thresholds", lambda: None)()
+    if thresholds is not None:
+        recorder.write_array("thresholds.npy", thresholds.cpu().numpy())
