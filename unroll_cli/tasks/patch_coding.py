@@ -48,6 +48,8 @@ null_or_positive = lambda v: v is None or v > 0  # noqa: E731
 EVAL_CHUNK = 250
 #: patches whose codes are solved at once (CoD runs until the slowest of them converges)
 SOLVE_CHUNK = 1000
+#: baseline iterations results.md shows beyond the model's layers (layers.csv has all)
+SHOWN_ITERATIONS = (1, 2, 3, 5, 7, 10, 18, 20, 35, 50, 100, 200, 500, 1000)
 
 
 @register_schema("data", "image_patches")
@@ -102,7 +104,8 @@ class PatchCoding:
                  baselines: list[str], seed: int = 0, device: str | torch.device = "cpu",
                  trainer: DictConfig | None = None):
         self.device = torch.device(device)
-        self.size, self.min_std, self.alpha, self.tol, self.max_cod_steps = patch_size, min_std, alpha, tol, max_cod_steps
+        self.size, self.min_std, self.alpha = patch_size, min_std, alpha
+        self.tol, self.max_cod_steps = tol, max_cod_steps
         self.batch_size, self.baseline_iterations, self.baselines = batch_size, baseline_iterations, list(baselines)
         dim = patch_size * patch_size
         if dictionary_path:
@@ -128,9 +131,11 @@ class PatchCoding:
         where = (f"read from {Path(dictionary_path).expanduser().resolve()}" if dictionary_path else
                  f"learned in {dictionary_steps} steps of {dictionary_batch} patches (data.dictionary_seed="
                  f"{dictionary_seed})")
-        self.data_source = (f"{patch_size}x{patch_size} patches of {folder_name(train_dir)} (training {'online' if n_train is None else f'pool of {n_train}'} drawn by "
-                            f"seed={seed}, validation by data.val_seed={val_seed}) and of {folder_name(test_dir)} "
-                            f"(test, data.test_seed={test_seed}); dictionary {dim}x{atoms} {where}")
+        training = "online" if n_train is None else f"a pool of {n_train}"
+        self.data_source = (f"{patch_size}x{patch_size} patches of {folder_name(train_dir)} (training {training} "
+                            f"drawn by seed={seed}, validation by data.val_seed={val_seed}) and of "
+                            f"{folder_name(test_dir)} (test, data.test_seed={test_seed}); dictionary {dim}x{atoms} "
+                            f"{where}")
 
     def _fixed_set(self, images: list[torch.Tensor], count: int, seed: int) -> Batch:
         x = draw_patches(images, count, self.size, self.min_std, torch.Generator().manual_seed(seed))
@@ -185,7 +190,8 @@ class PatchCoding:
         sums = None
         for start in range(0, len(x), EVAL_CHUNK):
             target = z[start:start + EVAL_CHUNK]
-            errors = [target.pow(2).sum()] + [(e.float() - target).pow(2).sum() for e in model(x[start:start + EVAL_CHUNK])]
+            estimates = model(x[start:start + EVAL_CHUNK])
+            errors = [target.pow(2).sum()] + [(e.float() - target).pow(2).sum() for e in estimates]
             sums = torch.stack(errors) if sums is None else sums + torch.stack(errors)
         return (sums / len(x)).tolist()
 
@@ -204,7 +210,7 @@ class PatchCoding:
             metrics[f"baseline/{name}/{METRIC}"] = curve[len(per_layer) - 1]  # at the model's depth
             reached = [t for t in range(1, depth) if curve[t] <= error]
             metrics[f"baseline/{name}/{MATCH}"] = float(reached[0] - 1) if reached else float("nan")
-        setting, variant = self.setting(), self.variant(model_name, model)
+        setting, variant = self.setting(), self.variant(paper, model_name, model)
         targets = self.targets(paper)
         published = None
         for name, value in (targets.get(variant) or {}).items():
@@ -213,8 +219,10 @@ class PatchCoding:
         if METRIC in (targets.get(variant) or {}):
             published = Published(METRIC, metrics.pop(f"published/{METRIC}"), paper.source, f"{setting}, {variant}")
         title = f"{model_title(model_name, model)}, {self.W.shape[0]}-pixel patches, {self.W.shape[1]} atoms"
+        shown = layers[(layers.layer < len(per_layer)) | layers.layer.isin([k + 1 for k in SHOWN_ITERATIONS])]
         tables = {"layers.csv": Table(layers, ["layer"], "Mean squared code error ||Z* - Z||^2 per layer (test "
-                                      "patches; layer 0 = the all-zero code; layer k + 1 = the paper's k iterations)")}
+                                      "patches; layer 0 = the all-zero code; layer k + 1 = the paper's k iterations; "
+                                      "layers.csv has every layer)", shown=shown)}
         if paper is not None and paper.get("targets"):
             tables["table1.csv"] = Table(self.table1(paper, variant, error, layers), ["row"],
                                          f"Table 1 of {paper.source} beside this run")
@@ -233,8 +241,8 @@ class PatchCoding:
         for setting, entries in paper.targets.items():
             for key, values in entries.items():
                 if METRIC in values:
-                    rows.setdefault(key, {"row": key, "encoder": values.get("label", key)})[f"published m={setting[1:]}"] = \
-                        float(values[METRIC])
+                    row = rows.setdefault(key, {"row": key, "encoder": values.get("label", key)})
+                    row[f"published m={setting[1:]}"] = float(values[METRIC])
         for key, row in rows.items():
             name, _, layer = key.partition("@")
             column = f"baseline/{name}/{METRIC}"
@@ -249,9 +257,10 @@ class PatchCoding:
         return dict(((paper.get("targets") if paper is not None else None) or {}).get(self.setting()) or {})
 
     @staticmethod
-    def variant(model_name: str, model: torch.nn.Module) -> str:
-        """This run's key in the paper's table: ``<model name>@<layers>`` (``lista@2``: 1 iteration)."""
-        return f"{model_name}@{model.layers}"
+    def variant(paper: DictConfig | None, model_name: str, model: torch.nn.Module) -> str:
+        """This run's key in the paper's table: ``paper.variant``, else ``<model name>@<layers>``
+        (``lista@2``: 1 iteration)."""
+        return ((paper.get("variant") if paper is not None else None) or f"{model_name}@{model.layers}")
 
     def setting(self) -> str:
         return f"m{self.W.shape[1]}"
