@@ -67,7 +67,7 @@ class ImagePatchesConfig:
     atoms: int = constrained(100, "an integer > 0", positive)
     alpha: float = constrained(0.5, "a number > 0", positive)
     target: str = constrained("lasso_optimum", "lasso_optimum", lambda v: v == "lasso_optimum")
-    tol: float = constrained(1e-8, "a number > 0", positive)  # CoD stops when no coordinate moves more
+    tol: float = constrained(1e-6, "a number > 0", positive)  # CoD stops when no coordinate moves more
     max_cod_steps: int = constrained(100_000, "an integer > 0", positive)
     dictionary_path: Optional[str] = None  # a .npy (patch_size^2, atoms) dictionary; null: learn it
     dictionary_steps: int = constrained(2000, "an integer >= 0", lambda v: v >= 0)
