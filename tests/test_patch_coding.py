@@ -157,3 +157,16 @@ def test_experiment_writes_table_1_with_the_papers_values(tmp_path):
     assert table.loc["fista@2", "this run"] == pytest.approx(layers.loc[2, "baseline/fista/test/code_sq_error"])
     assert np.load(run / "dictionary.npy").shape == (16, 100)
     assert "1.5" in (run / "results.md").read_text()
+
+
+def test_inverse_time_schedule_is_lr_over_one_plus_t_over_decay():
+    from unroll_cli.train.schedules import InverseTimeLR
+
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.3)
+    scheduler = InverseTimeLR(optimizer, decay=4)
+    rates = []
+    for _ in range(6):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    np.testing.assert_allclose(rates, [0.3 / (1 + t / 4) for t in range(6)], rtol=1e-12)
