@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from tests.conftest import random_image_folders, read_metrics, run_cli
-from unroll_cli.data.lasso import lasso_objective, solve_lasso_fista
+from unroll_cli.data.lasso import lasso_objective, learn_dictionary, solve_lasso_fista
 from unroll_cli.data.patches import draw_patches, load_images, normalize_patches
 from unroll_cli.models.coordinate_descent import LCoD, CoordinateDescent, solve_lasso_cod
 from unroll_cli.models.encoders import BaselineEncoder
@@ -139,11 +139,11 @@ def test_patches_are_normalised_windows_of_the_image_and_flat_ones_are_dropped(t
 def test_experiment_writes_table_1_with_the_papers_values(tmp_path):
     root = random_image_folders(tmp_path, {"train": {f"{i}.png": (24, 20) for i in range(3)},
                                            "test": {"t.png": (20, 24)}})
-    result = run_cli(["+experiment=gregor2010_lista", f"data.train_dir={root / 'train'}",
-                      f"data.test_dir={root / 'test'}", "data.patch_size=4", "data.atoms=100",
-                      "data.dictionary_steps=2", "data.dictionary_batch=16", "data.n_train=64", "data.n_val=32",
-                      "data.n_test=32", "data.baseline_iterations=20", "model.layers=2", "trainer.max_epochs=1",
-                      "trainer.steps_per_epoch=3", "trainer.progress=false", "hydra.run.dir=run"], tmp_path)
+    args = ["+experiment=gregor2010_lista", f"data.train_dir={root / 'train'}", f"data.test_dir={root / 'test'}",
+            "data.patch_size=4", "data.atoms=100", "data.dictionary_steps=2", "data.dictionary_batch=16",
+            "data.n_train=64", "data.n_val=32", "data.n_test=32", "data.baseline_iterations=20", "model.layers=2",
+            "trainer.max_epochs=1", "trainer.steps_per_epoch=3", "trainer.progress=false"]
+    result = run_cli([*args, "hydra.run.dir=run"], tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
     run = tmp_path / "run"
     metrics = read_metrics(run)["metrics"]
@@ -157,6 +157,39 @@ def test_experiment_writes_table_1_with_the_papers_values(tmp_path):
     assert table.loc["fista@2", "this run"] == pytest.approx(layers.loc[2, "baseline/fista/test/code_sq_error"])
     assert np.load(run / "dictionary.npy").shape == (16, 100)
     assert "1.5" in (run / "results.md").read_text()
+
+    # the saved dictionary, read back, gives the same problem: the same targets, so the same baseline errors
+    again = run_cli(["+experiment=gregor2010_lista", "model=fista", *args[1:], "data.dictionary_steps=0",
+                     f"data.dictionary_path={run / 'dictionary.npy'}", "hydra.run.dir=again"], tmp_path)
+    assert again.returncode == 0, again.stderr[-2000:]
+    reread = read_metrics(tmp_path / "again")["metrics"]
+    for name in ("fista", "cod"):
+        key = f"baseline/{name}/test/code_sq_error"
+        assert reread[key] == pytest.approx(layers.loc[2, key], rel=1e-6)
+    wrong = run_cli([*args, "data.atoms=50", f"data.dictionary_path={run / 'dictionary.npy'}", "hydra.run.dir=wrong"],
+                    tmp_path)
+    message = wrong.stdout + wrong.stderr
+    assert wrong.returncode == 2 and "data.dictionary_path" in message and "Traceback" not in message
+
+
+def test_online_dictionary_learning_lowers_the_lasso_objective_of_new_samples():
+    """The paper's procedure (CoD codes, an SGD step, unit columns) on x = D* z* with sparse z*: the optimal
+    lasso objective of held-out samples under the learned W is below that under its random start."""
+    true = torch.from_numpy(unit_dictionary(12, 16, 10))
+
+    def draw(count, gen=torch.Generator().manual_seed(11)):
+        codes = 3 * torch.randn(count, 16, generator=gen, dtype=torch.float64)
+        return (codes * (torch.rand(count, 16, generator=gen, dtype=torch.float64) < 0.2)) @ true.T
+
+    held_out = draw(100)
+    start = learn_dictionary(draw, 12, 16, ALPHA, 0, 32, 0.1, 100, torch.Generator().manual_seed(0), 1e-8)
+    learned = learn_dictionary(draw, 12, 16, ALPHA, 20, 32, 0.1, 100, torch.Generator().manual_seed(0), 1e-6)
+    torch.testing.assert_close(torch.linalg.vector_norm(learned, dim=0), torch.ones(16, dtype=torch.float64))
+
+    def objective(W):
+        return lasso_objective(held_out, W, solve_lasso_cod(held_out, W, ALPHA, 1e-8)[0], ALPHA).mean().item()
+
+    assert objective(learned) < 0.8 * objective(start)
 
 
 def test_inverse_time_schedule_is_lr_over_one_plus_t_over_decay():
