@@ -20,6 +20,7 @@ LISTA, FISTA, ISTA, CoD or LCoD is the project's layer k + 1 (layer 1 is the fir
 """
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Iterator, List, Optional
 
@@ -39,6 +40,7 @@ from unroll_cli.record.report import Published, Report, Table
 from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, positive, register_schema
 from unroll_cli.tasks.base import online_epoch
 
+log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]  # (patches X, optimal codes Z*)
 BASELINES = {"ista": ISTA, "fista": FISTA, "cod": CoordinateDescent}
 METRIC, HALF = "test/code_sq_error", "test/code_half_sq_error"
@@ -144,9 +146,14 @@ class PatchCoding:
     def _with_targets(self, x: torch.Tensor) -> Batch:
         """Patches on the device with their optimal codes (float64 CoD to ``data.tol``, then float32)."""
         x = x.to(self.device)
-        z = [solve_lasso_cod(part.double(), self.W64, self.alpha, self.tol, self.max_cod_steps)[0].float()
-             for part in x.split(SOLVE_CHUNK)]
-        return x, torch.cat(z)
+        codes = []
+        for part in x.split(SOLVE_CHUNK):
+            z, steps = solve_lasso_cod(part.double(), self.W64, self.alpha, self.tol, self.max_cod_steps)
+            if steps >= self.max_cod_steps:
+                log.warning("CoD stopped at data.max_cod_steps=%d before data.tol=%g: the targets are not the "
+                            "optimum to that tolerance (raise data.max_cod_steps)", self.max_cod_steps, self.tol)
+            codes.append(z.float())
+        return x, torch.cat(codes)
 
     @property
     def eval_batch_size(self) -> int:
