@@ -29,6 +29,10 @@ SMALL = {"synthetic_sc": lambda root: ["data.m=20", "data.n=40", "data.n_val=16"
          "bsd_denoise": lambda root: [f"data.train_dir={root / 'gray/train'}", f"data.test_dir={root / 'gray/test'}",
                                       "data.crop=16"],
          "transform": lambda root: ["data.N=8"],
+         "image_patches": lambda root: [f"data.train_dir={root / 'gray/train'}", f"data.test_dir={root / 'gray/test'}",
+                                        "data.patch_size=4", "data.atoms=24", "data.dictionary_steps=2",
+                                        "data.n_val=16", "data.n_test=16", "data.batch_size=8",
+                                        "trainer.steps_per_epoch=2"],
          "synthetic_dl": lambda root: ["data.m=10", "data.p=20", "data.s=3", "data.n=40", "data.n_val=16",
                                        "data.n_test=16", "data.batch_size=20", "data.lasso_steps=5"]}
 IMAGE_FILES = lambda root: [f"data.root={root}", "data.download=false"]  # noqa: E731
@@ -109,6 +113,12 @@ def test_every_data_config_builds_its_task(data, image_root, monkeypatch, one_th
         for x, z in epoch:
             torch.testing.assert_close(x.flatten(1).double(), z.double() @ task.D_true.double().T, rtol=1e-5, atol=1e-5)
         assert sum(len(batch[1]) for batch in epoch) == cfg.data.n
+    elif data == "image_patches":  # each batch's codes are the lasso optimum of its patches (KKT, float64)
+        W = task.W.double()
+        for x, z in epoch:
+            gradient = (x.double() - z.double() @ W.T) @ W
+            assert gradient.abs().max() <= cfg.data.alpha + 1e-4
+            torch.testing.assert_close(gradient[z != 0], cfg.data.alpha * z[z != 0].sign().double(), atol=1e-4, rtol=0)
     elif task.kind == "sparse_coding":  # noiseless by default: each batch's y is A times its codes
         for y, x in epoch[:3]:
             torch.testing.assert_close(y.double(), x.double() @ task.A.double().T, rtol=1e-5, atol=1e-5)
@@ -141,6 +151,7 @@ def test_every_trainer_config_validates_and_names_a_trainer(trainer):
 # sizes the tiny files allow; the metrics a task reports do not depend on them
 FITS = {"tolooshams2022_denoise_cpu_short": ["data.n_train=null", "data.n_test=null"],
         "tasissa2024_densae_denoise_cpu_short": ["data.n_train=null", "data.n_test=null"],
+        "gregor2010_lista_cpu_short": ["data.n_images=null", "data.n_test_images=null", "data.n_train=16"],
         "ml_ista_optuna": ["data.val_size=10"]}  # still a validation split: the monitor stays val/*
 
 

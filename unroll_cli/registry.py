@@ -14,8 +14,9 @@ import secrets
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from unroll_cli.schema import (SCHEMAS, AdamConfig, ConstantSchedConfig, CosineSchedConfig, LayerwiseTrainerConfig,
-                               LinearSchedConfig, SGDConfig, StepSchedConfig, TrainConfig, TrainerConfig)
+from unroll_cli.schema import (SCHEMAS, AdamConfig, ConstantSchedConfig, CosineSchedConfig, InverseTimeSchedConfig,
+                               LayerwiseTrainerConfig, LinearSchedConfig, SGDConfig, StepSchedConfig, TrainConfig,
+                               TrainerConfig)
 
 # One value per process, so every use of ${run_uid:} in a run names the same directory, and two
 # runs started in the same microsecond (or in two processes) never share one.
@@ -49,6 +50,7 @@ SHARED_SCHEMAS = [
     ("sched", "step", StepSchedConfig),
     ("sched", "cosine", CosineSchedConfig),
     ("sched", "linear", LinearSchedConfig),
+    ("sched", "inverse_time", InverseTimeSchedConfig),
     ("trainer", "end_to_end", TrainerConfig),
     ("trainer", "layerwise", LayerwiseTrainerConfig),
 ]

@@ -117,6 +117,12 @@ class LinearSchedConfig:
     total_iters: int = constrained(100, "an integer >= 1", positive)
 
 
+@dataclass
+class InverseTimeSchedConfig:
+    _target_: str = "unroll_cli.train.schedules.InverseTimeLR"
+    decay: float = constrained(10.0, "a number > 0 (epochs)", positive)
+
+
 # ----------------------------------------------------------------------------- trainer / eval
 @dataclass
 class TrainerOptions:
