@@ -42,7 +42,7 @@ def metric_label(key: str) -> str:
     if parts[0] == "baseline" and len(parts) > 2:
         prefix, parts = f"{parts[1].upper()} baseline: ", parts[2:]
     elif parts[0] == "published":
-        prefix, parts = "published ", parts[1:]
+        return "published " + metric_label(key.removeprefix("published/"))
     else:
         prefix = ""
     label = split_metric_label(*([None] + parts)[-2:]) if 1 <= len(parts) <= 2 else None

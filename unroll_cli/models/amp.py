@@ -1,0 +1,119 @@
+"""AMP and learned AMP (LAMP) for ``y = A x (+ noise)``, batches as rows (``y`` (batch, m), ``A`` (m, n)).
+
+Layer t (0-based), from ``x_0 = 0`` and ``v_{-1} = 0`` (Borgerding, Schniter & Rangan, "AMP-Inspired
+Deep Networks for Sparse Linear Inverse Problems", IEEE TSP 2017; as the LISTA-CPSS / ALISTA code's
+``models/LAMP.py`` and ``utils/tf.py: shrink_lamp`` compute it):
+
+    b_t     = (n / m) * mean_i(|x_t,i| > 0)              (the Onsager term's weight, per sample)
+    v_t     = y - A x_t + b_t v_{t-1}                    (the corrected residual)
+    sigma_t = ||v_t|| / sqrt(m)                          (the residual's rms, per sample)
+    x_{t+1} = soft(x_t + B_t v_t, max(lam_t sigma_t, 0))
+
+* ``AMP``: ``B_t = A^T`` and one fixed ``lam`` (no parameters), a classical baseline.
+* ``LAMP``: learned ``B`` (n, m; one for every layer, or one per layer with ``tied=false``) and
+  ``lam_t``; initialised as the authors' code, ``B = A^T / L`` (``L = 1.001 ||A||_2^2``) and
+  ``lam_t = lam`` (0.4), so that it is not AMP at initialisation.
+"""
+from __future__ import annotations
+
+import torch
+from omegaconf import MISSING
+from torch import Tensor, nn
+
+from unroll_cli.models.arguments import check_bool
+from unroll_cli.models.lista import BaselineProblem, UnrolledISTA
+from unroll_cli.models.prox import soft_threshold
+from unroll_cli.schema import constrained, register_schema
+
+#: AMP's threshold multiplier: on a drawn 250 x 500 A with Bernoulli(0.1)-Gaussian codes (Chen et al.
+#: 2018's problem) it gives -3.5 / -6.4 / -11.2 / -18.9 / -30.3 dB after layers 1 / 2 / 4 / 8 / 16, the
+#: published AMP curve of their Fig. 5(a) within 0.2 dB (the paper does not state its value; 0.4,
+#: LAMP's initial lam, diverges)
+AMP_LAM = 1.14
+
+
+@register_schema("model", "amp")
+class AMPModelConfig:
+    """AMP: no learning; ``lam`` multiplies the residual's rms (not ISTA's lam / L)."""
+
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "sparse_coding"
+    layers: int = constrained(16, "an integer >= 1", lambda v: v >= 1)
+    lam: float = constrained(AMP_LAM, "a number >= 0", lambda v: v >= 0)
+
+
+@register_schema("model", "lamp")
+class LAMPModelConfig(AMPModelConfig):
+    """LAMP: ``lam`` is the initial multiplier of every layer (the authors' 0.4); ``tied``: one B."""
+
+    lam: float = constrained(0.4, "a number >= 0", lambda v: v >= 0)
+    tied: bool = True
+
+
+class AMPRecursion(UnrolledISTA):
+    """The loop above; subclasses give layer ``t``'s ``B_t`` and ``lam_t`` (``_weights``)."""
+
+    def _weights(self, t: int) -> tuple[Tensor, Tensor | float]:
+        raise NotImplementedError
+
+    def _theta(self, t):
+        return self._weights(t)[1]
+
+    def forward(self, y: Tensor, depth: int | None = None) -> list[Tensor]:
+        """Estimates after layers 1..depth (default: all ``layers``)."""
+        depth = self._checked_depth(y, depth)
+        m, n = self.A.shape
+        x = y.new_zeros(y.shape[0], n)
+        v = torch.zeros_like(y)
+        estimates = []
+        for t in range(depth):
+            B, lam = self._weights(t)
+            onsager = (n / m) * (x != 0).to(y.dtype).mean(dim=1, keepdim=True)
+            v = y - x @ self.A.t() + onsager * v
+            sigma = v.pow(2).sum(dim=1, keepdim=True).div(m).sqrt()
+            x = soft_threshold(x + v @ B.t(), (lam * sigma).clamp_min(0))
+            estimates.append(x)
+        return estimates
+
+    def thresholds(self) -> Tensor:
+        """The multipliers ``lam_t`` of the residual's rms (the threshold is ``lam_t sigma_t``), detached."""
+        return super().thresholds()
+
+
+class LAMP(AMPRecursion):
+    """Learned AMP (Borgerding et al. 2017), initialised as the LISTA-CPSS code: ``B = A^T / L``,
+    ``lam_t = lam``; ``B`` shared by every layer (``tied``) or one ``B_t`` per layer."""
+
+    def __init__(self, A: Tensor, layers: int, lam: float, tied: bool = True):
+        super().__init__(A, layers, lam)
+        self.tied = check_bool("tied", tied)
+        B = (self.A.double().t() / self.L).to(self.A.dtype)
+        self.B = nn.Parameter(B) if tied else nn.ParameterList(nn.Parameter(B.clone()) for _ in range(self.layers))
+        self.lam_t = nn.ParameterList(nn.Parameter(torch.tensor(self.lam, dtype=self.A.dtype, device=self.A.device))
+                                      for _ in range(self.layers))
+
+    def _weights(self, t):
+        return (self.B if self.tied else self.B[t]), self.lam_t[t]
+
+    def layer_parameters(self, t):
+        self._check_layer(t)
+        own_b = [self.B] if self.tied and t == 0 else ([] if self.tied else [self.B[t]])
+        return own_b + [self.lam_t[t]]
+
+
+class AMP(AMPRecursion):
+    """AMP (Donoho, Maleki & Montanari 2009) in Borgerding et al.'s form: ``B_t = A^T`` and one fixed
+    ``lam`` for every layer; no parameters."""
+
+    def __init__(self, A: Tensor, layers: int, lam: float = AMP_LAM):
+        super().__init__(A, layers, lam)
+
+    def _weights(self, t):
+        return self.A.t(), self.lam
+
+    @classmethod
+    def from_problem(cls, problem: BaselineProblem) -> AMP:
+        """AMP beside a model keeps its own ``lam`` (:data:`AMP_LAM`): the model's lam scales ISTA's
+        threshold ``lam / L``, a different quantity."""
+        return cls(A=problem.A, layers=problem.layers)
