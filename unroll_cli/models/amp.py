@@ -71,7 +71,8 @@ class AMPRecursion(UnrolledISTA):
             B, lam = self._weights(t)
             onsager = (n / m) * (x != 0).to(y.dtype).mean(dim=1, keepdim=True)
             v = y - x @ self.A.t() + onsager * v
-            sigma = v.pow(2).sum(dim=1, keepdim=True).div(m).sqrt()
+            # ||v|| / sqrt(m): the norm's gradient is 0 at v = 0 (a zero code's y), where sqrt(sum v^2)'s is NaN
+            sigma = torch.linalg.vector_norm(v, dim=1, keepdim=True) / m ** 0.5
             x = soft_threshold(x + v @ B.t(), (lam * sigma).clamp_min(0))
             estimates.append(x)
         return estimates
