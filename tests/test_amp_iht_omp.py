@@ -151,7 +151,7 @@ def test_iht_recovers_a_sparse_code_of_an_easy_problem():
     x = np.zeros((20, 120))
     for row in x:
         row[rng.choice(120, 3, replace=False)] = rng.choice([-1, 1], 3) * (1 + rng.random(3))
-    estimates = IHT(torch.from_numpy(A), layers=300, sparsity=3)(torch.from_numpy(x @ A.T))
+    estimates = IHT(torch.from_numpy(A), layers=300, support=3 / 120)(torch.from_numpy(x @ A.T))
     np.testing.assert_allclose(estimates[-1].numpy(), x, atol=1e-6)
     assert ((estimates[0].numpy() != 0).sum(axis=1) == 3).all()  # H_s keeps s entries from the first step
 

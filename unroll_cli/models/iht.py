@@ -14,11 +14,12 @@
 from __future__ import annotations
 
 import math
+from numbers import Real
 
 import torch
 from torch import Tensor, nn
 
-from unroll_cli.models.arguments import check_bool, check_int
+from unroll_cli.models.arguments import check_bool
 from unroll_cli.models.lista import ISTA, BaselineProblem, ClassicalModelConfig, UnrolledISTA, UnfoldedLayer
 from unroll_cli.models.prox import hard_threshold
 from unroll_cli.schema import constrained, register_schema
@@ -26,10 +27,10 @@ from unroll_cli.schema import constrained, register_schema
 
 @register_schema("model", "iht")
 class IHTModelConfig(ClassicalModelConfig):
-    """IHT: ``sparsity`` is ``s``, the entries kept (50: Chen et al.'s expected nonzeros, 0.1 x 500);
-    ``lam`` only sets the baselines run beside it."""
+    """IHT: ``support`` is the fraction of the n entries kept, ``s = round(support n)`` (at least 1;
+    0.1: Chen et al.'s codes, ``data.p``); ``lam`` only sets the baselines run beside it."""
 
-    sparsity: int = constrained(50, "an integer >= 1", lambda v: v >= 1)
+    support: float = constrained(0.1, "a fraction in (0, 1]", lambda v: 0 < v <= 1)
 
 
 @register_schema("model", "liht")
@@ -45,14 +46,19 @@ def keep_largest(x: Tensor, s: int) -> Tensor:
     return torch.zeros_like(x).scatter_(1, index, x.gather(1, index))
 
 
-class IHT(ISTA):
-    """IHT with ``s = sparsity``: ISTA's gradient step ``1 / L`` followed by ``H_s``."""
+def support_size(fraction: float, n: int) -> int:
+    """IHT's ``s``: ``round(fraction n)``, at least 1."""
+    return max(1, round(fraction * n))
 
-    def __init__(self, A: Tensor, layers: int, sparsity: int, lam: float = 0.4):
+
+class IHT(ISTA):
+    """IHT keeping ``s = round(support n)`` entries: ISTA's gradient step ``1 / L`` followed by ``H_s``."""
+
+    def __init__(self, A: Tensor, layers: int, support: float = 0.1, lam: float = 0.4):
         super().__init__(A, layers, lam)
-        self.sparsity = check_int("sparsity", sparsity, 1)
-        if self.sparsity > self.A.shape[1]:
-            raise ValueError(f"sparsity must be at most n = {self.A.shape[1]} (the code's length), got {sparsity}")
+        if isinstance(support, bool) or not isinstance(support, Real) or not 0 < support <= 1:
+            raise ValueError(f"support must be a fraction in (0, 1], got {support!r}")
+        self.sparsity = support_size(support, self.A.shape[1])
 
     def _shrink(self, t, z):
         return keep_largest(z, self.sparsity)
@@ -63,9 +69,8 @@ class IHT(ISTA):
 
     @classmethod
     def from_problem(cls, problem: BaselineProblem) -> IHT:
-        """IHT beside a model keeps the problem's expected number of nonzeros (``s = round(p n)``)."""
-        return cls(A=problem.A, layers=problem.layers, sparsity=min(problem.sparsity, problem.A.shape[1]),
-                   lam=problem.lam)
+        """IHT beside a model keeps a code's expected number of nonzeros, ``s = round(p n)``."""
+        return cls(A=problem.A, layers=problem.layers, support=problem.p, lam=problem.lam)
 
 
 class LIHT(UnrolledISTA):

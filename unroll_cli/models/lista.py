@@ -43,13 +43,13 @@ from unroll_cli.models.rescaling import HiddenUnits
 
 class BaselineProblem(NamedTuple):
     """What a classical baseline may take from the sparse-coding problem it runs beside a model
-    (``from_problem``): the matrix, the model's depth and ``lam``, and the expected number of nonzeros
-    of a code (``data.p * data.n``, rounded, at least 1)."""
+    (``from_problem``): the matrix, the model's depth and ``lam``, and the probability ``p`` that an
+    entry of a code is nonzero (``data.p``: a code's expected support is ``p n``)."""
 
     A: Tensor
     layers: int
     lam: float
-    sparsity: int
+    p: float
 
 
 class UnfoldedLayer(NamedTuple):

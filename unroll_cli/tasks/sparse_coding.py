@@ -7,7 +7,7 @@ AMP, IHT, OMP), and by support recovery.
 over a batch, ``data.nmse`` the NMSE convention (pooled as the LISTA-CPSS/ALISTA code, or per-sample
 dB as Open-L2O), ``data.baselines`` the classical algorithms run beside the model (each built by its class's
 ``from_problem`` from a :class:`~unroll_cli.models.lista.BaselineProblem`: the matrix, the model's depth
-and lam, and a code's expected number of nonzeros ``round(p n)``, IHT's ``s``). ``data.A_path``
+and lam, and ``data.p``: IHT keeps ``s = round(p n)`` entries). ``data.A_path``
 and ``data.test_path`` give the authors' own problem: their matrix and their fixed test codes.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, 
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
 from unroll_cli.models.amp import AMP
 from unroll_cli.models.greedy import OMP
-from unroll_cli.models.iht import IHT
+from unroll_cli.models.iht import IHT, support_size
 from unroll_cli.models.lista import FISTA, ISTA, BaselineProblem
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
@@ -125,7 +125,6 @@ class SyntheticSparseCoding:
         self.loss_reduction = loss_reduction
         self.device = torch.device(device)
         self.A = A.to(self.device)
-        self.sparsity = max(1, round(p * n))  # a code's expected nonzeros: IHT's s as a baseline
         self.val = self._fixed_set(A, n_val, val_seed)
         if test_path:
             self.test = self._file_set(A64, test_path, n_test, test_seed)
@@ -255,7 +254,7 @@ class SyntheticSparseCoding:
         metrics.update(self.validate(model))
         depth = len(per_layer)
         layers = pd.DataFrame({"layer": range(depth), METRIC: per_layer})
-        problem = BaselineProblem(self.A, model.layers, model.lam, self.sparsity)
+        problem = BaselineProblem(self.A, model.layers, model.lam, self.p)
         for name in self.baselines:
             baseline_metrics, baseline_layers = self.evaluate(BASELINES[name].from_problem(problem),
                                                               prefix=f"baseline/{name}/test")
@@ -284,7 +283,7 @@ class SyntheticSparseCoding:
         table = Table(layers, ["layer"], "NMSE (dB) per layer (test set, layer 0 = the all-zero start)", shown=shown)
         return Report(title, metrics, {"layers.csv": table}, plots, published=published, curve=("step", False),
                       notes=[f"NMSE convention: {self.nmse}; baselines run at the model's depth (ISTA, FISTA and OMP "
-                             f"at its lam; AMP at its own lam; IHT keeping s = round(p n) = {self.sparsity}).",
+                             f"at its lam; AMP at its own lam; IHT keeping s = round(p n) = {support_size(self.p, self.A.shape[1])}).",
                              *self.notes])
 
     def layer_curve(self, model: torch.nn.Module) -> tuple[str, list[float]]:
