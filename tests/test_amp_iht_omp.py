@@ -92,7 +92,7 @@ def test_lamp_equals_the_authors_equations_under_shared_weights(tied):
 
 def test_amp_is_lamp_with_the_transpose_and_a_fixed_lam():
     A, _, y = problem(seed=3)
-    model = AMP(torch.from_numpy(A), layers=5, lam=1.3)
+    model = AMP(torch.from_numpy(A), layers=5, alpha=1.3)
     assert list(model.parameters()) == []
     assert_layers(model(torch.from_numpy(y)), lamp_by_hand(A, y, [A.T] * 5, [1.3] * 5))
 
@@ -164,9 +164,9 @@ def test_a_run_writes_every_baselines_column(tiny_cfg, tmp_path):
         column = layers[f"baseline/{name}/test/nmse_db"]
         assert column.iloc[0] == 0 and np.isfinite(column).all() and column.iloc[-1] < 0
         assert metrics[f"baseline/{name}/test/nmse_db"] == pytest.approx(column.iloc[-1])
-    A = np.load(tmp_path / "A.npy").astype(np.float64)  # AMP beside the model: its own lam, not the model's
+    A = np.load(tmp_path / "A.npy").astype(np.float64)  # AMP beside the model: its own alpha, not the model's lam
     y, x = (t.double().numpy() for t in run_task_test_set(cfg))
-    amp = lamp_by_hand(A, y, [A.T] * 4, [AMP(torch.from_numpy(A), 1).lam] * 4)
+    amp = lamp_by_hand(A, y, [A.T] * 4, [AMP(torch.from_numpy(A), 1).alpha] * 4)
     nmse = [10 * np.log10(((e - x) ** 2).sum() / (x ** 2).sum()) for e in amp]
     np.testing.assert_allclose(layers["baseline/amp/test/nmse_db"].iloc[1:], nmse, atol=1e-4)
 
@@ -191,3 +191,11 @@ def test_chen2018_shows_the_papers_lamp_and_amp_curves_beside_the_run(tmp_path):
     assert "baseline/amp/test/nmse_db" in layers and "published/baseline/ista/test/nmse_db" in layers
     history = pd.read_csv(tmp_path / "history.csv")
     assert len(history) == 3 * 3  # three stages for each of LAMP's layers
+
+
+def test_an_experiments_lam_leaves_amps_threshold_alone():
+    """chen2018_lista sets model.lam (ISTA's threshold scale, LAMP's initial multiplier) for every model:
+    AMP's multiplier is its own key, so model=amp there is still the AMP of the paper's curve."""
+    cfg = compose_cfg(["+experiment=chen2018_lista", "model=amp"])
+    assert cfg.model.lam == 0.4 and cfg.model.alpha == pytest.approx(1.14)
+    assert compose_cfg(["+experiment=chen2018_lista", "model=lamp"]).model.lam == 0.4

@@ -9,7 +9,8 @@ Deep Networks for Sparse Linear Inverse Problems", IEEE TSP 2017; as the LISTA-C
     sigma_t = ||v_t|| / sqrt(m)                          (the residual's rms, per sample)
     x_{t+1} = soft(x_t + B_t v_t, max(lam_t sigma_t, 0))
 
-* ``AMP``: ``B_t = A^T`` and one fixed ``lam`` (no parameters), a classical baseline.
+* ``AMP``: ``B_t = A^T`` and one fixed multiplier ``lam_t = alpha`` (no parameters), a classical baseline;
+  its ``lam`` sets only the ISTA / FISTA baselines beside it.
 * ``LAMP``: learned ``B`` (n, m; one for every layer, or one per layer with ``tied=false``) and
   ``lam_t``; initialised as the authors' code, ``B = A^T / L`` (``L = 1.001 ||A||_2^2``) and
   ``lam_t = lam`` (0.4), so that it is not AMP at initialisation.
@@ -20,33 +21,39 @@ import torch
 from omegaconf import MISSING
 from torch import Tensor, nn
 
-from unroll_cli.models.arguments import check_bool
+from unroll_cli.models.arguments import check_bool, check_number
 from unroll_cli.models.lista import BaselineProblem, UnrolledISTA
 from unroll_cli.models.prox import soft_threshold
 from unroll_cli.schema import constrained, register_schema
 
-#: AMP's threshold multiplier: on Chen et al. 2018's problem (250 x 500 A drawn by data.matrix_seed 0, 1,
+#: AMP's threshold multiplier ``alpha``: on Chen et al. 2018's problem (250 x 500 A drawn by data.matrix_seed 0, 1,
 #: 2; Bernoulli(0.1)-Gaussian test codes) its NMSE is their Fig. 5(a) AMP curve within 0.4, 1.2 and 0.6 dB
 #: at every layer (-30.3, -29.3, -29.9 dB after 16 layers against -30.5). The paper does not state its
 #: value; 0.4, LAMP's initial lam, diverges; 0.8 and 1.5 end at -23.1 and -25.2 dB (seed 0).
-AMP_LAM = 1.14
+AMP_ALPHA = 1.14
 
 
 @register_schema("model", "amp")
 class AMPModelConfig:
-    """AMP: no learning; ``lam`` multiplies the residual's rms (not ISTA's lam / L)."""
+    """AMP: no learning; ``alpha`` multiplies the residual's rms; ``lam`` only sets the baselines beside it
+    (an experiment's ``model.lam``, ISTA's threshold scale, leaves AMP's threshold alone)."""
 
     _target_: str = MISSING
     name: str = MISSING
     task: str = "sparse_coding"
     layers: int = constrained(16, "an integer >= 1", lambda v: v >= 1)
-    lam: float = constrained(AMP_LAM, "a number >= 0", lambda v: v >= 0)
+    lam: float = constrained(0.4, "a number >= 0", lambda v: v >= 0)
+    alpha: float = constrained(AMP_ALPHA, "a number >= 0", lambda v: v >= 0)
 
 
 @register_schema("model", "lamp")
-class LAMPModelConfig(AMPModelConfig):
+class LAMPModelConfig:
     """LAMP: ``lam`` is the initial multiplier of every layer (the authors' 0.4); ``tied``: one B."""
 
+    _target_: str = MISSING
+    name: str = MISSING
+    task: str = "sparse_coding"
+    layers: int = constrained(16, "an integer >= 1", lambda v: v >= 1)
     lam: float = constrained(0.4, "a number >= 0", lambda v: v >= 0)
     tied: bool = True
 
@@ -105,16 +112,17 @@ class LAMP(AMPRecursion):
 
 class AMP(AMPRecursion):
     """AMP (Donoho, Maleki & Montanari 2009) in Borgerding et al.'s form: ``B_t = A^T`` and one fixed
-    ``lam`` for every layer; no parameters."""
+    multiplier ``alpha`` for every layer; no parameters. ``lam`` is kept for the baselines beside it."""
 
-    def __init__(self, A: Tensor, layers: int, lam: float = AMP_LAM):
+    def __init__(self, A: Tensor, layers: int, lam: float = 0.4, alpha: float = AMP_ALPHA):
         super().__init__(A, layers, lam)
+        self.alpha = check_number("alpha", alpha, positive=False)
 
     def _weights(self, t):
-        return self.A.t(), self.lam
+        return self.A.t(), self.alpha
 
     @classmethod
     def from_problem(cls, problem: BaselineProblem) -> AMP:
-        """AMP beside a model keeps its own ``lam`` (:data:`AMP_LAM`): the model's lam scales ISTA's
+        """AMP beside a model keeps its own ``alpha`` (:data:`AMP_ALPHA`): the model's lam scales ISTA's
         threshold ``lam / L``, a different quantity."""
-        return cls(A=problem.A, layers=problem.layers)
+        return cls(A=problem.A, layers=problem.layers, lam=problem.lam)

@@ -24,7 +24,7 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, positive, register_schema
 from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, measure, sample_codes
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
-from unroll_cli.models.amp import AMP
+from unroll_cli.models.amp import AMP, AMP_ALPHA
 from unroll_cli.models.greedy import OMP
 from unroll_cli.models.iht import IHT, support_size
 from unroll_cli.models.lista import FISTA, ISTA, BaselineProblem
@@ -282,9 +282,17 @@ class SyntheticSparseCoding:
                                                                 "learned per layer")
         table = Table(layers, ["layer"], "NMSE (dB) per layer (test set, layer 0 = the all-zero start)", shown=shown)
         return Report(title, metrics, {"layers.csv": table}, plots, published=published, curve=("step", False),
-                      notes=[f"NMSE convention: {self.nmse}; baselines run at the model's depth (ISTA, FISTA and OMP "
-                             f"at its lam; AMP at its own lam; IHT keeping s = round(p n) = {support_size(self.p, self.A.shape[1])}).",
+                      notes=[f"NMSE convention: {self.nmse}; baselines run at the model's depth: "
+                             + "; ".join(self.baseline_words()) + ".",
                              *self.notes])
+
+    def baseline_words(self) -> list[str]:
+        """results.md's words for each baseline: how it was set beside the model."""
+        words = {"ista": "ISTA at the model's lam", "fista": "FISTA at the model's lam",
+                 "amp": f"AMP at alpha {AMP_ALPHA:g} of the residual's rms",
+                 "iht": f"IHT keeping s = round(p n) = {support_size(self.p, self.A.shape[1])} entries",
+                 "omp": "OMP one atom per layer"}
+        return [words[name] for name in self.baselines]
 
     def layer_curve(self, model: torch.nn.Module) -> tuple[str, list[float]]:
         """The test NMSE (dB) after layers 1..T (``+diagnostics=rate``), and its metric's name."""
