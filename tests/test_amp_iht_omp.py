@@ -157,7 +157,8 @@ def test_iht_recovers_a_sparse_code_of_an_easy_problem():
 
 
 def test_a_run_writes_every_baselines_column(tiny_cfg, tmp_path):
-    cfg = tiny_cfg("model=lista", "trainer.max_epochs=1", "tensorboard=false", "data.baselines=[ista,fista,amp,iht,omp]")
+    cfg = tiny_cfg("model=lista", "trainer.max_epochs=1", "tensorboard=false",
+                   "data.baselines=[ista,fista,amp,iht,omp]")
     run(cfg, tmp_path)
     layers, metrics = pd.read_csv(tmp_path / "layers.csv"), read_metrics(tmp_path)["metrics"]
     for name in ("ista", "fista", "amp", "iht", "omp"):

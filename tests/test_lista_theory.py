@@ -70,3 +70,17 @@ def test_the_rate_is_refused_on_data_without_a_per_layer_metric(tmp_path):
     cfg = compose_cfg(["data=transform", "data.N=8", "model=bp", "+diagnostics=rate"])
     with pytest.raises(ConfigError, match=r"diagnostics\.rate does not apply to model=bp: .*layer_curve"):
         run(cfg, tmp_path)
+
+
+def test_a_structured_lista_gives_the_dense_matrices_its_layers_apply():
+    """A butterfly W_t and B_t as dense matrices: x W_t^T and y B_t^T are what the layers compute."""
+    from unroll_cli.models.lista import LISTA
+
+    model = LISTA(torch.randn(8, 16, dtype=torch.float64), layers=3, lam=0.4, operator="butterfly",
+                  tied=False, tied_b=False)
+    x, y = torch.randn(5, 16, dtype=torch.float64), torch.randn(5, 8, dtype=torch.float64)
+    for t, (W, B) in enumerate(model.unfolded_weights()):
+        torch.testing.assert_close(y @ B.t(), model.B[t](y).detach())
+        assert (W is None) == (t == 0)
+        if W is not None:
+            torch.testing.assert_close(x @ W.t(), model.W[t - 1](x).detach())

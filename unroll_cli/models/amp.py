@@ -59,7 +59,8 @@ class LAMPModelConfig:
 
 
 class AMPRecursion(UnrolledISTA):
-    """The loop above; subclasses give layer ``t``'s ``B_t`` and ``lam_t`` (``_weights``)."""
+    """The loop above; subclasses give layer ``t``'s ``B_t`` and ``lam_t`` (``_weights``). ``thresholds()``
+    gives the multipliers ``lam_t`` of the residual's rms (the threshold is ``lam_t sigma_t``)."""
 
     def _weights(self, t: int) -> tuple[Tensor, Tensor | float]:
         raise NotImplementedError
@@ -83,10 +84,6 @@ class AMPRecursion(UnrolledISTA):
             x = soft_threshold(x + v @ B.t(), (lam * sigma).clamp_min(0))
             estimates.append(x)
         return estimates
-
-    def thresholds(self) -> Tensor:
-        """The multipliers ``lam_t`` of the residual's rms (the threshold is ``lam_t sigma_t``), detached."""
-        return super().thresholds()
 
 
 class LAMP(AMPRecursion):

@@ -388,8 +388,9 @@ class LISTA(UnrolledISTA):
         eye_n = torch.eye(self.A.shape[1], dtype=self.A.dtype, device=self.A.device)
         eye_m = torch.eye(self.A.shape[0], dtype=self.A.dtype, device=self.A.device)
         dense = lambda weight, eye: self._map(weight, eye).t().detach()  # noqa: E731
-        return [UnfoldedLayer(None if t == 0 and not self.tied else dense(self.W if self.tied else self.W[t - 1], eye_n),
-                              dense(self.B if self.tied_b else self.B[t], eye_m)) for t in range(self.layers)]
+        W = [dense(self.W, eye_n)] * self.layers if self.tied else [None] + [dense(w, eye_n) for w in self.W]
+        B = [dense(self.B, eye_m)] * self.layers if self.tied_b else [dense(b, eye_m) for b in self.B]
+        return [UnfoldedLayer(w, b) for w, b in zip(W, B)]
 
     def layer_parameters(self, t):
         self._check_layer(t)
