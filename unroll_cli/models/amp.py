@@ -18,43 +18,32 @@ Deep Networks for Sparse Linear Inverse Problems", IEEE TSP 2017; as the LISTA-C
 from __future__ import annotations
 
 import torch
-from omegaconf import MISSING
 from torch import Tensor, nn
 
 from unroll_cli.models.arguments import check_bool, check_number
-from unroll_cli.models.lista import BaselineProblem, UnrolledISTA
+from unroll_cli.models.lista import BaselineProblem, ClassicalModelConfig, UnrolledISTA
 from unroll_cli.models.prox import soft_threshold
 from unroll_cli.schema import constrained, register_schema
 
-#: AMP's threshold multiplier ``alpha``: on Chen et al. 2018's problem (250 x 500 A drawn by data.matrix_seed 0, 1,
-#: 2; Bernoulli(0.1)-Gaussian test codes) its NMSE is their Fig. 5(a) AMP curve within 0.4, 1.2 and 0.6 dB
+#: AMP's threshold multiplier ``alpha``: on Chen et al. 2018's problem (250 x 500 A drawn by data.matrix_seed
+#: 0, 1, 2; Bernoulli(0.1)-Gaussian test codes) its NMSE is their Fig. 5(a) AMP curve within 0.4, 1.2, 0.6 dB
 #: at every layer (-30.3, -29.3, -29.9 dB after 16 layers against -30.5). The paper does not state its
 #: value; 0.4, LAMP's initial lam, diverges; 0.8 and 1.5 end at -23.1 and -25.2 dB (seed 0).
 AMP_ALPHA = 1.14
 
 
 @register_schema("model", "amp")
-class AMPModelConfig:
+class AMPModelConfig(ClassicalModelConfig):
     """AMP: no learning; ``alpha`` multiplies the residual's rms; ``lam`` only sets the baselines beside it
     (an experiment's ``model.lam``, ISTA's threshold scale, leaves AMP's threshold alone)."""
 
-    _target_: str = MISSING
-    name: str = MISSING
-    task: str = "sparse_coding"
-    layers: int = constrained(16, "an integer >= 1", lambda v: v >= 1)
-    lam: float = constrained(0.4, "a number >= 0", lambda v: v >= 0)
     alpha: float = constrained(AMP_ALPHA, "a number >= 0", lambda v: v >= 0)
 
 
 @register_schema("model", "lamp")
-class LAMPModelConfig:
+class LAMPModelConfig(ClassicalModelConfig):
     """LAMP: ``lam`` is the initial multiplier of every layer (the authors' 0.4); ``tied``: one B."""
 
-    _target_: str = MISSING
-    name: str = MISSING
-    task: str = "sparse_coding"
-    layers: int = constrained(16, "an integer >= 1", lambda v: v >= 1)
-    lam: float = constrained(0.4, "a number >= 0", lambda v: v >= 0)
     tied: bool = True
 
 
