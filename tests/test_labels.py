@@ -58,6 +58,7 @@ def whole_ticks(ax) -> list[float]:
     ("baseline/ista/test/nmse_db", "ISTA baseline: test NMSE (dB)"),
     ("baseline/fista/test/support_f1", "FISTA baseline: test support F1"),
     ("published/test/nmse_db", "published test NMSE (dB)"),
+    ("published/baseline/amp/test/nmse_db", "published AMP baseline: test NMSE (dB)"),
     ("test/psnr_s25", "test PSNR (dB), sigma 25"),
     ("test/psnr_s12.5_std", "test PSNR std (dB), sigma 12.5"),
     ("test/psnr_input", "test PSNR of the input (dB)"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import copy
 from numbers import Integral, Real
+from typing import NamedTuple
 
 import torch
 from omegaconf import MISSING
@@ -38,6 +39,26 @@ from unroll_cli.models.arguments import check_bool, fista_momentum
 from unroll_cli.models.operators import OPERATORS, check_operator, structured_copy, structured_map
 from unroll_cli.models.prox import soft_threshold, support_selection_threshold
 from unroll_cli.models.rescaling import HiddenUnits
+
+
+class BaselineProblem(NamedTuple):
+    """What a classical baseline may take from the sparse-coding problem it runs beside a model
+    (``from_problem``): the matrix, the model's depth and ``lam``, and the probability ``p`` that an
+    entry of a code is nonzero (``data.p``: a code's expected support is ``p n``)."""
+
+    A: Tensor
+    layers: int
+    lam: float
+    p: float
+
+
+class UnfoldedLayer(NamedTuple):
+    """Layer t of ``x_{t+1} = eta_{theta_t}(W_t x_t + B_t y)`` as dense matrices (``unfolded_weights()``,
+    read by ``+diagnostics=coupling``): ``W_t`` (n, n), None where the layer has none (the first layer of
+    untied W, which sees ``x_0 = 0``), and ``B_t`` (n, m)."""
+
+    W: Tensor | None
+    B: Tensor
 
 
 def lipschitz_constant(A: Tensor) -> float:
@@ -170,11 +191,7 @@ class UnrolledISTA(nn.Module):
     # -- interface ---------------------------------------------------------
     def forward(self, y: Tensor, depth: int | None = None) -> list[Tensor]:
         """Estimates after layers 1..depth (default: all ``layers``)."""
-        depth = self.layers if depth is None else depth
-        if isinstance(depth, bool) or not isinstance(depth, Integral) or not 1 <= depth <= self.layers:
-            raise ValueError(f"depth must be an integer in [1, {self.layers}], got {depth!r}")
-        if y.dim() != 2 or y.shape[1] != self.A.shape[0]:
-            raise ValueError(f"y must have shape (batch, {self.A.shape[0]}), got {tuple(y.shape)}")
+        depth = self._checked_depth(y, depth)
         cache = self._prepare(y)
         estimates, v = [], None
         for t in range(depth):
@@ -182,6 +199,21 @@ class UnrolledISTA(nn.Module):
             v = self._extrapolate(t, x, estimates[-1] if estimates else None)
             estimates.append(x)
         return estimates
+
+    def _checked_depth(self, y: Tensor, depth: int | None) -> int:
+        """``depth`` (default: all ``layers``), checked with ``y``'s shape (batch, m)."""
+        depth = self.layers if depth is None else depth
+        if isinstance(depth, bool) or not isinstance(depth, Integral) or not 1 <= depth <= self.layers:
+            raise ValueError(f"depth must be an integer in [1, {self.layers}], got {depth!r}")
+        if y.dim() != 2 or y.shape[1] != self.A.shape[0]:
+            raise ValueError(f"y must have shape (batch, {self.A.shape[0]}), got {tuple(y.shape)}")
+        return depth
+
+    @classmethod
+    def from_problem(cls, problem: BaselineProblem) -> UnrolledISTA:
+        """This algorithm as a baseline of ``problem`` (the task's ``data.baselines``): ISTA and FISTA
+        at the model's depth and ``lam``."""
+        return cls(A=problem.A, layers=problem.layers, lam=problem.lam)
 
     def layer_parameters(self, t: int) -> list[nn.Parameter]:
         """Parameters first used in layer ``t`` (shared ones belong to layer 0)."""
@@ -246,6 +278,10 @@ class CoupledUnrolledISTA(UnrolledISTA):
     forward).  A tensor step multiplies the (batch, m) residual; a Python number
     step is folded into the second GEMM.  Subclasses supply ``_coupling(t)``.
     """
+
+    #: ``W_t = I - B_t A`` by construction (``B_t = step_t W_t^T``): Chen et al. 2018's coupling holds
+    #: exactly, ``+diagnostics=coupling`` reports its residual as 0
+    couples_weights = True
 
     def _prepare(self, y: Tensor):
         return y, (-self.A).t()
@@ -345,6 +381,16 @@ class LISTA(UnrolledISTA):
     def _map(self, weight: Tensor | nn.Module, x: Tensor) -> Tensor:
         """``x`` (rows) through a learned map: ``x @ weight^T`` (dense) or ``weight(x)``."""
         return x @ weight.t() if self.operator == "dense" else weight(x)
+
+    def unfolded_weights(self) -> list[UnfoldedLayer]:
+        """Each layer's ``W_t`` and ``B_t`` as dense matrices, detached (a structured map applied to the
+        identity); ``W`` is None for the first layer of untied W (it sees ``x_0 = 0``)."""
+        eye_n = torch.eye(self.A.shape[1], dtype=self.A.dtype, device=self.A.device)
+        eye_m = torch.eye(self.A.shape[0], dtype=self.A.dtype, device=self.A.device)
+        dense = lambda weight, eye: self._map(weight, eye).t().detach()  # noqa: E731
+        W = [dense(self.W, eye_n)] * self.layers if self.tied else [None] + [dense(w, eye_n) for w in self.W]
+        B = [dense(self.B, eye_m)] * self.layers if self.tied_b else [dense(b, eye_m) for b in self.B]
+        return [UnfoldedLayer(w, b) for w, b in zip(W, B)]
 
     def layer_parameters(self, t):
         self._check_layer(t)

@@ -35,14 +35,16 @@ OVERRIDE_LINES = 2  # at most this many lines of overrides under a figure's titl
 def metric_label(key: str) -> str:
     """The human label of a metric key (module docstring): ``test/nmse_db`` -> ``test NMSE (dB)``,
     ``baseline/ista/test/nmse_db`` -> ``ISTA baseline: test NMSE (dB)``, ``test/psnr_s25`` ->
-    ``test PSNR (dB), sigma 25``, ``val/acc`` -> ``validation accuracy (%)``; ``key`` itself when
+    ``test PSNR (dB), sigma 25``, ``val/acc`` -> ``validation accuracy (%)``,
+    ``published/baseline/amp/test/nmse_db`` -> ``published AMP baseline: test NMSE (dB)``; ``key`` itself when
     a part of it is unknown."""
     base, note, rest = key.partition(" (")
     parts = base.split("/")
     if parts[0] == "baseline" and len(parts) > 2:
         prefix, parts = f"{parts[1].upper()} baseline: ", parts[2:]
-    elif parts[0] == "published":
-        prefix, parts = "published ", parts[1:]
+    elif parts[0] == "published":  # the paper's value of the metric that follows
+        inner = key.removeprefix("published/")
+        return key if metric_label(inner) == inner else f"published {metric_label(inner)}"
     else:
         prefix = ""
     label = split_metric_label(*([None] + parts)[-2:]) if 1 <= len(parts) <= 2 else None

@@ -1,10 +1,13 @@
 """The sparse-coding task (Chen et al. 2018, Sec. 4.1; Liu et al. 2019): recover the code x from
 y = A x (+ noise), trained on synthetic data (:mod:`unroll_cli.data.synthetic`), evaluated by NMSE
-after every layer beside ISTA and FISTA at the same depth and threshold, and by support recovery.
+after every layer beside classical algorithms at the same depth (ISTA and FISTA at the same threshold;
+AMP, IHT, OMP), and by support recovery.
 
 ``data.loss`` chooses the training loss (supervised or LASSO) and ``data.loss_reduction`` its scale
 over a batch, ``data.nmse`` the NMSE convention (pooled as the LISTA-CPSS/ALISTA code, or per-sample
-dB as Open-L2O), ``data.baselines`` the classical algorithms run beside the model. ``data.A_path``
+dB as Open-L2O), ``data.baselines`` the classical algorithms run beside the model (each built by its class's
+``from_problem`` from a :class:`~unroll_cli.models.lista.BaselineProblem`: the matrix, the model's depth
+and lam, and ``data.p``: IHT keeps ``s = round(p n)`` entries). ``data.A_path``
 and ``data.test_path`` give the authors' own problem: their matrix and their fixed test codes.
 """
 from __future__ import annotations
@@ -21,14 +24,18 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, positive, register_schema
 from unroll_cli.data.synthetic import gaussian_matrix, load_codes, load_matrix, measure, sample_codes
 from unroll_cli.evaluate.metrics import nmse_db, support_recovery
-from unroll_cli.models.lista import FISTA, ISTA
+from unroll_cli.models.amp import AMP, AMP_ALPHA
+from unroll_cli.models.greedy import OMP
+from unroll_cli.models.iht import IHT, support_size
+from unroll_cli.models.lista import FISTA, ISTA, BaselineProblem
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
 from unroll_cli.tasks.base import online_epoch
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (y, x)
-BASELINES = {"ista": ISTA, "fista": FISTA}
+# the classical algorithms of data.baselines, each built from the problem by its ``from_problem``
+BASELINES = {"ista": ISTA, "fista": FISTA, "amp": AMP, "iht": IHT, "omp": OMP}
 METRIC = "test/nmse_db"
 # results.md's words for trainer.decay_mode (trainer=layerwise)
 DECAY_MODES = {"lr": "learning-rate multiplier of earlier layers (HyperLISTA; the authors' stated intent)",
@@ -69,7 +76,7 @@ class SyntheticSparseCodingConfig:
                             lambda v: v in ("pooled", "per_sample"), evaluation=True)
     # |x_hat_i| > support_tol counts as a detected nonzero
     support_tol: float = constrained(0.0, "a number >= 0", lambda v: v >= 0, changeable=True)
-    baselines: List[str] = constrained(["ista", "fista"], "a list of ista and/or fista",
+    baselines: List[str] = constrained(["ista", "fista"], "a list of " + ", ".join(BASELINES),
                                        lambda v: set(v) <= set(BASELINES), changeable=True)
 
 
@@ -247,11 +254,15 @@ class SyntheticSparseCoding:
         metrics.update(self.validate(model))
         depth = len(per_layer)
         layers = pd.DataFrame({"layer": range(depth), METRIC: per_layer})
+        problem = BaselineProblem(self.A, model.layers, model.lam, self.p)
         for name in self.baselines:
-            baseline = BASELINES[name](A=self.A, layers=model.layers, lam=model.lam)
-            baseline_metrics, baseline_layers = self.evaluate(baseline, prefix=f"baseline/{name}/test")
+            baseline_metrics, baseline_layers = self.evaluate(BASELINES[name].from_problem(problem),
+                                                              prefix=f"baseline/{name}/test")
             metrics.update(baseline_metrics)
             layers[f"baseline/{name}/{METRIC}"] = baseline_layers
+            baseline_curve = published_curve(paper, self.setting(), name)
+            if baseline_curve is not None and len(baseline_curve) >= depth:
+                layers[f"published/baseline/{name}/{METRIC}"] = baseline_curve[:depth]
         curve, published, shown = published_curve(paper, self.setting(), model_name), None, layers
         if curve is not None and len(curve) >= depth:
             layers[f"published/{METRIC}"] = curve[:depth]
@@ -271,8 +282,21 @@ class SyntheticSparseCoding:
                                                                 "learned per layer")
         table = Table(layers, ["layer"], "NMSE (dB) per layer (test set, layer 0 = the all-zero start)", shown=shown)
         return Report(title, metrics, {"layers.csv": table}, plots, published=published, curve=("step", False),
-                      notes=[f"NMSE convention: {self.nmse}; baselines run at the model's depth and lam.",
+                      notes=[f"NMSE convention: {self.nmse}; baselines run at the model's depth: "
+                             + "; ".join(self.baseline_words()) + ".",
                              *self.notes])
+
+    def baseline_words(self) -> list[str]:
+        """results.md's words for each baseline: how it was set beside the model."""
+        words = {"ista": "ISTA at the model's lam", "fista": "FISTA at the model's lam",
+                 "amp": f"AMP at alpha {AMP_ALPHA:g} of the residual's rms",
+                 "iht": f"IHT keeping s = round(p n) = {support_size(self.p, self.A.shape[1])} entries",
+                 "omp": "OMP one atom per layer"}
+        return [words[name] for name in self.baselines]
+
+    def layer_curve(self, model: torch.nn.Module) -> tuple[str, list[float]]:
+        """The test NMSE (dB) after layers 1..T (``+diagnostics=rate``), and its metric's name."""
+        return METRIC, self.evaluate(model)[1][1:]
 
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
