@@ -11,8 +11,11 @@ import pandas as pd
 import pytest
 import torch
 
+from scipy.optimize import minimize_scalar
+from scipy.stats import norm
+
 from conftest import TINY_PROBLEM, compose_cfg, read_metrics
-from unroll_cli.models.amp import AMP, LAMP
+from unroll_cli.models.amp import AMP, AMP_ALPHA, LAMP
 from unroll_cli.models.greedy import OMP
 from unroll_cli.models.iht import IHT, LIHT
 from unroll_cli.run import run
@@ -198,5 +201,15 @@ def test_an_experiments_lam_leaves_amps_threshold_alone():
     """chen2018_lista sets model.lam (ISTA's threshold scale, LAMP's initial multiplier) for every model:
     AMP's multiplier is its own key, so model=amp there is still the AMP of the paper's curve."""
     cfg = compose_cfg(["+experiment=chen2018_lista", "model=amp"])
-    assert cfg.model.lam == 0.4 and cfg.model.alpha == pytest.approx(1.14)
+    assert cfg.model.lam == 0.4 and cfg.model.alpha == AMP_ALPHA
+
+
+def test_amps_default_multiplier_is_the_minimax_soft_threshold_at_the_papers_sparsity():
+    """Donoho, Maleki & Montanari 2009: the minimax threshold at sparsity eps minimises the worst-case
+    MSE of soft thresholding, eps (1 + a^2) + (1 - eps) 2 ((1 + a^2) Phi(-a) - a phi(a)); at Chen et
+    al.'s p = 0.1 it is AMP_ALPHA to the two decimals it is given with."""
+    eps = 0.1
+    risk = lambda a: eps * (1 + a * a) + (1 - eps) * 2 * ((1 + a * a) * norm.cdf(-a) - a * norm.pdf(a))
+    minimax = minimize_scalar(risk, bounds=(0, 5), method="bounded", options={"xatol": 1e-8}).x
+    assert abs(minimax - AMP_ALPHA) < 0.005
     assert compose_cfg(["+experiment=chen2018_lista", "model=lamp"]).model.lam == 0.4

@@ -25,10 +25,14 @@ from unroll_cli.models.lista import BaselineProblem, ClassicalModelConfig, Unrol
 from unroll_cli.models.prox import soft_threshold
 from unroll_cli.schema import constrained, register_schema
 
-#: AMP's threshold multiplier ``alpha``: on Chen et al. 2018's problem (250 x 500 A drawn by data.matrix_seed
-#: 0, 1, 2; Bernoulli(0.1)-Gaussian test codes) its NMSE is their Fig. 5(a) AMP curve within 0.4, 1.2, 0.6 dB
-#: at every layer (-30.3, -29.3, -29.9 dB after 16 layers against -30.5). The paper does not state its
-#: value; 0.4, LAMP's initial lam, diverges; 0.8 and 1.5 end at -23.1 and -25.2 dB (seed 0).
+#: AMP's threshold multiplier ``alpha``: the minimax threshold of soft thresholding at sparsity 0.1
+#: (Donoho, Maleki & Montanari, PNAS 2009: the alpha minimising the worst-case MSE
+#: eps (1 + a^2) + (1 - eps) 2 ((1 + a^2) Phi(-a) - a phi(a)) at eps = p = 0.1 is 1.140), AMP's standard
+#: tuning for Chen et al. 2018's Bernoulli(0.1) codes. On their problem (250 x 500 A drawn by
+#: data.matrix_seed 0, 1, 2) its NMSE is their Fig. 5(a) AMP curve within 0.4, 1.2, 0.6 dB at every layer
+#: (-30.3, -29.3, -29.9 dB after 16 layers against -30.5). The paper does not state its value; 0.4,
+#: LAMP's initial lam, diverges; 0.8 and 1.5 end at -23.1 and -25.2 dB (seed 0). Another p: set
+#: model.alpha to that sparsity's minimax threshold.
 AMP_ALPHA = 1.14
 
 
