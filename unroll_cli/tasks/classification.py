@@ -1,7 +1,8 @@
 """The image classification task (Sulam et al. 2020): MNIST, Fashion-MNIST, CIFAR-10, SVHN held as
 tensors on the device (:mod:`unroll_cli.data.images` reads the files), augmented per batch; accuracy
 per epoch, final, best and averaged over a window of epochs (the official notebooks' number), and
-per number of unfoldings at test time.
+per number of unfoldings at test time. Options: a rotated MNIST-rot style split of the pooled images
+(:mod:`unroll_cli.data.rotated`) and ZCA whitening (:mod:`unroll_cli.data.whitening`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.schema import any_number, constrained, evaluation_only, register_schema
 from unroll_cli.data.images import (DATASETS, SPLIT_SEED, dataset_folder, load_dataset, random_crop, random_hflip,
                                     to_float)
+from unroll_cli.data.rotated import rotated_split as draw_rotated_split
+from unroll_cli.data.whitening import ZCA
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
@@ -49,6 +52,17 @@ class ImageDataConfig:
     acc_mean_epochs: Optional[List[int]] = constrained(
         None, "null or [first, last] with 1 <= first <= last",
         lambda v: v is None or (len(v) == 2 and 1 <= v[0] <= v[1]), changeable=True)
+    # an MNIST-rot style set: [n_train, n_test] images drawn from the pooled train and test images, each
+    # rotated by a fixed angle uniform in [0, 360) degrees, both from rotation_seed (not the run's seed)
+    rotated_split: Optional[List[int]] = constrained(
+        None, "null or [n_train, n_test], integers >= 1",
+        lambda v: v is None or (len(v) == 2 and all(n >= 1 for n in v)))
+    rotation_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0)
+    # each channel standardised by the set's own statistics, then ZCA-whitened (Theodosis & Ba 2022)
+    zca: bool = False
+    # whose statistics whiten the validation and test images: train | own (each set its own, as the
+    # authors' code does)
+    zca_statistics: str = constrained("train", "train or own", lambda v: v in ("train", "own"))
 
 
 def accuracy_summary(history: list[dict], monitor: str, final: float, epochs: list[int] | None) -> dict:
@@ -81,10 +95,15 @@ class ImageClassification:
                  eval_batch_size: int = 1000, arch: str = "mnist",
                  normalize_mean: Sequence[float] | None = None, normalize_std: Sequence[float] | None = None,
                  random_crop_padding: int = 0, hflip: bool = False, val_size: int = 0,
-                 n_train: int | None = None, acc_mean_epochs: Sequence[int] | None = None, seed: int = 0,
+                 n_train: int | None = None, acc_mean_epochs: Sequence[int] | None = None,
+                 rotated_split: Sequence[int] | None = None, rotation_seed: int = 0, zca: bool = False,
+                 zca_statistics: str = "train", seed: int = 0,
                  device: str | torch.device = "cpu", trainer: DictConfig | None = None):
         self._check(name, batch_size, eval_batch_size, normalize_mean, normalize_std,
                     random_crop_padding, val_size, n_train)
+        if zca and normalize_mean is not None:
+            raise ConfigError("data.zca=true standardises each channel by the data's own statistics: set "
+                              "data.normalize_mean=null and data.normalize_std=null")
         max_epochs = trainer.get("max_epochs") if trainer is not None else None
         if acc_mean_epochs is not None and not (
                 len(acc_mean_epochs) == 2 and 1 <= acc_mean_epochs[0] <= acc_mean_epochs[1] <= (max_epochs or 1e9)):
@@ -100,6 +119,16 @@ class ImageClassification:
 
         train_x, train_y, test_x, test_y = load_dataset(name, root, download)
         self.data_source = f"{name} from {dataset_folder(name, root)}"
+        self.rotated = rotated_split is not None
+        if self.rotated:
+            pool = len(train_x) + len(test_x)
+            if sum(rotated_split) > pool:
+                raise ConfigError(f"data.rotated_split={list(rotated_split)} asks for more than the {pool} train "
+                                  f"and test images of {name}")
+            drawn = draw_rotated_split((train_x, train_y), (test_x, test_y), tuple(rotated_split), rotation_seed)
+            (train_x, train_y), (test_x, test_y) = drawn.train, drawn.test
+            self.data_source += (f", {rotated_split[0]} train and {rotated_split[1]} test images rotated "
+                                 f"(data.rotation_seed={rotation_seed})")
         if val_size + (n_train or 0) > len(train_x):
             raise ConfigError(f"data.val_size={val_size} + data.n_train={n_train} exceed the "
                               f"{len(train_x)} training images of {name}")
@@ -122,6 +151,13 @@ class ImageClassification:
             shape = (1, self.in_channels, 1, 1)
             self.mean = torch.tensor(list(normalize_mean), dtype=torch.float32, device=self.device).view(shape)
             self.std = torch.tensor(list(normalize_std), dtype=torch.float32, device=self.device).view(shape)
+        self.whitening = None
+        if zca:
+            train_zca = ZCA(train_x).to(self.device)
+            own = zca_statistics == "own"
+            self.whitening = {"train": train_zca,
+                              "val": ZCA(val_x).to(self.device) if own and val_x is not None else train_zca,
+                              "test": ZCA(test_x).to(self.device) if own else train_zca}
         self.steps_per_epoch = math.ceil(len(self.train_images) / self.batch_size)
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
 
@@ -164,11 +200,13 @@ class ImageClassification:
         images = random_crop(images, self.padding, self.gen)
         if self.hflip:
             images = random_hflip(images, self.gen)
-        return to_float(images, self.mean, self.std)
+        return self.preprocess(images, "train")
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Evaluation preprocessing of a uint8 batch: scaling and normalisation only."""
-        return to_float(images, self.mean, self.std)
+    def preprocess(self, images: torch.Tensor, split: str = "test") -> torch.Tensor:
+        """Evaluation preprocessing of a uint8 batch of ``split`` (train, val, test): scaling and
+        normalisation, or with ``zca`` standardisation and whitening by that split's statistics."""
+        x = to_float(images, self.mean, self.std)
+        return x if self.whitening is None else self.whitening[split](x)
 
     def train_batches(self) -> Iterator[Batch]:
         """One epoch of augmented (images, labels) batches on the task's device."""
@@ -193,16 +231,16 @@ class ImageClassification:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def _score(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               unfoldings: int | None = None) -> tuple[float, float]:
-        """(accuracy in %, mean NLL) over a held set, in eval mode and eval batches."""
+    def _score(self, model: torch.nn.Module, split: str, unfoldings: int | None = None) -> tuple[float, float]:
+        """(accuracy in %, mean NLL) over a held set (val or test), in eval mode and eval batches."""
+        images, labels = (self.val_images, self.val_labels) if split == "val" else (self.test_images, self.test_labels)
         was_training = model.training
         model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         nll = torch.zeros((), dtype=torch.float64, device=self.device)
         try:
             for start in range(0, len(images), self.eval_batch_size):
-                x = self.preprocess(images[start:start + self.eval_batch_size])
+                x = self.preprocess(images[start:start + self.eval_batch_size], split)
                 y = labels[start:start + self.eval_batch_size]
                 out = model(x, unfoldings).float()
                 nll += F.nll_loss(out, y, reduction="sum").double()
@@ -215,14 +253,12 @@ class ImageClassification:
     def validate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
         """The monitored accuracy (%) and mean loss: on the validation set, or the test set if val_size=0."""
         split = self.monitor.split("/")[0]
-        images, labels = ((self.val_images, self.val_labels) if split == "val"
-                          else (self.test_images, self.test_labels))
-        acc, loss = self._score(model, images, labels, unfoldings)
+        acc, loss = self._score(model, split, unfoldings)
         return {self.monitor: acc, f"{split}/loss": loss}
 
     def evaluate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
         """Test accuracy (%) and mean loss, with ``unfoldings`` iterations (None = the model's default)."""
-        acc, loss = self._score(model, self.test_images, self.test_labels, unfoldings)
+        acc, loss = self._score(model, "test", unfoldings)
         return {"acc": acc, "loss": loss}
 
     def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
@@ -253,5 +289,5 @@ class ImageClassification:
         return {}
 
     def setting(self) -> str:
-        """The published-table key: the dataset name."""
-        return self.name
+        """The published-table key: the dataset name (``_rot`` added for a rotated split)."""
+        return f"{self.name}_rot" if self.rotated else self.name
