@@ -15,7 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from unroll_cli.schema import (SCHEMAS, AdamConfig, ConstantSchedConfig, CosineSchedConfig, LayerwiseTrainerConfig,
-                               LinearSchedConfig, SGDConfig, StepSchedConfig, TrainConfig, TrainerConfig)
+                               LinearSchedConfig, MultiStepSchedConfig, SGDConfig, StepSchedConfig, TrainConfig,
+                               TrainerConfig)
 
 # One value per process, so every use of ${run_uid:} in a run names the same directory, and two
 # runs started in the same microsecond (or in two processes) never share one.
@@ -47,6 +48,7 @@ SHARED_SCHEMAS = [
     ("optim", "sgd", SGDConfig),
     ("sched", "constant", ConstantSchedConfig),
     ("sched", "step", StepSchedConfig),
+    ("sched", "multistep", MultiStepSchedConfig),
     ("sched", "cosine", CosineSchedConfig),
     ("sched", "linear", LinearSchedConfig),
     ("trainer", "end_to_end", TrainerConfig),

@@ -48,6 +48,8 @@ class ImageDataConfig:
     val_size: int = constrained(0, "an integer >= 0 (0: the test set)", lambda v: v >= 0)
     # a random subset of the training set, for quick runs
     n_train: Optional[int] = constrained(None, "null (all) or an integer >= 1", lambda v: v is None or v >= 1)
+    # a random subset of the test set, for quick runs (the same for every run seed)
+    n_test: Optional[int] = constrained(None, "null (all) or an integer >= 1", lambda v: v is None or v >= 1)
     # first and last epoch (1-based, inclusive) of the reported mean accuracy; null: the last 10
     acc_mean_epochs: Optional[List[int]] = constrained(
         None, "null or [first, last] with 1 <= first <= last",
@@ -83,7 +85,8 @@ class ImageClassification:
     batches (the last one smaller, like a DataLoader without ``drop_last``, as in the paper's
     notebooks). ``val_size > 0`` holds out that many training images (a fixed random subset, seed
     :data:`SPLIT_SEED`, the same for every run seed); ``n_train`` then takes a fixed random subset of
-    the rest. Shuffling and augmentation draw from one generator seeded by ``seed``, on the device.
+    the rest, and ``n_test`` one of the test set. Shuffling and augmentation draw from one generator
+    seeded by ``seed``, on the device.
     """
 
     kind = "classification"
@@ -95,7 +98,7 @@ class ImageClassification:
                  eval_batch_size: int = 1000, arch: str = "mnist",
                  normalize_mean: Sequence[float] | None = None, normalize_std: Sequence[float] | None = None,
                  random_crop_padding: int = 0, hflip: bool = False, val_size: int = 0,
-                 n_train: int | None = None, acc_mean_epochs: Sequence[int] | None = None,
+                 n_train: int | None = None, n_test: int | None = None, acc_mean_epochs: Sequence[int] | None = None,
                  rotated_split: Sequence[int] | None = None, rotation_seed: int = 0, zca: bool = False,
                  zca_statistics: str = "train", seed: int = 0,
                  device: str | torch.device = "cpu", trainer: DictConfig | None = None):
@@ -141,6 +144,11 @@ class ImageClassification:
             if val_size > 0:
                 val_x, val_y = train_x[val_idx], train_y[val_idx]
             train_x, train_y = train_x[rest], train_y[rest]
+        if n_test is not None:
+            if n_test > len(test_x):
+                raise ConfigError(f"data.n_test={n_test} exceeds the {len(test_x)} test images of {name}")
+            keep = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n_test]
+            test_x, test_y = test_x[keep], test_y[keep]
 
         on = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         self.train_images, self.train_labels = on(train_x), on(train_y)
@@ -262,9 +270,11 @@ class ImageClassification:
         return {"acc": acc, "loss": loss}
 
     def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
-        """Final, best and windowed-mean test accuracy; accuracy per number of unfoldings T' = 0..T."""
+        """Final, best and windowed-mean test accuracy, the model's parameter count (architectures are
+        compared at equal parameters); accuracy per number of unfoldings T' = 0..T."""
         final = self.evaluate(model)
-        metrics = {"test/acc": final["acc"], "test/loss": final["loss"]}
+        metrics = {"test/acc": final["acc"], "test/loss": final["loss"],
+                   "model/parameters": sum(p.numel() for p in model.parameters())}
         summary = accuracy_summary(history, self.monitor, final["acc"], self.acc_mean_epochs)
         if self.monitor.startswith("test/"):  # per-epoch test accuracy, the paper's protocol
             metrics.update({f"test/{k}": v for k, v in summary.items()})
@@ -283,7 +293,7 @@ class ImageClassification:
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
         split = self.monitor.split("/")[0]
-        return ["test/acc", "test/loss", f"{split}/acc_best", f"{split}/acc_last_k_mean"]
+        return ["test/acc", "test/loss", f"{split}/acc_best", f"{split}/acc_last_k_mean", "model/parameters"]
 
     def artifacts(self) -> dict:
         return {}
