@@ -270,11 +270,9 @@ class ImageClassification:
         return {"acc": acc, "loss": loss}
 
     def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
-        """Final, best and windowed-mean test accuracy, the model's parameter count (architectures are
-        compared at equal parameters); accuracy per number of unfoldings T' = 0..T."""
+        """Final, best and windowed-mean test accuracy; accuracy per number of unfoldings T' = 0..T."""
         final = self.evaluate(model)
-        metrics = {"test/acc": final["acc"], "test/loss": final["loss"],
-                   "model/parameters": sum(p.numel() for p in model.parameters())}
+        metrics = {"test/acc": final["acc"], "test/loss": final["loss"]}
         summary = accuracy_summary(history, self.monitor, final["acc"], self.acc_mean_epochs)
         if self.monitor.startswith("test/"):  # per-epoch test accuracy, the paper's protocol
             metrics.update({f"test/{k}": v for k, v in summary.items()})
@@ -293,7 +291,7 @@ class ImageClassification:
     def metric_names(self) -> list[str]:
         """The metrics a run of this task reports (``published/...`` besides, when a paper has them)."""
         split = self.monitor.split("/")[0]
-        return ["test/acc", "test/loss", f"{split}/acc_best", f"{split}/acc_last_k_mean", "model/parameters"]
+        return ["test/acc", "test/loss", f"{split}/acc_best", f"{split}/acc_last_k_mean"]
 
     def artifacts(self) -> dict:
         return {}
