@@ -333,7 +333,7 @@ def test_initialisation_and_interface(arch):
 @pytest.mark.parametrize("cls", CLASSES)
 def test_invalid_arguments(cls):
     with pytest.raises(ValueError, match=r"^arch \(data.arch, the architecture the data calls for\) must be one of "
-                                         r"cifar10, mnist, got 'svhn'$"):
+                                         r"cifar10, mnist, mnist_small, got 'svhn'$"):
         cls(arch="svhn")
     with pytest.raises(ValueError, match="unfoldings"):
         cls(unfoldings=-1)

@@ -37,7 +37,7 @@ class ImageDataConfig:
     download: bool = evaluation_only(True)
     batch_size: int = constrained(128, "an integer >= 1", lambda v: v >= 1)
     eval_batch_size: int = constrained(1000, "an integer >= 1", lambda v: v >= 1, evaluation=True)
-    arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10
+    arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10 | mnist_small
     # per channel; the channel counts are checked against the dataset when it is read
     normalize_mean: Optional[List[float]] = constrained(None, "null or numbers", any_number)
     normalize_std: Optional[List[float]] = constrained(None, "null or numbers > 0",
