@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -210,7 +211,7 @@ def test_rotated_split_sizes_images_and_seed(idx_root):
 def test_fashion_mnist_rot_config_has_mnist_rot_sizes():
     cfg = compose_cfg(["data=fashion_mnist_rot"]).data
     assert (cfg.name, list(cfg.rotated_split), cfg.rotation_seed) == ("fashion_mnist", [12000, 50000], 0)
-    folder = next((d for d in im.FASHION_MNIST_SYSTEM_DIRS if im._find_idx(__import__("pathlib").Path(d))), None)
+    folder = next((d for d in im.FASHION_MNIST_SYSTEM_DIRS if im._find_idx(Path(d))), None)
     if folder is None:
         pytest.skip("Fashion-MNIST is not installed (dataset-fashion-mnist)")
     task = ImageClassification("fashion_mnist", download=False, rotated_split=[12000, 50000])
