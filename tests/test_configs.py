@@ -19,6 +19,7 @@ from PIL import Image
 
 from conftest import compose_cfg
 from test_image_data import make_cifar, make_idx_set, make_svhn
+from unroll_cli.data.rotated import rotated_split
 from unroll_cli.validation import validate
 from unroll_cli.run import build_model, build_task, check_optimizer
 from unroll_cli.sweep.optuna_study import search_space
@@ -36,6 +37,9 @@ SMALL = {"synthetic_sc": lambda root: ["data.m=20", "data.n=40", "data.n_val=16"
          "synthetic_dl": lambda root: ["data.m=10", "data.p=20", "data.s=3", "data.n=40", "data.n_val=16",
                                        "data.n_test=16", "data.batch_size=20", "data.lasso_steps=5"]}
 IMAGE_FILES = lambda root: [f"data.root={root}", "data.download=false"]  # noqa: E731
+ROTATED_SPLIT = (30, 25)  # data=fashion_mnist_rot on the tiny files (40 training and 20 test images)
+SMALL["fashion_mnist_rot"] = lambda root: [*IMAGE_FILES(root),  # noqa: E731
+                                           "data.rotated_split=[{},{}]".format(*ROTATED_SPLIT)]
 
 
 def options(group: str) -> list[str]:
@@ -71,13 +75,16 @@ def image_root(tmp_path_factory) -> Path:
         "mnist": mnist["train"][1], "fashion_mnist": fashion["train"][1], "mnist_denoise": mnist["train"][0],
         "cifar10": np.concatenate([cifar[f"data_batch_{i}"][1] for i in range(1, 6)]),
         "svhn": svhn["train"][1].ravel() % 10,  # SVHN's 10 is the digit 0
+        "fashion_mnist_rot": np.concatenate([fashion["train"][1], fashion["t10k"][1]])[
+            rotated_split(*[(torch.from_numpy(fashion[s][0])[:, None], torch.from_numpy(fashion[s][1]))
+                            for s in ("train", "t10k")], ROTATED_SPLIT, seed=0).index[0].numpy()],
         "bsd_denoise": 3})
     return root
 
 
 def task_of(data: str, image_root: Path, *extra: str):
     overrides = [f"data={data}", *SMALL.get(data, IMAGE_FILES)(image_root), *extra]
-    if data not in SMALL:  # a classification set: a model that fits it
+    if data not in SMALL or data == "fashion_mnist_rot":  # a classification set: a model that fits it
         overrides.append("model=ml_ista")
     cfg = compose_cfg(overrides)
     validate(cfg)
@@ -152,7 +159,8 @@ def test_every_trainer_config_validates_and_names_a_trainer(trainer):
 FITS = {"tolooshams2022_denoise_cpu_short": ["data.n_train=null", "data.n_test=null"],
         "tasissa2024_densae_denoise_cpu_short": ["data.n_train=null", "data.n_test=null"],
         "gregor2010_lista_cpu_short": ["data.n_images=null", "data.n_test_images=null", "data.n_train=16"],
-        "ml_ista_optuna": ["data.val_size=10"]}  # still a validation split: the monitor stays val/*
+        "ml_ista_optuna": ["data.val_size=10"],  # still a validation split: the monitor stays val/*
+        "theodosis2022_cyclic_cpu_short": ["data.n_train=null", "data.n_test=null"]}
 
 
 def built(group: str, option: str, image_root: Path):

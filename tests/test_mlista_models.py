@@ -11,7 +11,7 @@ from unroll_cli.models.mlista import LBP, MLFISTA, MLISTA, MLLISTA, AllFree, con
 
 D = torch.float64
 # arch: (input channels, image size, strides of W1..W3, padding)
-GEOMETRY = {"mnist": (1, 28, (2, 2, 1), 0), "cifar10": (3, 32, (2, 2, 2), 1)}
+GEOMETRY = {"mnist": (1, 28, (2, 2, 1), 0), "cifar10": (3, 32, (2, 2, 2), 1), "mnist_small": (1, 28, (2, 2, 1), 0)}
 ARCHS = list(GEOMETRY)
 CLASSES = [MLISTA, MLFISTA, MLLISTA, LBP, AllFree]
 
@@ -290,6 +290,12 @@ PARAMETERS = {
     "mnist": {MLISTA: 604_909, MLFISTA: 604_909, LBP: 604_909, MLLISTA: 1_204_074, AllFree: 4_203_562},
     "cifar10": {MLISTA: 4_005_869, MLFISTA: 4_005_869, LBP: 4_005_869, MLLISTA: 4_171_242, AllFree: 4_999_466},
 }
+# mnist_small, from the shapes: kernels 8*1*36 + 20*8*36 + 20*20*16 = 12,448, biases 48, steps 3, the
+# classifier 20*10 + 10 = 210 (ML-LISTA: a second set of kernels, no steps; all-free: 7 sets, no steps)
+_KERNELS, _BIASES, _HEAD = 8 * 36 + 20 * 8 * 36 + 20 * 20 * 16, 8 + 20 + 20, 20 * 10 + 10
+_SMALL = _KERNELS + _BIASES + 3 + _HEAD
+PARAMETERS["mnist_small"] = {MLISTA: _SMALL, MLFISTA: _SMALL, LBP: _SMALL, MLLISTA: 2 * _KERNELS + _BIASES + _HEAD,
+                             AllFree: 7 * (_KERNELS + _BIASES) + _HEAD}
 
 
 @pytest.mark.parametrize("arch", ARCHS)
@@ -327,7 +333,7 @@ def test_initialisation_and_interface(arch):
 @pytest.mark.parametrize("cls", CLASSES)
 def test_invalid_arguments(cls):
     with pytest.raises(ValueError, match=r"^arch \(data.arch, the architecture the data calls for\) must be one of "
-                                         r"cifar10, mnist, got 'svhn'$"):
+                                         r"cifar10, mnist, mnist_small, got 'svhn'$"):
         cls(arch="svhn")
     with pytest.raises(ValueError, match="unfoldings"):
         cls(unfoldings=-1)

@@ -17,6 +17,7 @@ from unroll_cli.validation import validate
 
 register_configs()
 SHARED = [schema.TrainConfig, schema.AdamConfig, schema.SGDConfig, schema.ConstantSchedConfig, schema.StepSchedConfig,
+          schema.MultiStepSchedConfig,
           schema.CosineSchedConfig, schema.TrainerConfig, schema.LayerwiseTrainerConfig, schema.PaperConfig]
 
 

@@ -15,7 +15,8 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
 from unroll_cli.schema import (SCHEMAS, AdamConfig, ConstantSchedConfig, CosineSchedConfig, InverseTimeSchedConfig,
-                               LayerwiseTrainerConfig, LinearSchedConfig, SGDConfig, StepSchedConfig, TrainConfig,
+                               LayerwiseTrainerConfig, LinearSchedConfig, MultiStepSchedConfig, SGDConfig,
+                               StepSchedConfig, TrainConfig,
                                TrainerConfig)
 
 # One value per process, so every use of ${run_uid:} in a run names the same directory, and two
@@ -48,6 +49,7 @@ SHARED_SCHEMAS = [
     ("optim", "sgd", SGDConfig),
     ("sched", "constant", ConstantSchedConfig),
     ("sched", "step", StepSchedConfig),
+    ("sched", "multistep", MultiStepSchedConfig),
     ("sched", "cosine", CosineSchedConfig),
     ("sched", "linear", LinearSchedConfig),
     ("sched", "inverse_time", InverseTimeSchedConfig),

@@ -103,6 +103,14 @@ class StepSchedConfig:
 
 
 @dataclass
+class MultiStepSchedConfig:
+    _target_: str = "torch.optim.lr_scheduler.MultiStepLR"
+    milestones: List[int] = constrained([30, 60], "increasing epochs >= 1",
+                                        lambda v: all(m >= 1 for m in v) and list(v) == sorted(set(v)))
+    gamma: float = constrained(0.1, "a number > 0 (the learning rate's factor)", positive)
+
+
+@dataclass
 class CosineSchedConfig:
     _target_: str = "torch.optim.lr_scheduler.CosineAnnealingLR"
     T_max: int = constrained(100, "an integer >= 1", positive)

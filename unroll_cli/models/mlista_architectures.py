@@ -3,6 +3,7 @@ geometry, for the multi-layer ISTA family (:mod:`unroll_cli.models.mlista`).
 
 * ``"mnist"`` (1x28x28 input): W1 (32,C,6,6) stride 2, W2 (64,32,6,6) stride 2,
   W3 (512,64,4,4) stride 1, no padding; then Linear(512, classes) + log_softmax.
+* ``"mnist_small"``: the same geometry at 8, 20, 20 channels (a CNN of the cyclic-group network's size).
 * ``"cifar10"`` (3x32x32): W1 (32,C,4,4), W2 (64,32,4,4), W3 (128,64,4,4), stride 2,
   padding 1; then three plain layers ``ReLU(conv3x3 + b)`` with 256, 512, 512 channels,
   max-pooling 2 after the last two, and Linear(512, classes) + log_softmax.
@@ -26,6 +27,9 @@ from torch import Tensor
 ARCHS = {
     "mnist": {"layers": ((32, 6, 2), (64, 6, 2), (512, 4, 1)), "padding": 0, "tail": (), "side": 28},
     "cifar10": {"layers": ((32, 4, 2), (64, 4, 2), (128, 4, 2)), "padding": 1, "tail": (256, 512, 512), "side": 32},
+    # the MNIST geometry at 8/20/20 channels: as many parameters as the cyclic-group network on one
+    # channel (Theodosis & Ba 2022's comparison; cnn 12,709, cyclic_unfolded 12,770)
+    "mnist_small": {"layers": ((8, 6, 2), (20, 6, 2), (20, 4, 1)), "padding": 0, "tail": (), "side": 28},
 }
 
 

@@ -1,7 +1,8 @@
 """The image classification task (Sulam et al. 2020): MNIST, Fashion-MNIST, CIFAR-10, SVHN held as
 tensors on the device (:mod:`unroll_cli.data.images` reads the files), augmented per batch; accuracy
 per epoch, final, best and averaged over a window of epochs (the official notebooks' number), and
-per number of unfoldings at test time.
+per number of unfoldings at test time. Options: a rotated MNIST-rot style split of the pooled images
+(:mod:`unroll_cli.data.rotated`) and ZCA whitening (:mod:`unroll_cli.data.whitening`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from unroll_cli.errors import ConfigError
 from unroll_cli.schema import any_number, constrained, evaluation_only, register_schema
 from unroll_cli.data.images import (DATASETS, SPLIT_SEED, dataset_folder, load_dataset, random_crop, random_hflip,
                                     to_float)
+from unroll_cli.data.rotated import rotated_split as draw_rotated_split
+from unroll_cli.data.whitening import ZCA
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
@@ -34,7 +37,7 @@ class ImageDataConfig:
     download: bool = evaluation_only(True)
     batch_size: int = constrained(128, "an integer >= 1", lambda v: v >= 1)
     eval_batch_size: int = constrained(1000, "an integer >= 1", lambda v: v >= 1, evaluation=True)
-    arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10
+    arch: str = "mnist"  # the model architecture this data calls for: mnist | cifar10 | mnist_small
     # per channel; the channel counts are checked against the dataset when it is read
     normalize_mean: Optional[List[float]] = constrained(None, "null or numbers", any_number)
     normalize_std: Optional[List[float]] = constrained(None, "null or numbers > 0",
@@ -45,10 +48,23 @@ class ImageDataConfig:
     val_size: int = constrained(0, "an integer >= 0 (0: the test set)", lambda v: v >= 0)
     # a random subset of the training set, for quick runs
     n_train: Optional[int] = constrained(None, "null (all) or an integer >= 1", lambda v: v is None or v >= 1)
+    # a random subset of the test set, for quick runs (the same for every run seed)
+    n_test: Optional[int] = constrained(None, "null (all) or an integer >= 1", lambda v: v is None or v >= 1)
     # first and last epoch (1-based, inclusive) of the reported mean accuracy; null: the last 10
     acc_mean_epochs: Optional[List[int]] = constrained(
         None, "null or [first, last] with 1 <= first <= last",
         lambda v: v is None or (len(v) == 2 and 1 <= v[0] <= v[1]), changeable=True)
+    # an MNIST-rot style set: [n_train, n_test] images drawn from the pooled train and test images, each
+    # rotated by a fixed angle uniform in [0, 360) degrees, both from rotation_seed (not the run's seed)
+    rotated_split: Optional[List[int]] = constrained(
+        None, "null or [n_train, n_test], integers >= 1",
+        lambda v: v is None or (len(v) == 2 and all(n >= 1 for n in v)))
+    rotation_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0)
+    # each channel standardised by the set's own statistics, then ZCA-whitened (Theodosis & Ba 2022)
+    zca: bool = False
+    # whose statistics whiten the validation and test images: train | own (each set its own, as the
+    # authors' code does)
+    zca_statistics: str = constrained("train", "train or own", lambda v: v in ("train", "own"))
 
 
 def accuracy_summary(history: list[dict], monitor: str, final: float, epochs: list[int] | None) -> dict:
@@ -69,7 +85,8 @@ class ImageClassification:
     batches (the last one smaller, like a DataLoader without ``drop_last``, as in the paper's
     notebooks). ``val_size > 0`` holds out that many training images (a fixed random subset, seed
     :data:`SPLIT_SEED`, the same for every run seed); ``n_train`` then takes a fixed random subset of
-    the rest. Shuffling and augmentation draw from one generator seeded by ``seed``, on the device.
+    the rest, and ``n_test`` one of the test set. Shuffling and augmentation draw from one generator
+    seeded by ``seed``, on the device.
     """
 
     kind = "classification"
@@ -81,10 +98,15 @@ class ImageClassification:
                  eval_batch_size: int = 1000, arch: str = "mnist",
                  normalize_mean: Sequence[float] | None = None, normalize_std: Sequence[float] | None = None,
                  random_crop_padding: int = 0, hflip: bool = False, val_size: int = 0,
-                 n_train: int | None = None, acc_mean_epochs: Sequence[int] | None = None, seed: int = 0,
+                 n_train: int | None = None, n_test: int | None = None, acc_mean_epochs: Sequence[int] | None = None,
+                 rotated_split: Sequence[int] | None = None, rotation_seed: int = 0, zca: bool = False,
+                 zca_statistics: str = "train", seed: int = 0,
                  device: str | torch.device = "cpu", trainer: DictConfig | None = None):
         self._check(name, batch_size, eval_batch_size, normalize_mean, normalize_std,
                     random_crop_padding, val_size, n_train)
+        if zca and normalize_mean is not None:
+            raise ConfigError("data.zca=true standardises each channel by the data's own statistics: set "
+                              "data.normalize_mean=null and data.normalize_std=null")
         max_epochs = trainer.get("max_epochs") if trainer is not None else None
         if acc_mean_epochs is not None and not (
                 len(acc_mean_epochs) == 2 and 1 <= acc_mean_epochs[0] <= acc_mean_epochs[1] <= (max_epochs or 1e9)):
@@ -100,6 +122,16 @@ class ImageClassification:
 
         train_x, train_y, test_x, test_y = load_dataset(name, root, download)
         self.data_source = f"{name} from {dataset_folder(name, root)}"
+        self.rotated = rotated_split is not None
+        if self.rotated:
+            pool = len(train_x) + len(test_x)
+            if sum(rotated_split) > pool:
+                raise ConfigError(f"data.rotated_split={list(rotated_split)} asks for more than the {pool} train "
+                                  f"and test images of {name}")
+            drawn = draw_rotated_split((train_x, train_y), (test_x, test_y), tuple(rotated_split), rotation_seed)
+            (train_x, train_y), (test_x, test_y) = drawn.train, drawn.test
+            self.data_source += (f", {rotated_split[0]} train and {rotated_split[1]} test images rotated "
+                                 f"(data.rotation_seed={rotation_seed})")
         if val_size + (n_train or 0) > len(train_x):
             raise ConfigError(f"data.val_size={val_size} + data.n_train={n_train} exceed the "
                               f"{len(train_x)} training images of {name}")
@@ -112,6 +144,11 @@ class ImageClassification:
             if val_size > 0:
                 val_x, val_y = train_x[val_idx], train_y[val_idx]
             train_x, train_y = train_x[rest], train_y[rest]
+        if n_test is not None:
+            if n_test > len(test_x):
+                raise ConfigError(f"data.n_test={n_test} exceeds the {len(test_x)} test images of {name}")
+            keep = torch.randperm(len(test_x), generator=torch.Generator().manual_seed(SPLIT_SEED))[:n_test]
+            test_x, test_y = test_x[keep], test_y[keep]
 
         on = lambda t: None if t is None else t.to(self.device)  # noqa: E731
         self.train_images, self.train_labels = on(train_x), on(train_y)
@@ -122,6 +159,13 @@ class ImageClassification:
             shape = (1, self.in_channels, 1, 1)
             self.mean = torch.tensor(list(normalize_mean), dtype=torch.float32, device=self.device).view(shape)
             self.std = torch.tensor(list(normalize_std), dtype=torch.float32, device=self.device).view(shape)
+        self.whitening = None
+        if zca:
+            train_zca = ZCA(train_x).to(self.device)
+            own = zca_statistics == "own"
+            self.whitening = {"train": train_zca,
+                              "val": ZCA(val_x).to(self.device) if own and val_x is not None else train_zca,
+                              "test": ZCA(test_x).to(self.device) if own else train_zca}
         self.steps_per_epoch = math.ceil(len(self.train_images) / self.batch_size)
         self.gen = torch.Generator(device=self.device).manual_seed(int(seed))
 
@@ -164,11 +208,13 @@ class ImageClassification:
         images = random_crop(images, self.padding, self.gen)
         if self.hflip:
             images = random_hflip(images, self.gen)
-        return to_float(images, self.mean, self.std)
+        return self.preprocess(images, "train")
 
-    def preprocess(self, images: torch.Tensor) -> torch.Tensor:
-        """Evaluation preprocessing of a uint8 batch: scaling and normalisation only."""
-        return to_float(images, self.mean, self.std)
+    def preprocess(self, images: torch.Tensor, split: str = "test") -> torch.Tensor:
+        """Evaluation preprocessing of a uint8 batch of ``split`` (train, val, test): scaling and
+        normalisation, or with ``zca`` standardisation and whitening by that split's statistics."""
+        x = to_float(images, self.mean, self.std)
+        return x if self.whitening is None else self.whitening[split](x)
 
     def train_batches(self) -> Iterator[Batch]:
         """One epoch of augmented (images, labels) batches on the task's device."""
@@ -193,11 +239,12 @@ class ImageClassification:
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
-    def _score(self, model: torch.nn.Module, images: torch.Tensor, labels: torch.Tensor,
-               unfoldings: int | None = None) -> dict[str, float]:
-        """Accuracy in % (``acc``) and mean NLL (``loss``) over a held set, in eval mode and eval batches;
-        with a model that also reconstructs its input (it leaves the batch's mean per-image squared error
-        in ``model.reconstruction``, as DenSaE's classifier), that error's mean too (``reconstruction``)."""
+    def _score(self, model: torch.nn.Module, split: str, unfoldings: int | None = None) -> dict[str, float]:
+        """Accuracy in % (``acc``) and mean NLL (``loss``) over a held set (val or test), in eval mode and
+        eval batches; with a model that also reconstructs its input (it leaves the batch's mean per-image
+        squared error in ``model.reconstruction``, as DenSaE's classifier), that error's mean too
+        (``reconstruction``)."""
+        images, labels = (self.val_images, self.val_labels) if split == "val" else (self.test_images, self.test_labels)
         was_training = model.training
         model.eval()
         correct = torch.zeros((), dtype=torch.long, device=self.device)
@@ -205,7 +252,7 @@ class ImageClassification:
         reconstruction = None
         try:
             for start in range(0, len(images), self.eval_batch_size):
-                x = self.preprocess(images[start:start + self.eval_batch_size])
+                x = self.preprocess(images[start:start + self.eval_batch_size], split)
                 y = labels[start:start + self.eval_batch_size]
                 out = model(x, unfoldings).float()
                 nll += F.nll_loss(out, y, reduction="sum").double()
@@ -224,15 +271,13 @@ class ImageClassification:
     def validate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
         """The monitored accuracy (%) and mean loss: on the validation set, or the test set if val_size=0."""
         split = self.monitor.split("/")[0]
-        images, labels = ((self.val_images, self.val_labels) if split == "val"
-                          else (self.test_images, self.test_labels))
-        scores = self._score(model, images, labels, unfoldings)
+        scores = self._score(model, split, unfoldings)
         return {self.monitor: scores["acc"], f"{split}/loss": scores["loss"]}
 
     def evaluate(self, model: torch.nn.Module, unfoldings: int | None = None) -> dict[str, float]:
         """Test accuracy (%) and mean loss (and reconstruction error, see :meth:`_score`), with
         ``unfoldings`` iterations (None = the model's default)."""
-        return self._score(model, self.test_images, self.test_labels, unfoldings)
+        return self._score(model, "test", unfoldings)
 
     def report(self, model: torch.nn.Module, model_name: str, paper: DictConfig | None, history: list[dict]) -> Report:
         """Final, best and windowed-mean test accuracy; accuracy per number of unfoldings T' = 0..T."""
@@ -262,5 +307,5 @@ class ImageClassification:
         return {}
 
     def setting(self) -> str:
-        """The published-table key: the dataset name."""
-        return self.name
+        """The published-table key: the dataset name (``_rot`` added for a rotated split)."""
+        return f"{self.name}_rot" if self.rotated else self.name
