@@ -70,6 +70,20 @@ class Task(Protocol):
 ONLINE_STEPS_PER_EPOCH = 100
 
 
+class SeededStream:
+    """A task whose training batches come from its generator ``gen``: the generator's state is the
+    task's state in a checkpoint (``state_dict`` / ``load_state_dict``), so a resumed run draws the
+    batches an uninterrupted one would."""
+
+    gen: torch.Generator
+
+    def state_dict(self) -> dict:
+        return {"gen": self.gen.get_state()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.gen.set_state(state["gen"])
+
+
 def online_epoch(trainer: DictConfig | None) -> int:
     """Batches in an epoch of online data: ``trainer.steps_per_epoch``, or :data:`ONLINE_STEPS_PER_EPOCH`
     when it is null or the trainer has no epochs (the layer-wise schedule draws batch after batch)."""

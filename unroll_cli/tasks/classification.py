@@ -23,6 +23,7 @@ from unroll_cli.data.whitening import ZCA
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
+from unroll_cli.tasks.base import SeededStream
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (images, labels)
 
@@ -78,7 +79,7 @@ def accuracy_summary(history: list[dict], monitor: str, final: float, epochs: li
     return {"acc_best": max(per_epoch), "acc_last_k_mean": sum(window) / len(window)}
 
 
-class ImageClassification:
+class ImageClassification(SeededStream):
     """The classification Task: images on the device, per-batch augmentation, accuracy metrics.
 
     An epoch visits every training image once in a fresh random order, in ``ceil(n / batch_size)``
@@ -230,12 +231,6 @@ class ImageClassification:
         nll = F.nll_loss(outputs.float(), batch[1])
         joint = getattr(model, "joint_loss", None)
         return nll if joint is None else joint(nll)
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

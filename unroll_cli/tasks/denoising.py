@@ -31,6 +31,7 @@ from unroll_cli.evaluate.metrics import psnr_db
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table, references
+from unroll_cli.tasks.base import SeededStream
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (noisy, clean), each (N, 1, crop, crop)
 METRIC = "test/psnr"
@@ -130,7 +131,7 @@ def published_psnr(paper: DictConfig | None, setting: str, variant: str) -> floa
     return None if value is None else float(value)
 
 
-class DenoisingTask:
+class DenoisingTask(SeededStream):
     """What every denoising task shares: noise, loss, PSNR per image and layer, the report.
 
     A subclass reads its images and calls :meth:`_set_images`; it supplies ``train_batches``,
@@ -216,12 +217,6 @@ class DenoisingTask:
         penalty = getattr(model, "loss_penalty", None)
         extra = penalty(per_position=per_position) if penalty is not None else None
         return loss if extra is None else loss + extra
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
 
     # ------------------------------------------------------------------ evaluation
     def _chunks(self, clean: list[torch.Tensor]) -> Iterator[slice]:

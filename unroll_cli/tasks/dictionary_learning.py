@@ -47,7 +47,7 @@ from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
 from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, positive, register_schema
-from unroll_cli.tasks.base import online_epoch
+from unroll_cli.tasks.base import SeededStream, online_epoch
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (x as (N, 1, m, 1), z*)
 DICTIONARY, RELATIVE = "dictionary/error", "dictionary/relative_error"
@@ -116,7 +116,7 @@ def check_sizes(p: int, s: int, code: str, c_min: float, c_max: float, group_siz
         raise ValueError(f"data.batch_size={batch_size} is larger than the training set, data.n={n}")
 
 
-class SyntheticDictionaryLearning:
+class SyntheticDictionaryLearning(SeededStream):
     """Learn D from x = D* z* starting near D*; D's distance to D* after every epoch (module docstring)."""
 
     kind = "denoising"  # the autoencoders' kind of data: an input they reconstruct
@@ -224,12 +224,6 @@ class SyntheticDictionaryLearning:
         loss = 0.5 * (outputs[-1] - batch[0]).pow(2).flatten(1).sum(dim=1).mean()
         penalty = getattr(model, "loss_penalty", None)
         return loss if penalty is None else loss + penalty()
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
 
     # ------------------------------------------------------------------ evaluation
     def learned(self, model: torch.nn.Module) -> torch.Tensor:

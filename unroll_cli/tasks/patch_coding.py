@@ -38,7 +38,7 @@ from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
 from unroll_cli.schema import SEED_RANGE, constrained, evaluation_only, positive, register_schema
-from unroll_cli.tasks.base import online_epoch
+from unroll_cli.tasks.base import SeededStream, online_epoch
 
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]  # (patches X, optimal codes Z*)
@@ -90,7 +90,7 @@ class ImagePatchesConfig:
                                        lambda v: set(v) <= set(BASELINES), changeable=True)
 
 
-class PatchCoding:
+class PatchCoding(SeededStream):
     """Image patches -> their lasso-optimal codes (module docstring)."""
 
     kind = "sparse_coding"
@@ -177,12 +177,6 @@ class PatchCoding:
     def loss(self, estimates: list[torch.Tensor], batch: Batch, model: torch.nn.Module) -> torch.Tensor:
         """Eq. 5: ``0.5 ||Z* - Z||^2`` per patch, the mean over the batch."""
         return 0.5 * (estimates[-1] - batch[1]).pow(2).sum(dim=1).mean()
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

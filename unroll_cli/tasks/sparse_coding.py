@@ -31,7 +31,7 @@ from unroll_cli.models.lista import FISTA, ISTA, BaselineProblem
 from unroll_cli.record import figures
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
-from unroll_cli.tasks.base import online_epoch
+from unroll_cli.tasks.base import SeededStream, online_epoch
 
 Batch = tuple[torch.Tensor, torch.Tensor]  # (y, x)
 # the classical algorithms of data.baselines, each built from the problem by its ``from_problem``
@@ -94,7 +94,7 @@ def read_or_drawn(path: str | None, seed_key: str, seed: int) -> str:
     return f"from {Path(path).expanduser().resolve()}" if path else f"drawn by {seed_key}={seed}"
 
 
-class SyntheticSparseCoding:
+class SyntheticSparseCoding(SeededStream):
     """The sparse-coding task: recover x from y = A x (+ noise); NMSE per layer beside ISTA/FISTA."""
 
     kind = "sparse_coding"
@@ -222,12 +222,6 @@ class SyntheticSparseCoding:
         residual = y - x_hat @ self.A.T
         per_sample = 0.5 * residual.pow(2).sum(dim=1) + model.lam * x_hat.abs().sum(dim=1)
         return per_sample.sum() if self.loss_reduction == "tf_l2_loss" else per_sample.mean()
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -32,7 +32,7 @@ from unroll_cli.schema import SEED_RANGE, constrained, register_schema
 from unroll_cli.models.butterfly_factorize import TREES, butterfly_factorize, twiddle_to_dense
 from unroll_cli.record.labels import model_title
 from unroll_cli.record.report import Published, Report, Table
-from unroll_cli.tasks.base import online_epoch
+from unroll_cli.tasks.base import SeededStream, online_epoch
 
 TRANSFORMS = ("dft", "dct", "dst", "hadamard", "hartley", "convolution", "legendre", "randn")
 # the model learning_transforms/run_exp.sh uses for each target (BP for the others)
@@ -107,7 +107,7 @@ def published_rmse(paper: DictConfig | None, transform: str, N: int) -> float | 
     return None if value is None else float(value)
 
 
-class TransformLearning:
+class TransformLearning(SeededStream):
     """Learn the target transform from the identity; RMSE of the trained and of the factorized matrix."""
 
     kind = "transform"
@@ -161,12 +161,6 @@ class TransformLearning:
     def loss(self, outputs: torch.Tensor, batch: Batch, model: torch.nn.Module) -> torch.Tensor:
         """``mse(outputs^T, target columns)``: the model maps the rows e_i to the rows of ``M^T``."""
         return mse(outputs.T, batch[1])
-
-    def state_dict(self) -> dict:
-        return {"gen": self.gen.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
 
     # ------------------------------------------------------------------ evaluation
     def rmse(self, matrix: torch.Tensor) -> float:
