@@ -154,7 +154,13 @@ def test_experiment_writes_table_1_with_the_papers_values(tmp_path):
     assert table.loc["tanh_encoder@1", "published m=400"] == 10.7
     assert table.loc["lista@2", "this run"] == pytest.approx(metrics["test/code_sq_error"], rel=1e-6)
     layers = pd.read_csv(run / "layers.csv").set_index("layer")
-    assert table.loc["fista@2", "this run"] == pytest.approx(layers.loc[2, "baseline/fista/test/code_sq_error"])
+    assert table.loc["fista@1", "this run"] == pytest.approx(layers.loc[1, "baseline/fista/test/code_sq_error"])
+    # iterations as the paper counts them: FISTA's from Z = 0 (its layer), CoD's after h(W_e X) (layer - 1)
+    for name, before_first in (("fista", 0), ("cod", 1)):
+        reached = layers.index[(layers.index > 0) & (layers[f"baseline/{name}/test/code_sq_error"]
+                                                      <= metrics["test/code_sq_error"])]
+        expected = reached[0] - before_first if len(reached) else None
+        assert metrics.get(f"baseline/{name}/test/iterations_to_match") == expected
     assert np.load(run / "dictionary.npy").shape == (16, 100)
     assert "1.5" in (run / "results.md").read_text()
 

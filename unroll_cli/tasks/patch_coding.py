@@ -15,8 +15,10 @@ Table 1 halves it: ``test/code_half_sq_error`` is the halved one).
 The report gives the error after every layer beside ISTA, FISTA and CoD at ``alpha`` up to
 ``data.baseline_iterations`` iterations, how many iterations of each reach the model's error
 (``baseline/<name>/test/iterations_to_match``, the paper's "18 iterations of FISTA ..."), and Table 1
-with the paper's values beside this run's. Iterations count as the paper does: "k iterations" of
-LISTA, FISTA, ISTA, CoD or LCoD is the project's layer k + 1 (layer 1 is the first shrinkage).
+with the paper's values beside this run's. Iterations count as the paper's algorithms do (layer 1 is
+the first shrinkage): LISTA (Algorithm 3), CoD and LCoD (Algorithms 2, 5) start from ``h(W_e X)``, so
+their "k iterations" are layer k + 1; ISTA and FISTA (Algorithm 1) start from ``Z = 0``, so theirs are
+layer k (the scale check: FISTA's first shrinkage gives the paper's "FISTA 1 iteration", about 21).
 """
 from __future__ import annotations
 
@@ -43,6 +45,9 @@ from unroll_cli.tasks.base import SeededStream, online_epoch
 log = logging.getLogger(__name__)
 Batch = tuple[torch.Tensor, torch.Tensor]  # (patches X, optimal codes Z*)
 BASELINES = {"ista": ISTA, "fista": FISTA, "cod": CoordinateDescent}
+#: the layers before a baseline's first iteration as the paper counts them (module docstring): CoD's
+#: iterations are coordinate steps after h(W_e X), ISTA's and FISTA's shrinkages from Z = 0
+LAYERS_BEFORE_FIRST_ITERATION = {"ista": 0, "fista": 0, "cod": 1}
 METRIC, HALF = "test/code_sq_error", "test/code_half_sq_error"
 MATCH = "test/iterations_to_match"
 null_or_positive = lambda v: v is None or v > 0  # noqa: E731
@@ -210,7 +215,8 @@ class PatchCoding(SeededStream):
             layers[f"baseline/{name}/{METRIC}"] = curve
             metrics[f"baseline/{name}/{METRIC}"] = curve[len(per_layer) - 1]  # at the model's depth
             reached = [t for t in range(1, depth) if curve[t] <= error]
-            metrics[f"baseline/{name}/{MATCH}"] = float(reached[0] - 1) if reached else float("nan")
+            first = LAYERS_BEFORE_FIRST_ITERATION[name]
+            metrics[f"baseline/{name}/{MATCH}"] = float(reached[0] - first) if reached else float("nan")
         setting, variant = self.setting(), self.variant(paper, model_name, model)
         targets = self.targets(paper)
         published = None
@@ -220,10 +226,11 @@ class PatchCoding(SeededStream):
         if METRIC in (targets.get(variant) or {}):
             published = Published(METRIC, metrics.pop(f"published/{METRIC}"), paper.source, f"{setting}, {variant}")
         title = f"{model_title(model_name, model)}, {self.W.shape[0]}-pixel patches, {self.W.shape[1]} atoms"
-        shown = layers[(layers.layer < len(per_layer)) | layers.layer.isin([k + 1 for k in SHOWN_ITERATIONS])]
+        shown = layers[(layers.layer < len(per_layer)) | layers.layer.isin([k + d for k in SHOWN_ITERATIONS for d in (0, 1)])]
         tables = {"layers.csv": Table(layers, ["layer"], "Mean squared code error ||Z* - Z||^2 per layer (test "
-                                      "patches; layer 0 = the all-zero code; layer k + 1 = the paper's k iterations; "
-                                      "layers.csv has every layer)", shown=shown)}
+                                      "patches; layer 0 = the all-zero code; the paper's k iterations are layer k + 1 "
+                                      "of LISTA, CoD and LCoD, layer k of ISTA and FISTA; layers.csv has every layer)",
+                                      shown=shown)}
         if paper is not None and paper.get("targets"):
             tables["table1.csv"] = Table(self.table1(paper, variant, error, layers), ["row"],
                                          f"Table 1 of {paper.source} beside this run")
@@ -231,7 +238,8 @@ class PatchCoding(SeededStream):
         notes = [f"Targets: the lasso optimum at alpha {self.alpha:g} by CoD to max coordinate change "
                  f"{self.tol:g} (float64); the dictionary is dictionary.npy. test/code_sq_error = mean ||Z* - Z||^2 "
                  "per patch; test/code_half_sq_error = half of it (the paper's eq. 5 halves the loss; its Table 1 "
-                 "does not say). iterations_to_match: the fewest iterations (layer - 1) of the baseline whose error "
+                 "does not say). iterations_to_match: the fewest iterations of the baseline (layer - 1 of CoD, layer of "
+                 "ISTA and FISTA) whose error "
                  f"is at most the model's, NaN when more than {self.baseline_iterations} are needed."]
         return Report(title, metrics, tables, plots, notes=notes, published=published, curve=("step", True))
 
