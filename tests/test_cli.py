@@ -154,6 +154,7 @@ def interrupt_after_history(args: list[str], run_dir: Path, rows: int) -> str:
     return output.read_text()
 
 
+@pytest.mark.slow
 def test_sigterm_marks_the_run_interrupted_and_keeps_a_checkpoint(tmp_path):
     run_dir = tmp_path / "run"
     interrupt_after_history([*TINY, "trainer.max_epochs=100000", f"hydra.run.dir={run_dir}"], run_dir, rows=1)

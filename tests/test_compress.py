@@ -124,7 +124,7 @@ def hadamard_run(tmp_path_factory):
                           "optim=sgd", "optim.lr=1e-30", "trainer.max_epochs=1")
 
 
-@pytest.mark.parametrize("structure", ["butterfly", "monarch"])
+@pytest.mark.parametrize("structure", ["butterfly", pytest.param("monarch", marks=pytest.mark.slow)])
 def test_exactly_representable_matrices_compress_without_loss(hadamard_run, structure):
     run_dir, run = hadamard_run
     record, best, model = compressed(run_dir, structure)

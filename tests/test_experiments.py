@@ -31,6 +31,7 @@ def test_results_show_the_published_curve_beside_the_run(tmp_path, snr, setting)
     assert "difference" in text and "Chen et al., NeurIPS 2018" in text
 
 
+@pytest.mark.slow
 def test_configs_ship_with_a_non_editable_install(tmp_path):
     """pip install (not -e) into a folder, then compose from elsewhere: the configs come along."""
     target = tmp_path / "site"

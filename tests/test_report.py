@@ -20,6 +20,7 @@ from unroll_cli.report.tables import summarize
 from unroll_cli.report.aggregate import main as report_main
 
 
+@pytest.mark.slow
 def test_report_of_a_2x2_sweep_with_one_failing_job(tmp_path):
     sweep = tmp_path / "sweep"
     # lista at lr 1e30 diverges: its two jobs fail, the ista jobs complete, the sweep goes on.
@@ -138,6 +139,7 @@ def report(*args: str, cwd=None) -> subprocess.CompletedProcess:
                           cwd=cwd)
 
 
+@pytest.mark.slow
 def test_a_real_sweep_with_a_job_directory_deleted_lists_that_job_as_missing(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", *TINY, "model=ista,fista", "seed=0,1", "tensorboard=false",
