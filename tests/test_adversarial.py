@@ -312,6 +312,7 @@ def test_an_unreadable_record_is_kept_aside_and_the_job_runs_again(tmp_path, fin
     assert aside.read_text() == garbage
 
 
+@pytest.mark.slow
 def test_an_error_after_ctrl_c_reads_as_the_interrupt(tmp_path):
     """Ctrl-C inside a library's import can surface as another error (seen: a RecursionError while the
     optimizer was checked); once SIGINT has arrived, any refusal exits as interrupted (130), not as bad input."""

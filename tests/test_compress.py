@@ -79,6 +79,7 @@ def lista_run(tmp_path_factory):
     return run_dir, train(run_dir, "model=lista", "data.m=16", "data.n=32")
 
 
+@pytest.mark.slow
 def test_lista_butterfly_maps_are_the_factorizations_of_the_trained_matrices(lista_run):
     run_dir, run = lista_run
     record, best, model = compressed(run_dir, "butterfly")

@@ -244,6 +244,7 @@ def test_a_kill_between_the_swap_link_and_its_rename_does_not_stop_the_resume(tm
 
 
 # ----------------------------------------------------------------------------- rounds.csv over seeds
+@pytest.mark.slow
 def test_the_report_gives_each_rounds_mean_and_std_over_seeds(tmp_path):
     sweep = tmp_path / "sweep"
     result = run_cli(["-m", *FAST, "model=lista", "+callbacks=prune", "callbacks.prune.rounds=2",

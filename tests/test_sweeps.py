@@ -146,6 +146,7 @@ def test_an_interrupted_job_resumes_when_run_again(tmp_path):
     assert epochs == list(range(1, len(epochs) + 1)) and len(epochs) >= seen + 2  # continued, not restarted
 
 
+@pytest.mark.slow
 def test_optuna_search_that_maximizes_validation_accuracy_reports_every_epoch(tmp_path):
     from test_classification_run import write_learnable_mnist
 
