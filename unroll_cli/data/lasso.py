@@ -12,6 +12,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from unroll_cli.data.dictionary_learning import unit_columns
 from unroll_cli.models.coordinate_descent import solve_lasso_cod
 from unroll_cli.models.prox import soft_threshold
 
@@ -38,10 +39,6 @@ def solve_lasso_fista(x: Tensor, W: Tensor, alpha: float, tol: float = 1e-12,
         if done:
             break
     return z
-
-
-def unit_columns(W: Tensor) -> Tensor:
-    return W / torch.linalg.vector_norm(W, dim=0, keepdim=True)
 
 
 @torch.no_grad()

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from omegaconf import MISSING, DictConfig
 
 from unroll_cli.errors import ConfigError
-from unroll_cli.schema import any_number, constrained, evaluation_only, register_schema
+from unroll_cli.schema import SEED_RANGE, any_number, constrained, evaluation_only, register_schema
 from unroll_cli.data.images import (DATASETS, SPLIT_SEED, dataset_folder, load_dataset, random_crop, random_hflip,
                                     to_float)
 from unroll_cli.data.rotated import rotated_split as draw_rotated_split
@@ -60,7 +60,7 @@ class ImageDataConfig:
     rotated_split: Optional[List[int]] = constrained(
         None, "null or [n_train, n_test], integers >= 1",
         lambda v: v is None or (len(v) == 2 and all(n >= 1 for n in v)))
-    rotation_seed: int = constrained(0, "an integer >= 0", lambda v: v >= 0)
+    rotation_seed: int = constrained(0, *SEED_RANGE)
     # each channel standardised by the set's own statistics, then ZCA-whitened (Theodosis & Ba 2022)
     zca: bool = False
     # whose statistics whiten the validation and test images: train | own (each set its own, as the

@@ -31,7 +31,8 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig
 
-from unroll_cli.data.lasso import learn_dictionary, unit_columns
+from unroll_cli.data.dictionary_learning import unit_columns
+from unroll_cli.data.lasso import learn_dictionary
 from unroll_cli.data.patches import draw_patches, folder_name, load_images
 from unroll_cli.data.synthetic import load_matrix
 from unroll_cli.models.coordinate_descent import CoordinateDescent, solve_lasso_cod
