@@ -93,6 +93,18 @@ def write_run(root, name, overrides, metrics, status="completed", optimized=None
     (run / "metrics.json").write_text(json.dumps(record))
 
 
+def test_a_deleted_key_and_a_key_left_at_its_default_are_named_groups(tmp_path, capsys):
+    # an experiment with and without its callback (``~callbacks.enorm``), two seeds each
+    for name, overrides, acc in (("a", ["seed=0"], 90.0), ("b", ["seed=1"], 92.0),
+                                 ("c", ["~callbacks.enorm", "seed=0"], 88.0),
+                                 ("d", ["~callbacks.enorm", "seed=1"], 89.0)):
+        write_run(tmp_path, name, overrides, {"test/acc": acc})
+    assert report_main([str(tmp_path)]) == 0
+    table = pd.read_csv(tmp_path / "report.csv").set_index("callbacks.enorm")
+    assert table.loc["(default)", "test/acc mean"] == 91.0 and table.loc["(deleted)", "test/acc mean"] == 88.5
+    assert "| (deleted)" in capsys.readouterr().out
+
+
 def test_plot_of_a_metric_against_a_swept_parameter_and_wrong_names(tmp_path, capsys):
     # model x lr x seed; lr as Hydra writes it, so string order (1e-3 < 1e-4) would be wrong
     values = {}

@@ -117,9 +117,16 @@ def read_record(run: Path) -> tuple[dict, list[str]]:
     return record, (override_list(read_yaml(file) or [], file) if file.is_file() else [])
 
 
+# The value shown for a key that a run's overrides delete (``~key``), and for a key that other runs
+# override and this one leaves at its config's value.
+DELETED, DEFAULT = "(deleted)", "(default)"
+
+
 def as_columns(overrides: list[str]) -> dict[str, str]:
-    """``{key: value}`` of ``key=value`` overrides, without the ``+``/``~`` prefixes."""
-    return {key.lstrip("+~"): value for key, _, value in (item.partition("=") for item in overrides)}
+    """``{key: value}`` of ``key=value`` overrides, without the ``+`` prefix; a deletion (``~key``,
+    ``~key=value``) has the value DELETED."""
+    return {key.lstrip("+~"): DELETED if key.startswith("~") else value
+            for key, _, value in (item.partition("=") for item in overrides)}
 
 
 def read_run(run: Path) -> tuple[dict, list[str] | None]:
@@ -139,13 +146,18 @@ def read_run(run: Path) -> tuple[dict, list[str] | None]:
 
 def read_runs(paths: list[str]) -> tuple[pd.DataFrame, dict[Path, frozenset[str]]]:
     """The runs table and the set of overrides of every readable run (to find a sweep's missing jobs)."""
-    rows, jobs = [], {}
+    rows, jobs, keys = [], {}, {}
     for run in find_runs(paths):
         row, overrides = read_run(run)
         rows.append(row)
         if overrides is not None:
             jobs[run] = frozenset(overrides)
-    return pd.DataFrame(rows), jobs
+            keys.update(dict.fromkeys(as_columns(overrides)))
+    runs = pd.DataFrame(rows)
+    known = runs["status"] != "unreadable" if rows else []
+    for key in keys:  # a readable run without the override has its config's value
+        runs.loc[known, key] = runs.loc[known, key].fillna(DEFAULT)
+    return runs, jobs
 
 
 def load_runs(paths: list[str]) -> pd.DataFrame:
