@@ -30,6 +30,7 @@ SMALL = {"synthetic_sc": lambda root: ["data.m=20", "data.n=40", "data.n_val=16"
          "bsd_denoise": lambda root: [f"data.train_dir={root / 'gray/train'}", f"data.test_dir={root / 'gray/test'}",
                                       "data.crop=16"],
          "transform": lambda root: ["data.N=8"],
+         "fixed_support": lambda root: ["data.N=8"],
          "image_patches": lambda root: [f"data.train_dir={root / 'gray/train'}", f"data.test_dir={root / 'gray/test'}",
                                         "data.patch_size=4", "data.atoms=24", "data.dictionary_steps=2",
                                         "data.n_val=16", "data.n_test=16", "data.batch_size=8",
@@ -106,7 +107,7 @@ def test_every_data_config_builds_its_task(data, image_root, monkeypatch, one_th
     assert task.primary_metric in task.metric_names() and task.monitor
     epoch = list(task.train_batches())
     assert len(epoch) == task.steps_per_epoch > 0  # the trainers' count of steps per epoch
-    assert all(0 < len(batch[0]) <= cfg.data.batch_size for batch in epoch)
+    assert all(0 < len(batch[0]) <= cfg.data.get("batch_size", task.batch_size) for batch in epoch)
     written = TRAINING_SETS.get(data)
     if task.kind == "classification":
         labels = torch.cat([batch[1] for batch in epoch]).numpy()
@@ -135,7 +136,7 @@ def test_every_data_config_builds_its_task(data, image_root, monkeypatch, one_th
 def test_every_model_config_builds_its_model_on_a_fitting_task(model, image_root):
     kind = compose_cfg([f"model={model}"]).model.task
     data = {"sparse_coding": "synthetic_sc", "classification": "mnist", "denoising": "bsd_denoise",
-            "transform": "transform"}[kind]
+            "transform": "transform", "factorization": "fixed_support"}[kind]
     cfg, task = task_of(data, image_root, f"model={model}")
     module = build_model(cfg.model, task, cfg)
     assert isinstance(module, torch.nn.Module)

@@ -2,10 +2,6 @@
 here: products of random factors on the supports, numpy's SVD, gradient fits, the butterfly factorization's split."""
 from __future__ import annotations
 
-import runpy
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
@@ -14,7 +10,6 @@ from unroll_cli.models.butterfly_factorize import _two_layer_factorization, butt
 from unroll_cli.models.fixed_support import fixed_support_factorize
 
 DTYPES = [torch.float64, torch.complex128]
-SCRIPT = Path(__file__).parents[1] / "scripts" / "fsmf_landscape.py"
 
 
 def grid_supports(m: int, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -175,23 +170,3 @@ def test_a_butterfly_split_is_the_fixed_support_factorization(dtype):
         product = blocks_to_dense(left_blocks, right_factors) @ blocks_to_dense(right_blocks, 0)
         x, y = fixed_support_factorize(target, *butterfly_supports(n, right_factors))
         assert rel_err(product, x @ y) < 1e-12
-
-
-def test_the_landscape_script_builds_tractable_supports_and_prints_a_row_per_setting(capsys, monkeypatch):
-    # scripts/fsmf_landscape.py: its butterfly supports are the kron-built ones above, its random supports are
-    # accepted by the factorization with the classes it states, and a tiny run prints one row per setting.
-    script = runpy.run_path(str(SCRIPT))
-    for n in (8, 16, 64):
-        left, right = script["butterfly_split_supports"](n)
-        expected = butterfly_supports(n, (n.bit_length() - 1) // 2)
-        assert torch.equal(left, expected[0]) and torch.equal(right, expected[1])
-    left, right = script["random_disjoint_supports"](24, 5, np.random.default_rng(0))
-    assert script["class_count"](left, right) == 5 and left.shape[1] >= 5
-    fixed_support_factorize(torch.ones(24, 24), left, right)
-    monkeypatch.setattr(sys, "argv", ["fsmf_landscape.py", "--sizes", "8", "--random-sizes", "12", "--starts", "2",
-                                      "--adam-steps", "20", "--lbfgs-iters", "20"])
-    runpy.run_path(str(SCRIPT), run_name="__main__")
-    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| butterfly")
-            or line.startswith("| random")]
-    assert [row.split(" | ")[0] for row in rows] == ["| butterfly N=8", "| random N=12"]
-    assert all(row.count("/2 |") == 2 for row in rows)

@@ -11,12 +11,51 @@ Supports whose classes overlap are refused: FSMF is NP-hard in general (same pap
 
 The hierarchical butterfly factorization (:mod:`unroll_cli.models.butterfly_factorize`) solves each of its splits
 this way, batched over its rank-one classes; this module takes arbitrary supports given as masks.
+
+``FixedSupportFactors`` (``model=fixed_support_factors``) is the same problem's gradient side: two
+factors on the supports from a Gaussian start, fitted by the trainer (``data=fixed_support``,
+:mod:`unroll_cli.tasks.fixed_support`, compares where it ends with Algorithm 1's optimum).
 """
 from __future__ import annotations
 
 import torch
+from torch import nn
 
 from unroll_cli.models.butterfly_factorize import _single_threaded
+from unroll_cli.schema import constrained, register_schema
+
+
+@register_schema("model", "fixed_support_factors")
+class FixedSupportFactorsConfig:
+    """Two factors on fixed supports, from a Gaussian start (the landscape of Le et al. 2023)."""
+
+    _target_: str = "unroll_cli.models.fixed_support.FixedSupportFactors"
+    name: str = "fixed_support_factors"
+    task: str = "factorization"  # the kind of data the model fits
+    init_std: float = constrained(1.0, "a number > 0", lambda v: v > 0)  # the start's entries: N(0, init_std^2)
+
+
+class FixedSupportFactors(nn.Module):
+    """``X`` (``m x r``) and ``Y`` (``r x n``) in float64, kept on ``left_support`` and ``right_support``
+    (the entries outside are multiplied by zero, so they get no gradient); ``forward(e)`` is
+    ``e (X Y)``, so the identity gives the product. Started at N(0, ``init_std``^2) entries from the
+    run's seed."""
+
+    def __init__(self, left_support: torch.Tensor, right_support: torch.Tensor, init_std: float = 1.0):
+        super().__init__()
+        self.register_buffer("left_support", torch.as_tensor(left_support).double())
+        self.register_buffer("right_support", torch.as_tensor(right_support).double())
+        self.x = nn.Parameter(init_std * torch.randn(self.left_support.shape, dtype=torch.float64))
+        self.y = nn.Parameter(init_std * torch.randn(self.right_support.shape, dtype=torch.float64))
+
+    def dictionaries(self) -> dict[str, torch.Tensor]:
+        """``X`` and ``Y`` on their supports (a run writes them as ``dictionary_X.npy``, ``dictionary_Y.npy``)."""
+        return {"X": self.x * self.left_support, "Y": self.y * self.right_support}
+
+    def forward(self, inputs: torch.Tensor, depth: int | None = None) -> torch.Tensor:
+        """The rows of ``inputs`` times ``X Y``; ``depth`` is ignored (no unrolled layers)."""
+        factors = self.dictionaries()
+        return inputs @ (factors["X"] @ factors["Y"])
 
 
 def fixed_support_factorize(matrix: torch.Tensor, left_support: torch.Tensor,

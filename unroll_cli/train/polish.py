@@ -2,7 +2,8 @@
 
 Dao et al. 2019's last step (``learning_transforms``): once gradient training is over, every submodule
 with a ``freeze()`` is frozen (a learned permutation becomes its rounded, hard one), then ``steps``
-L-BFGS steps (PyTorch's defaults, as the authors') fit the task's whole training data
+L-BFGS steps (PyTorch's defaults, as the authors': each at most 20 iterations with a unit step;
+``line_search=strong_wolfe`` searches the step) fit the task's whole training data
 (``task.full_batch()``); the best state by the task's validation metric is kept, the one before
 polishing included. As a phase of training it has the trainer's NaN check (a non-finite loss fails
 the run, the last good checkpoint kept) and a checkpoint after it, the polished model as ``best.pt``:
@@ -28,11 +29,17 @@ def freeze(model: torch.nn.Module) -> None:
             module.freeze()
 
 
+LINE_SEARCHES = (None, "strong_wolfe")
+
+
 class LBFGSPolish(Callback):
-    def __init__(self, steps: int = 20):
+    def __init__(self, steps: int = 20, line_search: str | None = None):
         if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
             raise ValueError(f"steps must be an integer >= 0, got {steps!r}")
-        self.steps, self.done, self.results = steps, False, {}
+        if line_search not in LINE_SEARCHES:
+            raise ValueError(f"line_search must be null (a unit step, PyTorch's default) or strong_wolfe, "
+                             f"got {line_search!r}")
+        self.steps, self.line_search, self.done, self.results = steps, line_search, False, {}
 
     def check(self, model, task, cfg) -> None:
         if not callable(getattr(task, "full_batch", None)):
@@ -49,7 +56,7 @@ class LBFGSPolish(Callback):
         params = [p for p in model.parameters() if p.requires_grad]
         if params and self.steps:
             best_state = {k: v.clone() for k, v in model.state_dict().items()}
-            optimizer = torch.optim.LBFGS(params)
+            optimizer = torch.optim.LBFGS(params, line_search_fn=self.line_search)
             batch = task.full_batch()
 
             def closure() -> torch.Tensor:
