@@ -38,7 +38,7 @@ from unroll_cli.tasks.base import online_epoch
 from unroll_cli.tasks.transforms import power_of_two
 
 SUPPORTS = ("butterfly", "random")
-RECTANGLE_TRIES = 10_000  # rejection-sampling draws of the random supports before data.classes is refused
+RECTANGLE_TRIES = 1_000  # rejection-sampling draws of the random supports before data.classes is refused
 
 Supports = tuple[torch.Tensor, torch.Tensor]
 Batch = tuple[torch.Tensor, torch.Tensor]  # (the identity, the target)
