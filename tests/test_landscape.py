@@ -80,6 +80,7 @@ def test_lbfgs_reaches_the_optimum_and_a_start_stopped_early_is_stuck(tmp_path):
     (["data.N=12"], "data.N=12: data.support=butterfly needs a power of two"),
     (["data.support=random", "data.N=8", "data.classes=40"], "data.classes=40"),
     (["data.support=random", "data.N=4"], "data.N=4: data.support=random needs N >= 6"),
+    (["data.classes=4"], "data.classes=4: data.support=butterfly has its own classes"),
     (["trainer.max_epochs=0", "sched=none", "+callbacks=polish", "callbacks.polish.line_search=wolfe"],
      "callbacks.polish"),
 ])

@@ -432,6 +432,20 @@ def test_pivot_rows_and_columns_numbers_in_numeric_order_others_as_they_come(tmp
     assert list(pd.read_csv(tmp_path / "report_pivot.csv")["mean"]) == [22.0, 21.0, 20.0, 25.0, 24.0, 23.0]
 
 
+def test_a_key_left_at_its_default_comes_after_the_numbers_in_a_pivot_and_off_a_plot(tmp_path, capsys):
+    cells = [(grad, lam) for grad in ("g_dec", "g_ae_ls") for lam in ("1e-3", None, "1e-4")]
+    for i, (grad, lam) in enumerate(cells):
+        write_run(tmp_path, str(i), [f"model.grad={grad}", *([f"model.lam={lam}"] if lam else [])],
+                  {"test/psnr": 20.0 + i}, optimized="test/psnr")
+    assert report_main([str(tmp_path), "--pivot", "model.grad", "model.lam"]) == 0
+    grid = printed_table(capsys.readouterr().out, "model.grad by model.lam:")
+    assert list(grid[0]) == ["model.grad", "1e-4", "1e-3", "(default)"]
+    assert grid[0]["(default)"] == "21.00 (1)"
+    points = plot_metric(load_runs([str(tmp_path)]), "test/psnr", "model.lam", tmp_path / "plot.png")
+    numbered = points.dropna(subset=["model.lam"])  # the default runs have no place on a numeric axis
+    assert sorted(numbered["model.lam"]) == [1e-4, 1e-4, 1e-3, 1e-3] and len(points) == 6
+
+
 def test_a_pivot_refuses_to_pool_another_varying_override_or_an_unknown_one(tmp_path, capsys):
     write_grad_lam_runs(tmp_path, extra=["model.layers=4"])
     write_run(tmp_path, "deeper", ["model.grad=g_dec", "model.lam=0.08", "seed=0", "model.layers=8"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 from unroll_cli.report.formatting import diff_key, reference_names
+from unroll_cli.report.runs import numeric_values
 from unroll_cli.report.tables import check_overrides, completed, mean_std_count, override_columns, select_metrics
 
 PIVOT_STATS = ["metric", "mean", "std", "count", "published", "diff"]
@@ -16,11 +17,11 @@ PIVOT_STATS = ["metric", "mean", "std", "count", "published", "diff"]
 
 
 def axis_order(values: pd.Series) -> list:
-    """The distinct ``values``, sorted as numbers when they all are (1e-4 < 3e-4 < 1e-3, not string order),
-    else in order of first appearance."""
+    """The distinct ``values``, sorted as numbers when they all are (1e-4 < 3e-4 < 1e-3, not string order;
+    ``(default)`` and ``(deleted)`` last), else in order of first appearance."""
     distinct = pd.Series(values.unique())
     try:
-        return list(distinct.sort_values(key=pd.to_numeric, kind="stable"))
+        return list(distinct.sort_values(key=numeric_values, kind="stable"))
     except (ValueError, TypeError):
         return list(distinct)
 

@@ -13,6 +13,7 @@ import pandas as pd
 
 from unroll_cli.record.atomic import atomic_write
 from unroll_cli.record.labels import metric_label
+from unroll_cli.report.runs import numeric_values
 from unroll_cli.report.tables import completed, override_columns
 
 
@@ -32,7 +33,7 @@ def plot_metric(runs: pd.DataFrame, metric: str, x: str, file: Path) -> pd.DataF
         if name not in runs.columns:
             raise KeyError(f"--plot: no {kind} {name!r} in these runs")
     try:
-        done[x] = pd.to_numeric(done[x])  # 1e-4 < 3e-4 < 1e-3, not string order
+        done[x] = numeric_values(done[x])  # 1e-4 < 3e-4 < 1e-3, not string order; (default) unplaced
     except (ValueError, TypeError):
         pass
     others = [c for c in override_columns(runs, varying=True) if c not in (x, "seed")]

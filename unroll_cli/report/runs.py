@@ -129,6 +129,12 @@ def as_columns(overrides: list[str]) -> dict[str, str]:
             for key, _, value in (item.partition("=") for item in overrides)}
 
 
+def numeric_values(values: pd.Series) -> pd.Series:
+    """An override column as numbers, DELETED and DEFAULT as NaN (they order and plot as a missing
+    value); ValueError when another value is not a number."""
+    return pd.to_numeric(values.where(~values.isin([DELETED, DEFAULT])))
+
+
 def read_run(run: Path) -> tuple[dict, list[str] | None]:
     """The run's row (run, status, error, params, wall_s, the optimized metric's name, overrides, final
     metrics) and its overrides; an unreadable file gives an ``unreadable`` row with the file named in its
@@ -154,8 +160,8 @@ def read_runs(paths: list[str]) -> tuple[pd.DataFrame, dict[Path, frozenset[str]
             jobs[run] = frozenset(overrides)
             keys.update(dict.fromkeys(as_columns(overrides)))
     runs = pd.DataFrame(rows)
-    known = runs["status"] != "unreadable" if rows else []
     for key in keys:  # a readable run without the override has its config's value
+        known = runs["status"] != "unreadable"
         runs.loc[known, key] = runs.loc[known, key].fillna(DEFAULT)
     return runs, jobs
 

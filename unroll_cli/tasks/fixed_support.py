@@ -21,7 +21,7 @@ the identity, its output its matrix ``X Y``; the loss ``||A - X Y||_F^2``.
 from __future__ import annotations
 
 import time
-from typing import Iterator
+from typing import Iterator, Optional
 
 import numpy as np
 import pandas as pd
@@ -38,6 +38,7 @@ from unroll_cli.tasks.base import online_epoch
 from unroll_cli.tasks.transforms import power_of_two
 
 SUPPORTS = ("butterfly", "random")
+RANDOM_CLASSES = 6  # data.support=random: rectangles when data.classes is null
 RECTANGLE_TRIES = 1_000  # rejection-sampling draws of the random supports before data.classes is refused
 
 Supports = tuple[torch.Tensor, torch.Tensor]
@@ -52,7 +53,8 @@ class FixedSupportConfig:
     support: str = constrained("butterfly", " or ".join(SUPPORTS), lambda v: v in SUPPORTS)
     N: int = constrained(16, "an integer >= 2 (a power of two for data.support=butterfly, >= 6 for random)",
                          lambda v: v >= 2)
-    classes: int = constrained(6, "an integer >= 1", lambda v: v >= 1)  # data.support=random: rectangles
+    # data.support=random: the rectangles (null: RANDOM_CLASSES); refused with butterfly, which has none
+    classes: Optional[int] = constrained(None, "null or an integer >= 1", lambda v: v is None or v >= 1)
     target_seed: int = constrained(0, *SEED_RANGE)  # draws the target and the random supports
     # a start whose relative error ends more than this above the optimum's did not reach the optimum
     stuck_tolerance: float = constrained(1e-6, "a number > 0", lambda v: v > 0, changeable=True)
@@ -111,18 +113,21 @@ class FixedSupportFactorization:
     monitor, monitor_mode = "val/rel_error", "min"
     primary_metric = "test/excess"
 
-    def __init__(self, support: str = "butterfly", N: int = 16, classes: int = 6, target_seed: int = 0,
+    def __init__(self, support: str = "butterfly", N: int = 16, classes: int | None = None, target_seed: int = 0,
                  stuck_tolerance: float = 1e-6, seed: int = 0, device: str | torch.device = "cpu",
                  trainer: DictConfig | None = None):
         if support == "butterfly" and not power_of_two(N):
             raise ConfigError(f"data.N={N}: data.support=butterfly needs a power of two")
+        if support == "butterfly" and classes is not None:
+            raise ConfigError(f"data.classes={classes}: data.support=butterfly has its own classes (one per "
+                              "index); data.classes sets the rectangles of data.support=random")
         if support == "random" and N < 6:
             raise ConfigError(f"data.N={N}: data.support=random needs N >= 6 (rectangles of 2 to N // 3 rows)")
         self.device, self.stuck_tolerance = torch.device(device), stuck_tolerance
         rng = np.random.default_rng(target_seed)
         self.exact = torch.from_numpy(rng.standard_normal((N, N)))
         self.left, self.right = (butterfly_split_supports(N) if support == "butterfly"
-                                 else random_disjoint_supports(N, classes, rng))
+                                 else random_disjoint_supports(N, classes or RANDOM_CLASSES, rng))
         self.setting = (f"{support} supports, {N}x{N} target, rank {self.left.shape[1]}, "
                         f"{class_count(self.left, self.right)} classes")
         self.data_source = f"a Gaussian {N}x{N} target and {support} supports drawn by data.target_seed={target_seed}"
