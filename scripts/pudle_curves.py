@@ -9,12 +9,15 @@ Each run directory (``+experiment=tolooshams2022_denoise``; its ``.hydra/config.
 g_ae_ls as ``g_aels``) and lambda (``lamp<digits after 0.>``; with ``model.threshold=hard``, ``htp`` and
 the threshold lam x step, as the authors name their hard-threshold runs: lam 0.5 at step 0.1 is ``htp05``).
 Printed per run: the test PSNR of both at epochs 1, 2, 5, 10, 20, 50, 100, 200 and 400 (those the run
-has), the largest difference over the epochs both have, and the final values; the figure draws both
-curves of every run.
+has), the largest difference over the epochs both have, and the final values; then one summary table of
+all runs. The figure has a panel per authors' run: their log dashed, and each run of ours solid, named
+by its loss (``data.loss_reduction``: ``pixel_mean`` trains as the authors did, ``sum`` is
+``tolooshams2022_denoise_ours``).
 """
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 
 import matplotlib
@@ -37,13 +40,16 @@ def authors_run(config: dict) -> str:
     return f"{GRADS[model['grad']]}_{'htp' if hard else 'lamp'}{digits}"
 
 
-def curves(authors: pd.DataFrame, run_dir: Path) -> tuple[str, pd.DataFrame]:
-    """(the authors' run name, a frame of epoch, ours, theirs, difference) over the epochs both have."""
-    name = authors_run(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text()))
+def curves(authors: pd.DataFrame, run_dir: Path) -> tuple[str, str, pd.DataFrame]:
+    """(the authors' run name, the run's loss, a frame of epoch, ours, theirs, difference) over the
+    epochs both have."""
+    config = yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())
+    name = authors_run(config)
     ours = pd.read_csv(run_dir / "history.csv")[["epoch", "test/psnr"]].rename(columns={"test/psnr": "ours"})
     theirs = authors[["epoch", f"{name}:test_psnr"]].rename(columns={f"{name}:test_psnr": "theirs"})
     both = ours.merge(theirs, on="epoch")
-    return name, both.assign(difference=both["ours"] - both["theirs"])
+    loss = config.get("data", {}).get("loss_reduction", "unrecorded")
+    return name, loss, both.assign(difference=both["ours"] - both["theirs"])
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,22 +59,36 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=Path("pudle_curves.png"))
     args = parser.parse_args(argv)
     authors = pd.read_csv(args.authors)
-    figure, ax = plt.subplots(figsize=(7, 4.5))
-    for run_dir in args.runs:
-        name, both = curves(authors, run_dir)
+    compared = [(run_dir, *curves(authors, run_dir)) for run_dir in args.runs]
+    summary = []
+    for run_dir, name, loss, both in compared:
         shown = both[both["epoch"].isin(EPOCHS)].round(2)
         largest = both.loc[both["difference"].abs().idxmax()]
-        print(f"\n{run_dir} against the authors' {name}:\n")
+        final = both.iloc[-1]
+        print(f"\n{run_dir} ({loss}) against the authors' {name}:\n")
         print(shown.to_markdown(index=False))
         print(f"\nlargest difference {largest['difference']:+.2f} dB at epoch {int(largest['epoch'])}; final "
-              f"(epoch {int(both['epoch'].iloc[-1])}): ours {both['ours'].iloc[-1]:.2f}, theirs "
-              f"{both['theirs'].iloc[-1]:.2f} dB")
-        line, = ax.plot(both["epoch"], both["ours"], label=f"{run_dir.name} ({name})")
-        ax.plot(authors["epoch"], authors[f"{name}:test_psnr"], "--", color=line.get_color(),
-                label=f"the authors' {name}")
-    ax.set(xlabel="epoch", ylabel="test PSNR (dB), BSD68 full images, sigma 25",
-           title="PUDLE: test PSNR per epoch, ours (solid) and the authors' log (dashed)")
-    ax.legend(fontsize="small")
+              f"(epoch {int(final['epoch'])}): ours {final['ours']:.2f}, theirs {final['theirs']:.2f} dB")
+        summary.append({"run": str(run_dir), "authors' run": name, "loss": loss, "epoch": int(final["epoch"]),
+                        "ours": round(final["ours"], 2), "theirs": round(final["theirs"], 2),
+                        "difference": round(final["difference"], 2),
+                        "largest difference": round(largest["difference"], 2),
+                        "at epoch": int(largest["epoch"])})
+    print("\n" + pd.DataFrame(summary).to_markdown(index=False))
+    names = list(dict.fromkeys(name for _, name, _, _ in compared))
+    columns = min(len(names), 4)
+    figure, axes = plt.subplots(math.ceil(len(names) / columns), columns, squeeze=False, sharex=True,
+                                figsize=(4 * columns, 3 * math.ceil(len(names) / columns)))
+    for ax, name in zip(axes.flat, names):
+        ax.plot(authors["epoch"], authors[f"{name}:test_psnr"], "--", color="black", label="the authors' log")
+        for _, _, loss, both in (c for c in compared if c[1] == name):
+            ax.plot(both["epoch"], both["ours"], label=f"ours, {loss}")
+        ax.set(title=name, xlabel="epoch", ylabel="test PSNR (dB)")
+        ax.legend(fontsize="small")
+    for ax in axes.flat[len(names):]:
+        ax.set_visible(False)
+    figure.suptitle("PUDLE: test PSNR per epoch on the full BSD68 images, sigma 25")
+    figure.tight_layout()
     figure.savefig(args.out, dpi=120, bbox_inches="tight")
     print(f"\nwritten: {args.out}")
 

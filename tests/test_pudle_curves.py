@@ -29,7 +29,7 @@ def test_a_run_is_compared_with_the_authors_run_of_its_estimator_and_lambda(tmp_
     authors.to_csv(tmp_path / "log.csv", index=False)
     run = tmp_path / "run"
     (run / ".hydra").mkdir(parents=True)
-    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": model}))
+    (run / ".hydra" / "config.yaml").write_text(yaml.safe_dump({"model": model, "data": {"loss_reduction": "sum"}}))
     ours = 21 + 0.25 * epochs[1:6]  # 5 epochs: 21.25 .. 22.25 against 20.3 .. 21.5
     pd.DataFrame({"epoch": epochs[1:6], "test/psnr": ours}).to_csv(run / "history.csv", index=False)
     argv = sys.argv
@@ -43,4 +43,9 @@ def test_a_run_is_compared_with_the_authors_run_of_its_estimator_and_lambda(tmp_
     assert f"against the authors' {column}" in out
     assert f"largest difference {differences.max():+.2f} dB at epoch 1" in out
     assert f"final (epoch 5): ours {ours[-1]:.2f}, theirs {20 + 0.3 * 5:.2f} dB" in out
+    summary = out.splitlines()[-3]  # the summary table's row of this run
+    cells = [cell.strip() for cell in summary.strip("|").split("|")]
+    assert cells[1:3] == [column, "sum"]
+    expected = [5, ours[-1], 20 + 0.3 * 5, differences[-1], differences.max(), 1]
+    assert [float(cell) for cell in cells[3:]] == pytest.approx(expected, abs=0.005)
     assert (tmp_path / "c.png").stat().st_size > 0
