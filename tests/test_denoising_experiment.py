@@ -76,11 +76,15 @@ def test_a_hard_threshold_run_has_the_authors_logged_value_and_no_published_one(
     assert "Reference authors_log test/psnr (sigma25, hard_g_ae_ls@0.5): 25.40" in results
 
 
-def test_a_trained_dictionary_evaluates_again_to_the_same_psnr(folders, tmp_path, one_thread):  # noqa: F811
+def test_a_trained_dictionary_evaluates_again_to_the_same_psnr(folders, tmp_path, one_thread,  # noqa: F811
+                                                                caplog):
     run(recipe(folders), tmp_path / "trained")
     again = recipe(folders, f"model.dictionary_path={tmp_path / 'trained' / 'dictionary.npy'}",
                    "trainer.max_epochs=0")
-    run(again, tmp_path / "evaluated")
+    with caplog.at_level("INFO"):
+        run(again, tmp_path / "evaluated")
+    entries = np.load(tmp_path / "trained" / "dictionary.npy").size  # the model's one trainable tensor
+    assert f"nothing to train ({entries} trainable parameters, 0 epochs)" in caplog.text
     trained, evaluated = (pd.read_csv(tmp_path / name / "items.csv") for name in ("trained", "evaluated"))
     np.testing.assert_allclose(evaluated["psnr"], trained["psnr"], rtol=1e-6)
 

@@ -212,7 +212,8 @@ class Trainer:
     def run_schedule(self) -> None:
         params = self.trainable(self.model.parameters())
         if not params or self.s.max_epochs == 0:
-            log.info("nothing to train (%d trainable parameters, %d epochs)", len(params), self.s.max_epochs)
+            log.info("nothing to train (%d trainable parameters, %d epochs)", sum(p.numel() for p in params),
+                     self.s.max_epochs)
             return
         optimizer = self.make_optimizer(params)
         scheduler = instantiate(self.sched_cfg, optimizer=optimizer)
