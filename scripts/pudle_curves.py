@@ -77,8 +77,8 @@ def main(argv: list[str] | None = None) -> None:
     print("\n" + pd.DataFrame(summary).to_markdown(index=False))
     names = list(dict.fromkeys(name for _, name, _, _ in compared))
     columns = min(len(names), 4)
-    figure, axes = plt.subplots(math.ceil(len(names) / columns), columns, squeeze=False, sharex=True,
-                                figsize=(4 * columns, 3 * math.ceil(len(names) / columns)))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, squeeze=False, sharex=True, figsize=(4 * columns, 3 * rows))
     for ax, name in zip(axes.flat, names):
         ax.plot(authors["epoch"], authors[f"{name}:test_psnr"], "--", color="black", label="the authors' log")
         for _, _, loss, both in (c for c in compared if c[1] == name):
