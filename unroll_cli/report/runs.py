@@ -160,9 +160,10 @@ def read_runs(paths: list[str]) -> tuple[pd.DataFrame, dict[Path, frozenset[str]
             jobs[run] = frozenset(overrides)
             keys.update(dict.fromkeys(as_columns(overrides)))
     runs = pd.DataFrame(rows)
-    for key in keys:  # a readable run without the override has its config's value
+    if keys:  # a readable run without the override has its config's value
         known = runs["status"] != "unreadable"
-        runs.loc[known, key] = runs.loc[known, key].fillna(DEFAULT)
+        for key in keys:
+            runs.loc[known, key] = runs.loc[known, key].fillna(DEFAULT)
     return runs, jobs
 
 
